@@ -1,0 +1,138 @@
+"""The manifest: one Parquet table per (dataset, split), one schema for every dataset, real or synthetic.
+
+Every stage after ingestion reads manifests, never a dataset's native files. The schema is checked when a
+manifest is written and again when it is read; a mismatch names the file and the column.
+
+Columns
+-------
+id            str         stable example id, unique within the dataset ("<dataset>/<split>/<native id>")
+dataset       str         dataset name as in config.yaml (scienceqa, vizwiz, mmbench_video, synth-image, ...)
+split         str         train / val / test / pretrain
+question      str         the question as the dataset gives it
+choices       list[str]   the options of a multiple-choice question; empty for open questions
+answer_index  int32?      index into `choices` of the correct option; null for open questions
+answers       list[str]   reference answer(s): one for most datasets, the 10 annotators' answers for VizWiz,
+                          empty when the split's answers are private (VizWiz test)
+answer_type   str?        VizWiz's answer type (yes/no, number, other, unanswerable); null elsewhere
+hint          str         context/hint text shown with the question ("" when none)
+media_kind    str         "image", "video" or "none"
+media_path    str?        path of the image or video file, relative to the manifest's `media_root`; null for "none"
+has_image     bool        ScienceQA's image subset flag (True whenever media_kind != "none")
+category      str         a free-form group for per-category breakdowns ("" when none)
+
+Table metadata: `media_root` (the directory media paths are relative to), `dataset`, `split`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MEDIA_KINDS = ("image", "video", "none")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("choices", pa.list_(pa.string()), nullable=False),
+        pa.field("answer_index", pa.int32(), nullable=True),
+        pa.field("answers", pa.list_(pa.string()), nullable=False),
+        pa.field("answer_type", pa.string(), nullable=True),
+        pa.field("hint", pa.string(), nullable=False),
+        pa.field("media_kind", pa.string(), nullable=False),
+        pa.field("media_path", pa.string(), nullable=True),
+        pa.field("has_image", pa.bool_(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+    ]
+)
+
+
+class ManifestError(ValueError):
+    """A manifest does not match the schema; the message names the file and the column."""
+
+
+def _check_table(table: pa.Table, source: str) -> pa.Table:
+    names = set(table.column_names)
+    for field in SCHEMA:
+        if field.name not in names:
+            raise ManifestError(f"{source}: missing column {field.name!r}")
+    extra = names - set(SCHEMA.names)
+    if extra:
+        raise ManifestError(f"{source}: unknown column(s) {sorted(extra)}")
+    table = table.select(SCHEMA.names)
+    for field in SCHEMA:
+        column = table.column(field.name)
+        if not column.type.equals(field.type):
+            try:
+                column = column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                raise ManifestError(
+                    f"{source}: column {field.name!r} has type {column.type}, expected {field.type}"
+                ) from error
+            table = table.set_column(SCHEMA.get_field_index(field.name), field, column)
+        if not field.nullable and column.null_count:
+            raise ManifestError(f"{source}: column {field.name!r} has {column.null_count} null value(s)")
+    ids = table.column("id")
+    if len(ids) != len(set(ids.to_pylist())):
+        raise ManifestError(f"{source}: column 'id' has duplicate values")
+    kinds = set(table.column("media_kind").to_pylist())
+    if not kinds <= set(MEDIA_KINDS):
+        raise ManifestError(f"{source}: column 'media_kind' has unknown value(s) {sorted(kinds - set(MEDIA_KINDS))}")
+    for kind, path in zip(table.column("media_kind").to_pylist(), table.column("media_path").to_pylist()):
+        if (kind == "none") != (path is None):
+            raise ManifestError(f"{source}: column 'media_path' must be null exactly when media_kind is 'none'")
+    for index, choices in zip(table.column("answer_index").to_pylist(), table.column("choices").to_pylist()):
+        if index is not None and not 0 <= index < len(choices):
+            raise ManifestError(f"{source}: column 'answer_index' value {index} is outside its {len(choices)} choices")
+    return table.replace_schema_metadata(table.schema.metadata)
+
+
+def write_manifest(rows: list[dict] | pa.Table, path: str | os.PathLike, *, media_root: str | os.PathLike) -> Path:
+    """Check `rows` against the schema and write them atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=SCHEMA)
+    table = _check_table(table, str(path))
+    datasets = set(table.column("dataset").to_pylist()) or {""}
+    splits = set(table.column("split").to_pylist()) or {""}
+    if len(datasets) > 1 or len(splits) > 1:
+        raise ManifestError(f"{path}: a manifest holds one dataset and one split, got {sorted(datasets)} {sorted(splits)}")
+    metadata = {b"media_root": str(media_root).encode(), b"dataset": datasets.pop().encode(), b"split": splits.pop().encode()}
+    table = table.replace_schema_metadata(metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> pa.Table:
+    """Read and check a manifest. Raises ManifestError naming the file (and column) when it does not match."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ManifestError(f"{path}: not a readable Parquet file ({error})") from error
+    metadata = table.schema.metadata or {}
+    if b"media_root" not in metadata:
+        raise ManifestError(f"{path}: missing table metadata 'media_root'")
+    return _check_table(table, str(path)).replace_schema_metadata(metadata)
+
+
+def media_root(table: pa.Table) -> Path:
+    """The directory that the manifest's media paths are relative to."""
+    return Path(table.schema.metadata[b"media_root"].decode())
+
+
+def resolve_media(table: pa.Table, media_path: str) -> Path:
+    """Absolute path of one media file of this manifest."""
+    return media_root(table) / media_path

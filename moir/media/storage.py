@@ -1,0 +1,64 @@
+"""Atomic Parquet output: every table this package writes appears complete or not at all.
+
+A stage that dies half way (killed job, full disk, a raised error) must never leave a file that looks finished:
+Snakemake and the resume logic of the token cache both take an existing file as done. So every writer here
+writes to a hidden temporary file in the destination directory and renames it into place (`os.replace`, atomic
+on POSIX) only after the last row group is closed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling of `path`, unique to this process, for writing before the final rename."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class ParquetStreamWriter:
+    """Write a Parquet file row group by row group, so memory holds one batch, and publish it atomically.
+
+    Use as a context manager: the file appears at `path` when the block exits normally; on an exception the
+    temporary file is removed and nothing appears.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, **parquet_options) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self._tmp = temporary_path(self.path)
+        self._options = parquet_options
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> ParquetStreamWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, **self._options)
+        return self
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append `table` (this writer's schema) as one or more row groups."""
+        self._writer.write_table(table)
+
+    def write_rows(self, rows: list[dict]) -> None:
+        """Append `rows` (dicts keyed by column name) as one row group; an empty list writes nothing."""
+        if rows:
+            self.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            self._writer.close()
+            if exc_type is None:
+                os.replace(self._tmp, self.path)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+def write_table_atomic(table: pa.Table, path: str | os.PathLike, **parquet_options) -> Path:
+    """Write a whole table to `path` through a temporary file and a rename."""
+    with ParquetStreamWriter(path, table.schema, **parquet_options) as writer:
+        writer.write_table(table)
+    return writer.path

@@ -1,0 +1,27 @@
+"""Effective rank (Roy and Vetterli, 2007) of a token-representation matrix.
+
+For a (tokens x D) matrix with singular values sigma_i, p_i = sigma_i / sum_j sigma_j and
+erank = exp(-sum_i p_i log p_i), with 0 log 0 = 0. It lies between 1 (rank one) and min(tokens, D) (all singular
+values equal). The matrix is used as it is (uncentered), in float64 whatever its dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def effective_rank(matrix: torch.Tensor | np.ndarray) -> float:
+    """exp of the entropy of the normalised singular values of a 2-D matrix (tokens x D), uncentered."""
+    values = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
+        raise ValueError(f"effective_rank needs a non-empty 2-D matrix, got shape {tuple(values.shape)}")
+    if not torch.isfinite(values).all():
+        raise ValueError("effective_rank: the matrix has non-finite values")
+    sigma = torch.linalg.svdvals(values)
+    total = sigma.sum()
+    if total == 0:
+        raise ValueError("effective_rank is undefined for a zero matrix")
+    p = sigma / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * torch.log(p)).sum()))

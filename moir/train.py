@@ -1,0 +1,314 @@
+"""Train one run: LoRA fine-tuning of a vision-language model, with (`moir`) or without (`ft`) the router.
+
+A run reads a dataset's manifests and their encoder-token caches (never the raw media: the vision tower is frozen
+and its output was cached once by `moir.tokens`), builds prompts and labels with the model adapter, and trains
+LoRA (plus the router's gates when the method is `moir`). The defaults are the paper's settings (Section 4.1):
+10 epochs, AdamW lr 2e-4 without weight decay, batch 8, ReduceLROnPlateau on the validation loss, LoRA r=16
+alpha=32 dropout=0.05, max length 2048, gates initialised at 0.5, bfloat16 on a GPU (float32 on CPU).
+Settings the paper does not state are options with stated defaults: gradient clipping at norm 1.0 (the Hugging
+Face Trainer's default, used by the LLaVA recipes), plateau factor 0.5 and patience 1 (10 epochs leave no room
+for the PyTorch default patience of 10). Examples longer than --max-length are dropped and listed in the run card
+(truncation would cut visual tokens or the answer).
+
+Usage (one Snakemake rule per run):
+
+    python -m moir.train \
+        --model results/demo/base/tiny-llava \
+        --train-manifest data/manifests/synth-image/train.parquet --train-cache data/cache/synth-image/train/<enc> \
+        --val-manifest data/manifests/synth-image/val.parquet --val-cache data/cache/synth-image/val/<enc> \
+        [--train-transcripts data/transcripts/<ds>/train.parquet --val-transcripts ...] \
+        --placement attn --method moir --ratio 0.10 --seed 0 \
+        --out-dir results/demo/runs/<run> --checkpoint-dir results/demo/checkpoints/<run>
+
+Outputs, written only when training has finished, atomically (a temporary directory renamed to --out-dir):
+
+    <out-dir>/                      adapter.save_trainable(): the LoRA adapter and the router's gates
+    <out-dir>/train_metrics.jsonl   one JSON object per optimizer step {"kind": "step", step, epoch, loss, lr,
+                                    grad_norm, examples, tokens, step_time_s, tokens_per_s, alpha_{a,b}_{mean,
+                                    min,max} (moir)} and per epoch {"kind": "epoch", epoch, step, val_loss, lr}
+    <out-dir>/run_card.json         config, package versions, data/cache/model fingerprints, example counts,
+                                    trainable parameters, wall time, peak memory, resumed steps, final val loss
+
+Checkpoints (`moir.training_loop`) go to --checkpoint-dir every --checkpoint-every optimizer steps and at every
+epoch end; a run started again with the same arguments resumes from the newest one and ends with the same weights
+as an uninterrupted run. They are deleted once the outputs are written (--keep-checkpoints keeps them).
+Exit status 1 with a one-line error for bad arguments, an empty split, a cache that does not match the model,
+a checkpoint of another run, or a non-finite loss (which names the step; the last good checkpoint stays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from moir.examples import load_examples
+from moir.models import load_adapter
+from moir.router import ALIGNS, DIRECTIONS, SCOPES, RouterConfig
+from moir.training_loop import (
+    CHECKPOINT_PREFIX,
+    LoopConfig,
+    TrainingError,
+    filter_by_length,
+    input_fingerprint,
+    package_versions,
+    peak_memory,
+    resolve_device,
+    resolve_dtype,
+    run_training,
+    setup_logging,
+    write_json,
+    write_jsonl,
+    write_output_dir,
+)
+
+log = logging.getLogger("moir.train")
+
+PLACEMENTS = ("attn", "mlp", "proj")
+METHODS = ("ft", "moir")
+
+
+def _optional_rank(text: str) -> int | None:
+    return None if text.lower() in ("none", "null", "all") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m moir.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data (manifests and encoder-token caches)")
+    data.add_argument("--train-manifest", type=Path, required=True)
+    data.add_argument("--train-cache", type=Path, required=True, help="encoder-token cache of the training split")
+    data.add_argument("--train-transcripts", type=Path, help="ASR transcripts of the training split (audio as text)")
+    data.add_argument("--val-manifest", type=Path, required=True)
+    data.add_argument("--val-cache", type=Path, required=True)
+    data.add_argument("--val-transcripts", type=Path)
+    data.add_argument("--train-limit", type=int, help="use only the first N training examples (smoke runs)")
+    data.add_argument("--val-limit", type=int, help="use only the first N validation examples")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--model", required=True, help="base model: a save_pretrained directory or a hub id")
+    run.add_argument("--placement", choices=PLACEMENTS, required=True, help="where LoRA goes")
+    run.add_argument("--method", choices=METHODS, required=True, help="ft: LoRA alone; moir: LoRA + router")
+    run.add_argument("--ratio", type=float, default=0.10, help="k': share of channels routed (moir only)")
+    run.add_argument("--seed", type=int, default=0)
+
+    optim = parser.add_argument_group("optimisation (defaults: the paper's Section 4.1)")
+    optim.add_argument("--epochs", type=int, default=10)
+    optim.add_argument("--lr", type=float, default=2e-4)
+    optim.add_argument("--weight-decay", type=float, default=0.0)
+    optim.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
+    optim.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (divides --batch-size)")
+    optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping; 0 turns it off")
+    optim.add_argument("--plateau-factor", type=float, default=0.5, help="ReduceLROnPlateau factor")
+    optim.add_argument("--plateau-patience", type=int, default=1, help="ReduceLROnPlateau patience (epochs)")
+    optim.add_argument("--max-length", type=int, default=2048, help="longer examples are dropped and listed")
+
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--lora-r", type=int, default=16)
+    lora.add_argument("--lora-alpha", type=float, default=32)
+    lora.add_argument("--lora-dropout", type=float, default=0.05)
+
+    router = parser.add_argument_group("router (moir only; see moir/router.py)")
+    router.add_argument("--router-rank", type=_optional_rank, default=None,
+                        help="top-r singular components in Eq. 1; none = all (exact channel energy)")
+    router.add_argument("--router-center", action="store_true", help="center tokens before scoring")
+    router.add_argument("--router-scope", choices=SCOPES, default="sample")
+    router.add_argument("--router-align", choices=ALIGNS, default="pool")
+    router.add_argument("--router-rms-match", action=argparse.BooleanOptionalAction, default=True)
+    router.add_argument("--router-directions", choices=DIRECTIONS, default="both")
+    router.add_argument("--gate-init", type=float, default=0.5, help="initial alpha of every gate")
+
+    system = parser.add_argument_group("system")
+    system.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    system.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="auto: bfloat16 on a GPU, float32 on CPU")
+    system.add_argument("--gradient-checkpointing", action="store_true")
+
+    output = parser.add_argument_group("outputs")
+    output.add_argument("--out-dir", type=Path, required=True)
+    output.add_argument("--checkpoint-dir", type=Path, required=True)
+    output.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps; 0 = epoch ends only")
+    output.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after the run")
+    output.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[LoopConfig, RouterConfig | None, dict]:
+    """Validate every setting before anything is loaded; raise ValueError naming the bad one."""
+    loop = LoopConfig(
+        epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, plateau_factor=args.plateau_factor,
+        plateau_patience=args.plateau_patience, max_length=args.max_length, seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
+    router = None
+    if args.method == "moir":
+        router = RouterConfig(
+            ratio=args.ratio, rank=args.router_rank, center=args.router_center, scope=args.router_scope,
+            align=args.router_align, rms_match=args.router_rms_match, directions=args.router_directions,
+            gate_init=args.gate_init,
+        )
+    if args.lora_r < 1:
+        raise ValueError(f"lora_r must be a positive integer, got {args.lora_r}")
+    if args.lora_alpha <= 0:
+        raise ValueError(f"lora_alpha must be positive, got {args.lora_alpha}")
+    if not 0 <= args.lora_dropout < 1:
+        raise ValueError(f"lora_dropout must lie in [0, 1), got {args.lora_dropout}")
+    for name in ("train_limit", "val_limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(args, name)}")
+    for name in ("train_manifest", "val_manifest", "train_transcripts", "val_transcripts"):
+        path = getattr(args, name)
+        if path is not None and not path.is_file():
+            raise ValueError(f"{name.replace('_', '-')}: file not found: {path}")
+    for name in ("train_cache", "val_cache"):
+        if not getattr(args, name).is_dir():
+            raise ValueError(f"{name.replace('_', '-')}: cache directory not found: {getattr(args, name)}")
+    lora = {"placement": args.placement, "r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}
+    return loop, router, lora
+
+
+def trainable_parameters(adapter) -> dict[str, torch.nn.Parameter]:
+    """LoRA weights and router gates (name -> parameter), in a fixed order; kept in float32 for AdamW."""
+    named = {name: p for name, p in adapter.model.named_parameters() if p.requires_grad}
+    if adapter.router is not None:
+        known = {id(p) for p in named.values()}
+        for name, param in adapter.router.named_parameters():
+            if id(param) not in known:
+                named[f"router.{name}"] = param
+        for name in ("logit_a", "logit_b"):
+            if not getattr(adapter.router, name).requires_grad:
+                raise TrainingError(f"router gate {name} is frozen; MoIR trains its gates")
+    for param in named.values():
+        if param.dtype != torch.float32:
+            param.data = param.data.float()
+    return named
+
+
+def load_split(name: str, manifest: Path, cache: Path, transcripts: Path | None, adapter, limit: int | None):
+    examples = load_examples(manifest, cache_dir=cache, transcripts_path=transcripts, adapter=adapter,
+                             with_answer=True, limit=limit)
+    if not examples:
+        raise TrainingError(f"{manifest}: the {name} split has no examples")
+    return examples
+
+
+def train(args: argparse.Namespace) -> Path:
+    loop_config, router_config, lora = configs_from_args(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    started = time.perf_counter()
+
+    torch.manual_seed(args.seed)  # LoRA's initialisation
+    adapter = load_adapter(args.model, device=str(device))
+    if dtype != torch.float32:
+        adapter.model.to(dtype)
+    trainable_count = adapter.apply_lora(lora["placement"], r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
+    if router_config is not None:
+        adapter.attach_router(router_config)
+        adapter.router.to(device)
+    parameters = trainable_parameters(adapter)
+    if args.gradient_checkpointing:
+        adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, adapter,
+                                args.train_limit)
+    val_examples = load_split("val", args.val_manifest, args.val_cache, args.val_transcripts, adapter, args.val_limit)
+    train_examples, train_dropped = filter_by_length(adapter, train_examples, loop_config.max_length)
+    val_examples, val_dropped = filter_by_length(adapter, val_examples, loop_config.max_length)
+    for split, dropped in (("train", train_dropped), ("val", val_dropped)):
+        if dropped:
+            log.warning("%s: dropped %d example(s) longer than %d tokens: %s", split, len(dropped),
+                        loop_config.max_length, ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
+    if not train_examples or not val_examples:
+        raise TrainingError(f"no example fits in --max-length {loop_config.max_length} "
+                            f"({'train' if not train_examples else 'val'} split)")
+
+    inputs = {
+        "model": args.model,
+        "model_fingerprint": input_fingerprint(args.model) if Path(args.model).exists() else None,
+        **{name: input_fingerprint(getattr(args, name)) for name in (
+            "train_manifest", "train_cache", "train_transcripts", "val_manifest", "val_cache", "val_transcripts")},
+    }
+    fingerprint = {
+        "inputs": inputs, "method": args.method, "router": router_config.to_dict() if router_config else None,
+        "lora": lora, "dtype": str(dtype), "train_limit": args.train_limit, "val_limit": args.val_limit,
+    }
+    log.info("%s/%s on %s: %d train / %d val examples, %d trainable parameters, %s on %s", args.method,
+             lora["placement"], args.model, len(train_examples), len(val_examples), trainable_count, dtype, device)
+
+    result = run_training(
+        adapter, parameters, train_examples, val_examples, loop_config,
+        fingerprint=fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
+        autocast_dtype=dtype if dtype != torch.float32 else None,
+        step_statistics=adapter.router.gate_statistics if adapter.router is not None else None,
+        description=f"train {args.out_dir.name}",
+    )
+
+    card = {
+        "stage": "train",
+        "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "loop": loop_config.fingerprint(),
+        "lora": lora,
+        "router": router_config.to_dict() if router_config else None,
+        "inputs": inputs,
+        "versions": package_versions(),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "dtype": str(dtype),
+        "torch_threads": torch.get_num_threads(),
+        "family": adapter.family,
+        "trainable_parameters": trainable_count,
+        "examples": {"train": len(train_examples), "val": len(val_examples)},
+        "dropped_too_long": {"train": train_dropped, "val": val_dropped},
+        "optimizer_steps": result.global_step,
+        "resumed_from_steps": result.resumed_from,
+        "final_val_loss": result.val_losses[-1],
+        "best_val_loss": min(result.val_losses),
+        "train_time_s": round(result.train_time_s, 3),
+        "wall_time_s_this_session": round(time.perf_counter() - started, 3),
+        **peak_memory(device),
+    }
+
+    def fill(directory: Path) -> None:
+        adapter.save_trainable(directory)
+        write_jsonl(result.records, directory / "train_metrics.jsonl")
+        write_json(card, directory / "run_card.json")
+
+    write_output_dir(args.out_dir, fill)
+    log.info("wrote %s (final val loss %.4f, %d steps, %.1f s)", args.out_dir, result.val_losses[-1],
+             result.global_step, result.train_time_s)
+    if not args.keep_checkpoints:
+        remove_checkpoints(args.checkpoint_dir)
+    return args.out_dir
+
+
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    """Delete this loop's checkpoint files (and the directory when that leaves it empty); nothing else."""
+    if not checkpoint_dir.is_dir():
+        return
+    for path in checkpoint_dir.iterdir():
+        if path.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")):
+            path.unlink()
+    if not any(checkpoint_dir.iterdir()):
+        checkpoint_dir.rmdir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        train(args)
+    except (TrainingError, ValueError) as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

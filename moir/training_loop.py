@@ -1,0 +1,573 @@
+"""The training loop shared by `moir.train` (LoRA runs, with or without MoIR) and `moir.pretrain` (the demo bases).
+
+One loop, resumable and exact: a run killed at any point and started again with the same arguments ends with
+bit-for-bit the weights of an uninterrupted run (same machine, CPU). That holds because everything the remaining
+computation depends on is in the checkpoint:
+
+- the trained parameters (LoRA + router gates, or every weight when pretraining), the AdamW state and the
+  ReduceLROnPlateau state;
+- the RNG states (python, numpy, torch CPU and CUDA): dropout draws continue where they stopped;
+- the position in the data: the epoch, the optimizer steps done in it, and the epoch's shuffled order.
+
+Checkpoints are single files `step-<global step>.pt` written to a temporary name and renamed (a kill mid-write
+leaves the previous checkpoint intact); they are taken every `checkpoint_every` optimizer steps and at every
+epoch end (after the validation loss and the scheduler step), and only the newest is kept. A checkpoint carries
+the run's fingerprint (every setting that changes the result, the data and cache fingerprints); resuming from
+a checkpoint of a different run is an error, never a silent mix.
+
+One optimizer step sees `batch_size` examples, split into `grad_accum` micro-batches whose losses are weighted
+by their share of the batch's target tokens, so accumulation gives the same objective as one large batch: the
+mean cross-entropy over the batch's answer tokens. The validation loss is the same token-weighted mean over the
+whole validation split, and drives ReduceLROnPlateau at each epoch end (no scheduler without a validation split).
+
+A non-finite loss or gradient norm stops the run with `NonFiniteLossError` naming the step; nothing is written
+for that step, so the last good checkpoint stays the newest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import resource
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_SUFFIX = ".pt"
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or cannot go on; the message says why (and which file, field or step)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss or the gradient norm became NaN or infinite; the message names the step."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The optimisation settings of one run. Defaults are the paper's (Section 4.1, "Hyperparameter Details").
+
+    `checkpoint_every` (optimizer steps; 0 = only at epoch ends) does not change the result, so it is not part
+    of the run's fingerprint.
+    """
+
+    epochs: int = 10
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
+    max_length: int = 2048
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1, "a positive integer"),
+            ("batch_size", self.batch_size >= 1, "a positive integer"),
+            ("grad_accum", self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+             f"a positive divisor of batch_size ({self.batch_size})"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive finite number"),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            ("max_grad_norm", math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0,
+             "a finite number >= 0 (0 turns clipping off)"),
+            ("plateau_factor", 0 < self.plateau_factor < 1, "a number strictly between 0 and 1"),
+            ("plateau_patience", self.plateau_patience >= 0, "an integer >= 0"),
+            ("max_length", self.max_length >= 1, "a positive integer"),
+            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0 = only at epoch ends)"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.grad_accum
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change the trained weights."""
+        settings = dataclasses.asdict(self)
+        del settings["checkpoint_every"]
+        return settings
+
+
+@dataclass
+class LoopState:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs fully done (validation and scheduler step included)
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch
+    global_step: int = 0
+    order: list[int] | None = None  # the current epoch's shuffled example order
+    records: list[dict] = field(default_factory=list)  # train_metrics.jsonl so far
+    train_time_s: float = 0.0  # wall time spent in the loop, over all sessions, up to this state
+    resumed_from: list[int] = field(default_factory=list)  # global steps this run was resumed at
+
+
+@dataclass
+class LoopResult:
+    records: list[dict]
+    global_step: int
+    train_time_s: float
+    resumed_from: list[int]
+    val_losses: list[float]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Seeds, RNG states, data order
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: Mapping[str, Any]) -> None:
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch: a function of (seed, epoch) alone, not of any global RNG."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_path(checkpoint_dir: Path, global_step: int) -> Path:
+    return checkpoint_dir / f"{CHECKPOINT_PREFIX}{global_step:08d}{CHECKPOINT_SUFFIX}"
+
+
+def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
+    """The newest complete checkpoint in `checkpoint_dir` (temporary files of a killed write are ignored)."""
+    if checkpoint_dir is None or not checkpoint_dir.is_dir():
+        return None
+    found = sorted(
+        path for path in checkpoint_dir.iterdir()
+        if path.name.startswith(CHECKPOINT_PREFIX) and path.name.endswith(CHECKPOINT_SUFFIX)
+    )
+    return found[-1] if found else None
+
+
+def _save_checkpoint(checkpoint_dir: Path, payload: dict) -> Path:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(checkpoint_dir, payload["state"]["global_step"])
+    tmp = checkpoint_dir / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in checkpoint_dir.iterdir():  # older checkpoints and temporary files of killed writes
+        if old != path and old.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")):
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise TrainingError(f"{path}: not a readable checkpoint ({error}); delete it to start the run afresh") from error
+    saved = payload.get("fingerprint", {})
+    if _canonical(saved) != _canonical(fingerprint):
+        keys = sorted(key for key in set(saved) | set(fingerprint) if saved.get(key) != fingerprint.get(key))
+        raise TrainingError(
+            f"{path}: this checkpoint belongs to a different run (settings or data differ in: {', '.join(keys)}); "
+            f"delete {path.parent} to start this run afresh"
+        )
+    return payload
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def move_to_device(value: Any, device: torch.device) -> Any:
+    """Tensors anywhere inside dicts, lists, tuples and dataclasses moved to `device`; everything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: move_to_device(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(move_to_device(item, device) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value, **{f.name: move_to_device(getattr(value, f.name), device) for f in dataclasses.fields(value)}
+        )
+    return value
+
+
+def count_targets(labels: torch.Tensor) -> int:
+    """Target tokens of a causal-LM batch: labels are shifted by one, so the first position never counts."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def filter_by_length(adapter, examples: Sequence, max_length: int) -> tuple[list, list[str]]:
+    """Drop the examples whose full sequence (media tokens, prompt, answer) exceeds `max_length` tokens.
+
+    Truncating such a sequence would cut visual tokens or the answer, so they are dropped and named instead.
+    Returns (kept examples, ids of the dropped ones).
+    """
+    kept, dropped = [], []
+    for example in examples:
+        length = adapter.collate([example], with_answer=True)["input_ids"].shape[1]
+        if length <= max_length:
+            kept.append(example)
+        else:
+            dropped.append(example.id)
+    return kept, dropped
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def validation_loss(adapter, examples: Sequence, micro_batch_size: int, device: torch.device,
+                    autocast_dtype: torch.dtype | None) -> float:
+    """Mean cross-entropy over all answer tokens of `examples` (eval mode, no dropout, no gradient)."""
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    total_loss, total_targets = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), micro_batch_size):
+            batch = adapter.collate(list(examples[start:start + micro_batch_size]), with_answer=True)
+            targets = count_targets(batch["labels"])
+            with _autocast(device, autocast_dtype):
+                loss = adapter.forward(move_to_device(batch, device)).loss
+            total_loss += float(loss) * targets
+            total_targets += targets
+    model.train(was_training)
+    return total_loss / max(total_targets, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_training(
+    adapter,
+    parameters: Mapping[str, nn.Parameter],
+    train_examples: Sequence,
+    val_examples: Sequence,
+    config: LoopConfig,
+    *,
+    fingerprint: Mapping[str, Any],
+    checkpoint_dir: Path | None,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    step_statistics: Callable[[], Mapping[str, float]] | None = None,
+    description: str = "train",
+) -> LoopResult:
+    """Train `parameters` of `adapter.model` on `train_examples` for `config.epochs` epochs; resume when a
+    checkpoint of this run (same `fingerprint`) is in `checkpoint_dir`.
+
+    `parameters` (name -> parameter, all requiring grad) is what is optimised and checkpointed.
+    `step_statistics` adds fields (e.g. the router's gate statistics) to every step's record.
+    """
+    if not train_examples:
+        raise TrainingError("the training split has no examples")
+    model = adapter.model
+    param_list = list(parameters.values())
+    optimizer = torch.optim.AdamW(param_list, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
+        )
+        if val_examples else None
+    )
+    fingerprint = {**fingerprint, "loop": config.fingerprint()}
+    state = LoopState()
+
+    resume_path = latest_checkpoint(checkpoint_dir)
+    if resume_path is not None:
+        payload = _load_checkpoint(resume_path, fingerprint)
+        with torch.no_grad():
+            for name, param in parameters.items():
+                if name not in payload["parameters"]:
+                    raise TrainingError(f"{resume_path}: checkpoint has no parameter {name!r}")
+                param.copy_(payload["parameters"][name])
+        optimizer.load_state_dict(payload["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(payload["scheduler"])
+        state = LoopState(**payload["state"])
+        restore_rng_states(payload["rng"])
+        state.resumed_from.append(state.global_step)
+        log.info("resumed from %s (epoch %d, step %d of the epoch, global step %d)",
+                 resume_path, state.epoch + 1, state.step_in_epoch, state.global_step)
+    else:
+        seed_everything(config.seed)
+
+    def save(epoch_end: bool) -> Path | None:
+        if checkpoint_dir is None:
+            return None
+        payload = {
+            "fingerprint": fingerprint,
+            "parameters": {name: param.detach().cpu() for name, param in parameters.items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_states(),
+            "state": dataclasses.asdict(state),
+        }
+        path = _save_checkpoint(checkpoint_dir, payload)
+        log.info("checkpoint %s (%s)", path, "epoch end" if epoch_end else "step interval")
+        return path
+
+    micro = config.micro_batch_size
+    steps_per_epoch = math.ceil(len(train_examples) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    model.train()
+    session_start = time.perf_counter()
+    train_time_before = state.train_time_s
+    progress = tqdm(total=total_steps, initial=state.global_step, desc=description, unit="step",
+                    dynamic_ncols=True, mininterval=1.0)
+    try:
+        while state.epoch < config.epochs:
+            if state.order is None:
+                state.order = epoch_order(len(train_examples), config.seed, state.epoch)
+            elif len(state.order) != len(train_examples):
+                raise TrainingError(
+                    f"checkpoint order covers {len(state.order)} examples, the training split has {len(train_examples)}"
+                )
+            step_loss = math.nan
+            while state.step_in_epoch < steps_per_epoch:
+                step_start = time.perf_counter()
+                first = state.step_in_epoch * config.batch_size
+                indices = state.order[first:first + config.batch_size]
+                batches = [
+                    adapter.collate([train_examples[i] for i in indices[start:start + micro]], with_answer=True)
+                    for start in range(0, len(indices), micro)
+                ]
+                batch_targets = sum(count_targets(batch["labels"]) for batch in batches)
+                where = (f"step {state.global_step + 1} (epoch {state.epoch + 1}, "
+                         f"batch {state.step_in_epoch + 1} of {steps_per_epoch})")
+                optimizer.zero_grad(set_to_none=True)
+                step_loss, step_tokens = 0.0, 0
+                for batch in batches:
+                    targets = count_targets(batch["labels"])
+                    step_tokens += int(batch["attention_mask"].sum())
+                    with _autocast(device, autocast_dtype):
+                        loss = adapter.forward(move_to_device(batch, device)).loss * (targets / max(batch_targets, 1))
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"non-finite loss ({float(loss)}) at {where}; the last good checkpoint is "
+                            f"{latest_checkpoint(checkpoint_dir) or 'none (no checkpoint written yet)'}"
+                        )
+                    loss.backward()
+                    step_loss += float(loss)
+                max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(param_list, max_norm))
+                if not math.isfinite(grad_norm):
+                    raise NonFiniteLossError(
+                        f"non-finite gradient norm ({grad_norm}) at {where}; the last good checkpoint is "
+                        f"{latest_checkpoint(checkpoint_dir) or 'none (no checkpoint written yet)'}"
+                    )
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                state.step_in_epoch += 1
+                state.global_step += 1
+                step_time = time.perf_counter() - step_start
+                record = {
+                    "kind": "step", "step": state.global_step, "epoch": state.epoch + 1, "loss": step_loss,
+                    "lr": lr, "grad_norm": grad_norm, "examples": len(indices), "tokens": step_tokens,
+                    "step_time_s": step_time, "tokens_per_s": step_tokens / step_time,
+                }
+                if step_statistics is not None:
+                    record.update(step_statistics())
+                state.records.append(record)
+                progress.update(1)
+                progress.set_postfix(loss=f"{step_loss:.4f}", ex_s=f"{len(indices) / step_time:.1f}",
+                                     tok_s=f"{step_tokens / step_time:.0f}")
+                if (config.checkpoint_every and state.global_step % config.checkpoint_every == 0
+                        and state.step_in_epoch < steps_per_epoch):
+                    state.train_time_s = train_time_before + time.perf_counter() - session_start
+                    save(epoch_end=False)
+
+            val_loss = None
+            if val_examples:
+                val_loss = validation_loss(adapter, val_examples, micro, device, autocast_dtype)
+                if not math.isfinite(val_loss):
+                    raise NonFiniteLossError(f"non-finite validation loss ({val_loss}) after epoch {state.epoch + 1}")
+                scheduler.step(val_loss)
+            state.records.append({
+                "kind": "epoch", "epoch": state.epoch + 1, "step": state.global_step, "val_loss": val_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+            })
+            log.info("epoch %d/%d done: step %d, last train loss %.4f, val loss %s, lr %.3g", state.epoch + 1,
+                     config.epochs, state.global_step, step_loss,
+                     "n/a" if val_loss is None else f"{val_loss:.4f}", optimizer.param_groups[0]["lr"])
+            state.epoch += 1
+            state.step_in_epoch = 0
+            state.order = None
+            state.train_time_s = train_time_before + time.perf_counter() - session_start
+            save(epoch_end=True)
+    finally:
+        progress.close()
+    state.train_time_s = train_time_before + time.perf_counter() - session_start
+    return LoopResult(
+        records=state.records,
+        global_step=state.global_step,
+        train_time_s=state.train_time_s,
+        resumed_from=state.resumed_from,
+        val_losses=[r["val_loss"] for r in state.records if r["kind"] == "epoch" and r["val_loss"] is not None],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run bookkeeping: devices, fingerprints, run cards, atomic output directories
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" -> bfloat16 on a GPU, float32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def directory_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 over a directory's small JSON files (contents) and every file's relative path and size.
+
+    Cheap for multi-gigabyte caches, and it changes whenever the cache is rebuilt with other settings (meta.json)
+    or other data (file sizes)."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = file.relative_to(root).as_posix()
+        digest.update(f"{relative}\0{file.stat().st_size}\0".encode())
+        if file.suffix == ".json":
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def input_fingerprint(path: str | os.PathLike | None) -> str | None:
+    """A file's sha256 or a directory's `directory_fingerprint`; None for no input."""
+    if path is None:
+        return None
+    path = Path(path)
+    return directory_fingerprint(path) if path.is_dir() else file_sha256(path)
+
+
+def package_versions(names: Iterable[str] = ("moir", "torch", "transformers", "peft", "numpy", "pyarrow")) -> dict:
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def peak_memory(device: torch.device) -> dict[str, float | None]:
+    """Peak resident memory of this process (GiB) and, on a GPU, peak allocated device memory (GiB)."""
+    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    gpu_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"peak_rss_gib": round(rss_gib, 3), "peak_gpu_allocated_gib": None if gpu_gib is None else round(gpu_gib, 3)}
+
+
+def write_jsonl(records: Iterable[Mapping], path: Path) -> None:
+    with open(path, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def write_json(value: Any, path: Path) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def write_output_dir(out_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """Create `out_dir` atomically: `fill` writes into a temporary sibling directory, which is then renamed."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

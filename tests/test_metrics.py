@@ -1,0 +1,184 @@
+"""Every metric function against cases computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from moir.metrics import (
+    effective_rank,
+    exact_match,
+    layer_groups,
+    modality_dominance,
+    normalize_answer,
+    parse_option_letter,
+    robustness_summary,
+    unchanged_rate,
+    vision_irrelevant_split,
+    vqa_accuracy,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("Yes", "yes"),
+        ("yes.", "yes"),  # a period not followed by a digit goes
+        ("3.5", "3.5"),  # a decimal point stays
+        ("The Red Car", "red car"),  # articles go, lower case
+        ("an apple", "apple"),
+        ("Two", "2"),  # number words become digits
+        ("none", "0"),
+        ("ten dogs", "10 dogs"),
+        ("dont", "don't"),  # contractions get their apostrophe
+        ("Whats that", "what's that"),
+        ("1,000", "1000"),  # digit,digit: punctuation removed, not replaced
+        ("black/white", "black white"),  # otherwise punctuation becomes a space
+        ("black / white", "black white"),  # punctuation next to a space is removed
+        ("hi, there!", "hi there"),
+        ("line\nbreak\tand tab ", "line break and tab"),
+        ("a-b", "b"),  # "a b": the article goes
+        ("unanswerable", "unanswerable"),
+    ],
+)
+def test_normalize_answer(raw, normalized):
+    assert normalize_answer(raw) == normalized
+
+
+def test_vqa_accuracy_leave_one_out():
+    # m annotators agree with the prediction out of 10: leaving out an agreeing one leaves m-1 matches,
+    # leaving out another one leaves m; the mean over the 10 subsets of min(matches/3, 1):
+    assert vqa_accuracy("yes", ["yes"] * 4 + ["no"] * 6) == pytest.approx(1.0)  # (4*1 + 6*1)/10
+    assert vqa_accuracy("yes", ["yes"] * 3 + ["no"] * 7) == pytest.approx(0.9)  # (3*2/3 + 7*1)/10
+    assert vqa_accuracy("yes", ["yes"] * 2 + ["no"] * 8) == pytest.approx(0.6)  # (2*1/3 + 8*2/3)/10
+    assert vqa_accuracy("yes", ["yes"] * 1 + ["no"] * 9) == pytest.approx(0.3)  # (1*0 + 9*1/3)/10
+    assert vqa_accuracy("maybe", ["yes"] * 10) == 0.0
+
+
+def test_vqa_accuracy_normalises_prediction_and_answers():
+    answers = ["Two", "2", "two.", "2 ", "three", "3", "3", "3", "3", "3"]
+    assert vqa_accuracy("2", answers) == pytest.approx(1.0)  # 4 matches: every subset keeps >= 3
+    assert vqa_accuracy("The three.", answers) == pytest.approx(1.0)
+    assert vqa_accuracy("Unanswerable", ["unanswerable"] * 3 + ["blue"] * 7) == pytest.approx(0.9)
+
+
+def test_vqa_accuracy_single_answer_and_errors():
+    assert vqa_accuracy("Red.", ["red"]) == 1.0
+    assert vqa_accuracy("blue", ["red"]) == 0.0
+    with pytest.raises(ValueError):
+        vqa_accuracy("red", [])
+
+
+@pytest.mark.parametrize(
+    ("text", "n_choices", "index"),
+    [
+        ("A", 4, 0),
+        ("C", 3, 2),
+        (" B\n", 2, 1),  # the reply is stripped, as LLaVA's generation does
+        ("B. a cat", 3, 1),
+        ("The answer is C.", 4, 2),
+        ("I think The answer is B, clearly", 4, 1),
+        ("The answer is B", 4, None),  # LLaVA's regex needs a character after the letter
+        ("The answer is A. The answer is B.", 4, None),  # more than one match
+        ("D", 3, None),  # outside the options
+        ("E. something", 4, None),
+        ("a", 4, None),  # lower case is not a letter option
+        ("AB", 4, None),
+        ("", 4, None),
+        ("cat", 2, None),
+    ],
+)
+def test_parse_option_letter(text, n_choices, index):
+    assert parse_option_letter(text, n_choices) == index
+
+
+def test_parse_option_letter_rejects_bad_choice_count():
+    with pytest.raises(ValueError):
+        parse_option_letter("A", 0)
+
+
+def test_exact_match():
+    assert exact_match("Red.", ["red"]) == 1.0
+    assert exact_match("the circle", ["square", "Circle"]) == 1.0
+    assert exact_match("red car", ["red"]) == 0.0
+
+
+def test_effective_rank_hand_cases():
+    assert effective_rank(torch.eye(4)) == pytest.approx(4.0)  # four equal singular values
+    assert effective_rank(np.ones((3, 5))) == pytest.approx(1.0)  # rank one
+    # singular values 3 and 1: p = (3/4, 1/4), H = -(3/4 ln 3/4 + 1/4 ln 1/4)
+    expected = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert effective_rank(torch.diag(torch.tensor([3.0, 1.0]))) == pytest.approx(expected)
+    # uncentered: a constant offset makes rank one, not zero
+    assert effective_rank(torch.full((6, 3), 2.0, dtype=torch.bfloat16)) == pytest.approx(1.0)
+    # invariant to an orthogonal rotation of the feature space
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    x = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=torch.float64))
+    assert effective_rank(x @ q) == pytest.approx(effective_rank(x))
+
+
+def test_effective_rank_errors():
+    for bad in (torch.zeros(3, 4), torch.ones(4), torch.empty(0, 4), torch.tensor([[float("nan"), 1.0]])):
+        with pytest.raises(ValueError):
+            effective_rank(bad)
+
+
+def test_modality_dominance_hand_cases():
+    # A_T = 0.6 over 10 text tokens, A_O = 0.2 over 100 visual tokens:
+    # MDI = 0.06 / 0.002 = 30; P_T = 0.75, Q_T = 10/110, AEI = 0.75 * 11 = 8.25
+    mdi, aei = modality_dominance(0.6, 10, 0.2, 100)
+    assert mdi == pytest.approx(30.0)
+    assert aei == pytest.approx(8.25)
+    # attention proportional to token counts: balanced
+    assert modality_dominance(0.1, 1, 0.5, 5) == pytest.approx((1.0, 1.0))
+    # visual dominance goes below 1
+    mdi, aei = modality_dominance(0.1, 5, 0.4, 5)
+    assert (mdi, aei) == pytest.approx((0.25, 0.4))
+    assert modality_dominance(0.5, 2, 0.0, 3) == (math.inf, pytest.approx(2.5))
+
+
+def test_modality_dominance_errors():
+    for args in ((0.5, 0, 0.5, 3), (0.5, 3, 0.5, 0), (-0.1, 3, 0.5, 3), (0.0, 3, 0.0, 3), (math.nan, 3, 0.5, 3)):
+        with pytest.raises(ValueError):
+            modality_dominance(*args)
+
+
+def test_layer_groups():
+    assert layer_groups(6) == {"all": [0, 1, 2, 3, 4, 5], "early": [0, 1], "middle": [2, 3], "late": [4, 5]}
+    groups = layer_groups(32)
+    assert [len(groups[name]) for name in ("early", "middle", "late")] == [11, 11, 10]
+    assert groups["early"] + groups["middle"] + groups["late"] == groups["all"]
+    assert layer_groups(2) == {"all": [0, 1], "early": [0], "middle": [1], "late": []}
+    with pytest.raises(ValueError):
+        layer_groups(0)
+
+
+def test_unchanged_rate():
+    assert unchanged_rate(["yes", "no", "2", "red"], ["yes", "yes", "2", "blue"]) == pytest.approx(50.0)
+    assert unchanged_rate(["Yes.", "two"], ["yes", "2"]) == pytest.approx(100.0)  # normalised by default
+    assert unchanged_rate(["Yes.", "two"], ["yes", "2"], normalize=False) == pytest.approx(0.0)
+    assert unchanged_rate(["a"], ["a"]) == 100.0
+    with pytest.raises(ValueError):
+        unchanged_rate(["a"], ["a", "b"])
+    with pytest.raises(ValueError):
+        unchanged_rate([], [])
+
+
+def test_vision_split_and_robustness_summary():
+    split = vision_irrelevant_split({"q1": True, "q2": False, "q3": False, "q4": True})
+    assert split == {
+        "q1": "vision_irrelevant", "q2": "vision_dependent", "q3": "vision_dependent", "q4": "vision_irrelevant"
+    }
+    clean = {"q1": "A", "q2": "B", "q3": "yes", "q4": "C"}
+    noisy = {"q1": "A", "q2": "A", "q3": "yes", "q4": "D"}
+    summary = robustness_summary(clean, noisy, split)
+    assert summary["all"] == {"unchanged_rate": pytest.approx(50.0), "n": 4}
+    assert summary["vision_dependent"] == {"unchanged_rate": pytest.approx(50.0), "n": 2}  # q3 kept, q2 changed
+    assert summary["vision_irrelevant"] == {"unchanged_rate": pytest.approx(50.0), "n": 2}  # q1 kept, q4 changed
+    only_dependent = robustness_summary({"q2": "x"}, {"q2": "x"}, split)
+    assert only_dependent["vision_irrelevant"] == {"unchanged_rate": None, "n": 0}
+    with pytest.raises(ValueError, match="missing from the vision split"):
+        robustness_summary({"q9": "x"}, {"q9": "x"}, split)
+    with pytest.raises(ValueError, match="different examples"):
+        robustness_summary({"q1": "x"}, {"q2": "x"}, split)
