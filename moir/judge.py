@@ -29,6 +29,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 JUDGE_SYSTEM_PROMPT = (
@@ -94,6 +96,23 @@ class OpenAIJudge:
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
             return json.loads(response.read().decode())
 
+    def check_reachable(self) -> None:
+        """Fail early, before hours of generation, when nothing answers at the endpoint (GET .../models).
+
+        Any HTTP answer counts as reachable (some servers do not list models); a refused connection, an unknown
+        host or a timeout raise JudgeError."""
+        models_url = self.url.removesuffix("/chat/completions") + "/models"
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(models_url, headers=headers),
+                                        timeout=min(self.timeout_s, 30.0)):
+                pass
+        except urllib.error.HTTPError as error:
+            log.info("judge %s: GET %s answered HTTP %d; treating the endpoint as reachable", self.name,
+                     models_url, error.code)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            raise JudgeError(f"cannot reach the judge at {models_url}: {error}") from error
+
     def __call__(self, user_prompt: str) -> str:
         payload = {
             "model": self.model,
@@ -113,7 +132,9 @@ class OpenAIJudge:
             except urllib.error.HTTPError as error:
                 detail = error.read().decode(errors="replace")[:500]
                 if error.code < 500 and error.code != 429:  # a request the server will never accept
-                    raise JudgeError(f"judge at {self.url} rejected the request: HTTP {error.code}: {detail}") from error
+                    raise JudgeError(
+                        f"judge at {self.url} rejected the request: HTTP {error.code}: {detail}"
+                    ) from error
                 last_error = JudgeError(f"HTTP {error.code}: {detail}")
             except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
                 last_error = error
@@ -202,7 +223,8 @@ def judge_predictions(
     if not len(questions) == len(answers) == len(predictions):
         raise ValueError("questions, answers and predictions must have the same length")
     results = []
-    for question, answer, prediction in zip(questions, answers, predictions):
+    items = zip(questions, answers, predictions)
+    for question, answer, prediction in tqdm(items, total=len(questions), desc=f"judge {judge.name}"):
         key = cache.key(judge.name, question, answer, prediction)
         reply = cache.get(key)
         if reply is None:

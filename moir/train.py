@@ -50,13 +50,13 @@ from moir.examples import load_examples
 from moir.models import load_adapter
 from moir.router import ALIGNS, DIRECTIONS, SCOPES, RouterConfig
 from moir.training_loop import (
-    CHECKPOINT_PREFIX,
     LoopConfig,
     TrainingError,
     filter_by_length,
     input_fingerprint,
     package_versions,
     peak_memory,
+    remove_checkpoints,
     resolve_device,
     resolve_dtype,
     run_training,
@@ -206,16 +206,14 @@ def train(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
 
     torch.manual_seed(args.seed)  # LoRA's initialisation
-    adapter = load_adapter(args.model, device=str(device))
-    if dtype != torch.float32:
-        adapter.model.to(dtype)
-    trainable_count = adapter.apply_lora(lora["placement"], r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
+    adapter = load_adapter(args.model, device=device, dtype=dtype)
+    adapter.apply_lora(lora["placement"], r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
     if router_config is not None:
         adapter.attach_router(router_config)
-        adapter.router.to(device)
     parameters = trainable_parameters(adapter)
+    trainable_count = adapter.num_trainable_parameters()
     if args.gradient_checkpointing:
-        adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        adapter.enable_gradient_checkpointing()
 
     train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, adapter,
                                 args.train_limit)
@@ -286,17 +284,6 @@ def train(args: argparse.Namespace) -> Path:
     if not args.keep_checkpoints:
         remove_checkpoints(args.checkpoint_dir)
     return args.out_dir
-
-
-def remove_checkpoints(checkpoint_dir: Path) -> None:
-    """Delete this loop's checkpoint files (and the directory when that leaves it empty); nothing else."""
-    if not checkpoint_dir.is_dir():
-        return
-    for path in checkpoint_dir.iterdir():
-        if path.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")):
-            path.unlink()
-    if not any(checkpoint_dir.iterdir()):
-        checkpoint_dir.rmdir()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,18 @@ def _save_checkpoint(checkpoint_dir: Path, payload: dict) -> Path:
     return path
 
 
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    """Delete this loop's checkpoint files (and the directory when that leaves it empty); nothing else."""
+    if not checkpoint_dir.is_dir():
+        return
+    for path in checkpoint_dir.iterdir():
+        if path.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")):
+            path.unlink()
+    if not any(checkpoint_dir.iterdir()):
+        checkpoint_dir.rmdir()
+
+
+
 def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -234,46 +247,72 @@ def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def move_to_device(value: Any, device: torch.device) -> Any:
-    """Tensors anywhere inside dicts, lists, tuples and dataclasses moved to `device`; everything else as is."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {key: move_to_device(item, device) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(move_to_device(item, device) for item in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(
-            value, **{f.name: move_to_device(getattr(value, f.name), device) for f in dataclasses.fields(value)}
-        )
-    return value
-
-
 def count_targets(labels: torch.Tensor) -> int:
     """Target tokens of a causal-LM batch: labels are shifted by one, so the first position never counts."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def filter_by_length(adapter, examples: Sequence, max_length: int) -> tuple[list, list[str]]:
+def filter_by_length(adapter, examples: Sequence, max_length: int, chunk_size: int = 64) -> tuple[Sequence, list[str]]:
     """Drop the examples whose full sequence (media tokens, prompt, answer) exceeds `max_length` tokens.
 
     Truncating such a sequence would cut visual tokens or the answer, so they are dropped and named instead.
-    Returns (kept examples, ids of the dropped ones).
+    Lengths come from collating `chunk_size` examples at a time (one pass over the data, before training).
+    Returns (the kept examples as a lazy view of `examples`, ids of the dropped ones).
     """
     kept, dropped = [], []
-    for example in examples:
-        length = adapter.collate([example], with_answer=True)["input_ids"].shape[1]
-        if length <= max_length:
-            kept.append(example)
-        else:
-            dropped.append(example.id)
-    return kept, dropped
+    for start in range(0, len(examples), chunk_size):
+        chunk = [examples[i] for i in range(start, min(start + chunk_size, len(examples)))]
+        lengths = adapter.collate(chunk, with_answer=True)["attention_mask"].sum(1).tolist()
+        for offset, (example, length) in enumerate(zip(chunk, lengths)):
+            if length <= max_length:
+                kept.append(start + offset)
+            else:
+                dropped.append(example.id)
+    return Subset(examples, kept), dropped
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None or dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def optimizer_step(
+    adapter,
+    examples: Sequence,
+    micro_batch_size: int,
+    optimizer: torch.optim.Optimizer,
+    parameters: Sequence[nn.Parameter],
+    max_grad_norm: float,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[float, float, int]:
+    """One optimizer step on `examples` (one batch), in micro-batches: collate, forward, backward, clip, update.
+
+    Each micro-batch's mean loss is weighted by its share of the batch's target tokens, so the gradient is that of
+    the mean over all the batch's answer tokens whatever the split. Returns (loss, gradient norm before clipping,
+    tokens). Raises NonFiniteLossError before the update when the loss or the gradient norm is not finite.
+    """
+    batches = [
+        adapter.collate(list(examples[start:start + micro_batch_size]), with_answer=True)
+        for start in range(0, len(examples), micro_batch_size)
+    ]
+    batch_targets = max(sum(count_targets(batch["labels"]) for batch in batches), 1)
+    optimizer.zero_grad(set_to_none=True)
+    total_loss, tokens = 0.0, 0
+    for batch in batches:
+        tokens += int(batch["attention_mask"].sum())
+        with _autocast(device, autocast_dtype):
+            loss = adapter.forward(batch).loss * (count_targets(batch["labels"]) / batch_targets)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()})")
+        loss.backward()
+        total_loss += loss.item()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else math.inf))
+    if not math.isfinite(grad_norm):
+        raise NonFiniteLossError(f"non-finite gradient norm ({grad_norm})")
+    optimizer.step()
+    return total_loss, grad_norm, tokens
 
 
 def validation_loss(adapter, examples: Sequence, micro_batch_size: int, device: torch.device,
@@ -285,10 +324,11 @@ def validation_loss(adapter, examples: Sequence, micro_batch_size: int, device: 
     total_loss, total_targets = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), micro_batch_size):
-            batch = adapter.collate(list(examples[start:start + micro_batch_size]), with_answer=True)
+            chunk = range(start, min(start + micro_batch_size, len(examples)))
+            batch = adapter.collate([examples[i] for i in chunk], with_answer=True)
             targets = count_targets(batch["labels"])
             with _autocast(device, autocast_dtype):
-                loss = adapter.forward(move_to_device(batch, device)).loss
+                loss = adapter.forward(batch).loss
             total_loss += float(loss) * targets
             total_targets += targets
     model.train(was_training)
@@ -389,36 +429,17 @@ def run_training(
                 step_start = time.perf_counter()
                 first = state.step_in_epoch * config.batch_size
                 indices = state.order[first:first + config.batch_size]
-                batches = [
-                    adapter.collate([train_examples[i] for i in indices[start:start + micro]], with_answer=True)
-                    for start in range(0, len(indices), micro)
-                ]
-                batch_targets = sum(count_targets(batch["labels"]) for batch in batches)
                 where = (f"step {state.global_step + 1} (epoch {state.epoch + 1}, "
                          f"batch {state.step_in_epoch + 1} of {steps_per_epoch})")
-                optimizer.zero_grad(set_to_none=True)
-                step_loss, step_tokens = 0.0, 0
-                for batch in batches:
-                    targets = count_targets(batch["labels"])
-                    step_tokens += int(batch["attention_mask"].sum())
-                    with _autocast(device, autocast_dtype):
-                        loss = adapter.forward(move_to_device(batch, device)).loss * (targets / max(batch_targets, 1))
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"non-finite loss ({float(loss)}) at {where}; the last good checkpoint is "
-                            f"{latest_checkpoint(checkpoint_dir) or 'none (no checkpoint written yet)'}"
-                        )
-                    loss.backward()
-                    step_loss += float(loss)
-                max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(param_list, max_norm))
-                if not math.isfinite(grad_norm):
-                    raise NonFiniteLossError(
-                        f"non-finite gradient norm ({grad_norm}) at {where}; the last good checkpoint is "
-                        f"{latest_checkpoint(checkpoint_dir) or 'none (no checkpoint written yet)'}"
-                    )
                 lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
+                try:
+                    step_loss, grad_norm, step_tokens = optimizer_step(
+                        adapter, [train_examples[i] for i in indices], micro, optimizer, param_list,
+                        config.max_grad_norm, device, autocast_dtype,
+                    )
+                except NonFiniteLossError as error:
+                    last = latest_checkpoint(checkpoint_dir) or "none (no checkpoint written yet)"
+                    raise NonFiniteLossError(f"{error} at {where}; the last good checkpoint is {last}") from None
                 state.step_in_epoch += 1
                 state.global_step += 1
                 step_time = time.perf_counter() - step_start

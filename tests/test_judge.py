@@ -1,20 +1,25 @@
-"""The MMBench-Video judge against a real OpenAI-compatible HTTP server on loopback, and its reply cache."""
+"""The MMBench-Video judge against a real OpenAI-compatible HTTP server on loopback, a local tiny causal LM as
+judge, and the reply cache."""
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from moir.judge import (
     JUDGE_SYSTEM_PROMPT,
     JudgeCache,
     JudgeError,
+    LocalJudge,
     OpenAIJudge,
     judge_predictions,
     judge_prompt,
     parse_judge_score,
 )
+from moir.models.tiny import QWEN_CHAT_TEMPLATE, qwen_tokenizer
 
 
 class _ChatCompletions(BaseHTTPRequestHandler):
@@ -129,3 +134,27 @@ def test_openai_judge_client_error_is_not_retried(server):
     with pytest.raises(JudgeError, match="HTTP 404"):
         judge(judge_prompt("q", "a", "b"))
     assert len(server.requests) == 1
+
+
+def test_local_judge_is_greedy_and_cached(tmp_path):
+    tokenizer = qwen_tokenizer()
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "judge")
+    tokenizer.save_pretrained(tmp_path / "judge")
+
+    judge = LocalJudge(str(tmp_path / "judge"), max_new_tokens=4)
+    assert judge.name == f"local:{tmp_path / 'judge'}"
+    prompt = judge_prompt("What sport?", "soccer", "tennis")
+    reply = judge(prompt)
+    assert isinstance(reply, str) and judge(prompt) == reply  # greedy: the same reply every time
+    cache = JudgeCache(tmp_path / "cache.jsonl")
+    results = judge_predictions(judge, cache, ["What sport?"] * 2, ["soccer"] * 2, ["tennis"] * 2)
+    assert results == [(reply, parse_judge_score(reply))] * 2
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == 1  # asked once, then from the cache
+
+    with pytest.raises(JudgeError, match="cannot load the local judge model"):
+        LocalJudge(str(tmp_path / "missing"))

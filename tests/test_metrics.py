@@ -17,6 +17,7 @@ from moir.metrics import (
     unchanged_rate,
     vision_irrelevant_split,
     vqa_accuracy,
+    vqa_correct,
 )
 
 
@@ -68,6 +69,13 @@ def test_vqa_accuracy_single_answer_and_errors():
     assert vqa_accuracy("blue", ["red"]) == 0.0
     with pytest.raises(ValueError):
         vqa_accuracy("red", [])
+
+
+def test_vqa_correct():
+    assert vqa_correct("yes", ["yes"] * 3 + ["no"] * 7)  # 3 annotators: full credit
+    assert not vqa_correct("yes", ["Yes"] * 2 + ["no"] * 8)
+    assert vqa_correct("Red.", ["red"])  # fewer than 3 answers: all of them must agree
+    assert not vqa_correct("red", ["red", "blue"])
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,9 @@ def iter_audio(audio_path: str | os.PathLike, batch_size: int = 16) -> Iterator[
     if missing:
         raise ValueError(f"{audio_path}: missing column(s) {sorted(missing)}")
     for batch in parquet.iter_batches(batch_size=batch_size, columns=AUDIO_SCHEMA.names):
-        paths, rates, has_audio = (batch.column(name).to_pylist() for name in ("media_path", "sample_rate", "has_audio"))
+        paths, rates, has_audio = (
+            batch.column(name).to_pylist() for name in ("media_path", "sample_rate", "has_audio")
+        )
         samples = batch.column("samples")
         for i, path in enumerate(paths):
             if rates[i] != SAMPLE_RATE:

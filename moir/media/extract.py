@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from moir.data.manifest import media_root, read_manifest
 from moir.media.audio import AUDIO_SCHEMA, audio_row, extract_audio
-from moir.media.frames import FRAMES_SCHEMA, FrameSampling, extract_frames
+from moir.media.frames import FRAMES_SCHEMA, FrameSampling, SampledVideo, extract_frames
 from moir.media.storage import ParquetStreamWriter, write_table_atomic
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class TooManyBadFiles(RuntimeError):
 @dataclass
 class VideoResult:
     media_path: str
-    frames: list[tuple[int, float, bytes]] | None
+    video: SampledVideo | None
     audio: dict | None
     errors: list[dict]
 
@@ -66,18 +66,18 @@ def process_video(
 ) -> VideoResult:
     """Decode one video's frames and audio; a failure of either is returned as an error row, never raised."""
     path = root / media_path
-    frames = audio = None
+    video = audio = None
     errors = []
     try:
-        frames = extract_frames(path, sampling, image_format=image_format, jpeg_quality=jpeg_quality)
+        video = extract_frames(path, sampling, image_format=image_format, jpeg_quality=jpeg_quality)
     except Exception as error:  # decord raises RuntimeError, DECORDError, IndexError... on bad files
         errors.append({"media_path": media_path, "stage": "frames", "reason": f"{type(error).__name__}: {error}"})
-    if frames is not None:
+    if video is not None:
         try:
             audio = audio_row(media_path, extract_audio(path))
         except Exception as error:
             errors.append({"media_path": media_path, "stage": "audio", "reason": f"{type(error).__name__}: {error}"})
-    return VideoResult(media_path, frames, audio, errors)
+    return VideoResult(media_path, video, audio, errors)
 
 
 def extract_media(
@@ -99,13 +99,16 @@ def extract_media(
     log.info("%s: %d videos, sampling %s", manifest_path, len(videos), sampling.describe())
 
     work = partial(
-        process_video, root=media_root(manifest), sampling=sampling, image_format=image_format, jpeg_quality=jpeg_quality
+        process_video,
+        root=media_root(manifest),
+        sampling=sampling,
+        image_format=image_format,
+        jpeg_quality=jpeg_quality,
     )
     errors: list[dict] = []
     n_without_audio = 0
     frames_out = ParquetStreamWriter(out_dir / "frames.parquet", FRAMES_SCHEMA.with_metadata(metadata))
     audio_out = ParquetStreamWriter(out_dir / "audio.parquet", AUDIO_SCHEMA.with_metadata(metadata))
-    errors_path = out_dir / "errors.parquet"
     try:
         with frames_out, audio_out, ProcessPoolExecutor(workers) as pool:
             frame_rows: list[dict] = []
@@ -113,10 +116,16 @@ def extract_media(
             results = pool.map(work, videos)
             for i, result in enumerate(tqdm(results, total=len(videos), desc="frames+audio", unit="video"), 1):
                 errors.extend(result.errors)
-                if result.frames is not None:
+                if result.video is not None:
                     frame_rows.extend(
-                        {"media_path": result.media_path, "frame_index": index, "timestamp": time, "image": image}
-                        for index, time, image in result.frames
+                        {
+                            "media_path": result.media_path,
+                            "frame_index": index,
+                            "timestamp": time,
+                            "sampled_fps": result.video.sampled_fps,
+                            "image": image,
+                        }
+                        for index, time, image in result.video.frames
                     )
                 if result.audio is not None:
                     audio_rows.append(result.audio)
@@ -127,12 +136,16 @@ def extract_media(
                     frame_rows, audio_rows = [], []
             check_bad_share(errors, len(videos), max_bad_share, manifest_path)  # raising here publishes nothing
     except TooManyBadFiles:
-        write_table_atomic(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA.with_metadata(metadata)), errors_path)
+        write_errors(errors, out_dir / "errors.parquet", metadata)
         raise
-    write_table_atomic(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA.with_metadata(metadata)), errors_path)
+    write_errors(errors, out_dir / "errors.parquet", metadata)
     n_bad = len({error["media_path"] for error in errors})
     log.info("%d videos, %d bad, %d without audio", len(videos), n_bad, n_without_audio)
     return ExtractionSummary(len(videos), n_bad, n_without_audio, errors)
+
+
+def write_errors(errors: list[dict], path: Path, metadata: dict) -> None:
+    write_table_atomic(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA.with_metadata(metadata)), path)
 
 
 def check_bad_share(errors: list[dict], n_videos: int, max_bad_share: float, source: str | os.PathLike) -> None:
@@ -146,4 +159,3 @@ def check_bad_share(errors: list[dict], n_videos: int, max_bad_share: float, sou
         )
     for error in errors:
         log.warning("skipped %s (%s): %s", error["media_path"], error["stage"], error["reason"])
-

@@ -14,6 +14,8 @@ Table (one row per sampled frame, rows of a video contiguous and in time order):
 media_path   str      the video, as the manifest's `media_path` (relative to its media root): the join key
 frame_index  int32    index of the frame in the decoded video
 timestamp    float32  presentation time of the frame in seconds
+sampled_fps  float32  frames kept per second of video (n / duration; the same on every row of a video): the frame
+                      rate the sampled frames play at, which Qwen2.5-VL's temporal positions depend on
 image        binary   the frame as a JPEG or PNG file (metadata `image_format`)
 """
 
@@ -39,6 +41,7 @@ FRAMES_SCHEMA = pa.schema(
         pa.field("media_path", pa.string(), nullable=False),
         pa.field("frame_index", pa.int32(), nullable=False),
         pa.field("timestamp", pa.float32(), nullable=False),
+        pa.field("sampled_fps", pa.float32(), nullable=False),
         pa.field("image", pa.binary(), nullable=False),
     ]
 )
@@ -105,15 +108,24 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+@dataclass
+class SampledVideo:
+    """The sampled frames of one video: (frame index, timestamp in seconds, image bytes) each, and their rate."""
+
+    frames: list[tuple[int, float, bytes]]
+    sampled_fps: float
+
+
 def extract_frames(
     video_path: str | os.PathLike, sampling: FrameSampling, *, image_format: str = "jpeg", jpeg_quality: int = 90
-) -> list[tuple[int, float, bytes]]:
-    """Sample and encode the frames of one video: (frame index, timestamp in seconds, image bytes) per frame.
+) -> SampledVideo:
+    """Sample and encode the frames of one video.
 
     Raises whatever decord raises on an unreadable or corrupt file; the caller records it.
     """
     reader = decord.VideoReader(str(video_path), ctx=decord.cpu(0), num_threads=1)
-    indices = sample_frame_indices(len(reader), reader.get_avg_fps(), sampling)
+    average_fps = reader.get_avg_fps()
+    indices = sample_frame_indices(len(reader), average_fps, sampling)
     frames = []
     for start in range(0, len(indices), DECODE_CHUNK):
         chunk = indices[start : start + DECODE_CHUNK]
@@ -121,10 +133,12 @@ def extract_frames(
         timestamps = reader.get_frame_timestamp(chunk)[:, 0]
         for index, timestamp, frame in zip(chunk, timestamps, pixels):
             frames.append((index, float(timestamp), encode_image(frame, image_format, jpeg_quality)))
-    return frames
+    return SampledVideo(frames, sampled_fps=len(indices) * average_fps / len(reader))
 
 
-def read_encoded_frames(frames_path: str | os.PathLike, media_paths: Iterable[str] | None = None) -> dict[str, list[bytes]]:
+def read_encoded_frames(
+    frames_path: str | os.PathLike, media_paths: Iterable[str] | None = None
+) -> dict[str, list[bytes]]:
     """The encoded frames of each video in a frames table (all videos, or only `media_paths`), in time order."""
     filters = None if media_paths is None else pc.field("media_path").isin(sorted(set(media_paths)))
     try:
@@ -136,3 +150,12 @@ def read_encoded_frames(frames_path: str | os.PathLike, media_paths: Iterable[st
     for path, image in zip(table.column("media_path").to_pylist(), table.column("image").to_pylist()):
         frames.setdefault(path, []).append(image)
     return frames
+
+
+def read_sampled_fps(frames_path: str | os.PathLike) -> dict[str, float]:
+    """media_path -> sampled_fps of every video in a frames table (those the extraction stage could decode)."""
+    try:
+        table = pq.read_table(frames_path, columns=["media_path", "sampled_fps"])
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ValueError(f"{frames_path}: not a readable frames table ({error})") from error
+    return dict(zip(table.column("media_path").to_pylist(), table.column("sampled_fps").to_pylist()))

@@ -39,9 +39,9 @@ class ParquetStreamWriter:
         self._writer = pq.ParquetWriter(self._tmp, self.schema, **self._options)
         return self
 
-    def write_table(self, table: pa.Table) -> None:
-        """Append `table` (this writer's schema) as one or more row groups."""
-        self._writer.write_table(table)
+    def write_table(self, table: pa.Table, row_group_size: int | None = None) -> None:
+        """Append `table` (this writer's schema) as row groups of at most `row_group_size` rows."""
+        self._writer.write_table(table, row_group_size=row_group_size)
 
     def write_rows(self, rows: list[dict]) -> None:
         """Append `rows` (dicts keyed by column name) as one row group; an empty list writes nothing."""
@@ -57,8 +57,10 @@ class ParquetStreamWriter:
             self._tmp.unlink(missing_ok=True)
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike, **parquet_options) -> Path:
+def write_table_atomic(
+    table: pa.Table, path: str | os.PathLike, *, row_group_size: int | None = None, **parquet_options
+) -> Path:
     """Write a whole table to `path` through a temporary file and a rename."""
     with ParquetStreamWriter(path, table.schema, **parquet_options) as writer:
-        writer.write_table(table)
+        writer.write_table(table, row_group_size=row_group_size)
     return writer.path

@@ -3,7 +3,7 @@
 The names exported here are called by checks outside this repository; keep them and their signatures.
 """
 
-from moir.metrics.accuracy import exact_match, normalize_answer, parse_option_letter, vqa_accuracy
+from moir.metrics.accuracy import exact_match, normalize_answer, parse_option_letter, vqa_accuracy, vqa_correct
 from moir.metrics.dominance import layer_groups, modality_dominance
 from moir.metrics.rank import effective_rank
 from moir.metrics.robustness import robustness_summary, unchanged_rate, vision_irrelevant_split
@@ -19,4 +19,5 @@ __all__ = [
     "unchanged_rate",
     "vision_irrelevant_split",
     "vqa_accuracy",
+    "vqa_correct",
 ]

@@ -14,6 +14,8 @@
 - ScienceQA option parsing (`parse_option_letter`) follows LLaVA's `eval_science_qa.py` (LLaVA-1.5): the stripped
   reply is a bare letter, or starts with "X. ", or contains exactly one "The answer is X" followed by a character;
   anything else, or a letter outside the question's options, is unparseable (LLaVA counts it wrong).
+- A VQA prediction is "correct" (for the vision-irrelevant split) when it gets full credit by the VQA definition,
+  min(#humans who gave it / 3, 1) = 1 (`vqa_correct`).
 - The synthetic benchmark's open questions are scored by exact match of the normalised answer (`exact_match`).
 """
 
@@ -62,7 +64,9 @@ _NUMBER_WORDS = {
 _ARTICLES = frozenset({"a", "an", "the"})
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_PUNCTUATION = (
+    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"
+)
 
 
 def _process_punctuation(text: str) -> str:
@@ -96,6 +100,15 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
         return float(matches[0])
     total = sum(matches)
     return sum(min((total - left_out) / 3, 1.0) for left_out in matches) / len(matches)
+
+
+def vqa_correct(prediction: str, answers: Sequence[str]) -> bool:
+    """Whether a prediction is fully correct by the VQA definition: at least 3 annotators (all, when fewer than 3
+    answers exist) gave it, so min(#humans/3, 1) = 1. With 10 answers this is vqa_accuracy >= 0.9."""
+    if len(answers) == 0:
+        raise ValueError("vqa_correct needs at least one reference answer")
+    predicted = normalize_answer(prediction)
+    return sum(normalize_answer(answer) == predicted for answer in answers) >= min(3, len(answers))
 
 
 def parse_option_letter(text: str, n_choices: int) -> int | None:

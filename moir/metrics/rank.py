@@ -13,7 +13,7 @@ import torch
 
 def effective_rank(matrix: torch.Tensor | np.ndarray) -> float:
     """exp of the entropy of the normalised singular values of a 2-D matrix (tokens x D), uncentered."""
-    values = torch.as_tensor(matrix).detach().to("cpu", torch.float64)
+    values = torch.as_tensor(matrix).detach().to(torch.float64)
     if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
         raise ValueError(f"effective_rank needs a non-empty 2-D matrix, got shape {tuple(values.shape)}")
     if not torch.isfinite(values).all():

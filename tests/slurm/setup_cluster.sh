@@ -113,6 +113,8 @@ ClusterName=$CLUSTER
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=slurm
 AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it starts again (default 120 s; 10 s keeps the tests short).
+AuthInfo=cred_expire=10
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$STATE_DIR/slurmctld
@@ -124,8 +126,12 @@ SlurmdLogFile=$LOG_DIR/slurmd.log
 ProctrackType=proctrack/cgroup
 TaskPlugin=task/cgroup,task/affinity
 SchedulerType=sched/backfill
+# Look at pending jobs every 2 s (defaults: 60 s and 30 s), so a requeued job starts once it is eligible.
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
+# Memory of a job that requests none (without it, such a job would take the whole node's memory).
+DefMemPerCPU=1000
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
@@ -254,11 +260,25 @@ else
     /usr/sbin/slurmd
 fi
 
-node_idle() { [[ $(sinfo -h -n "$HOST" -o %T) =~ ^(idle|mixed|allocated)$ ]]; }
-if ! wait_for 60 node_idle; then
-    say "node state is '$(sinfo -h -n "$HOST" -o %T)': resuming it"
-    scontrol update nodename="$HOST" state=resume || true
-    wait_for 30 node_idle || die "timed out after 30s waiting for node $HOST to become idle"
-fi
+# Wait for the node to register. A node that an earlier run left drained or down is resumed; a node whose
+# registration was rejected (INVAL: the configuration does not match the hardware) is an error.
+deadline=$((SECONDS + 60))
+resumed=0
+while :; do
+    state=$(sinfo -h -n "$HOST" -o %T)
+    case $state in
+        idle | mixed | allocated | completing) break ;;
+        inval*) die "slurmctld rejected node $HOST: $(scontrol show node "$HOST" | grep -o 'Reason=.*')" ;;
+        drain* | down*)
+            if ((!resumed)); then
+                say "node $HOST is $state (left by an earlier run): resuming it"
+                scontrol update nodename="$HOST" state=resume
+                resumed=1
+            fi
+            ;;
+    esac
+    ((SECONDS < deadline)) || die "node $HOST is still '$state' after 60s; see $LOG_DIR/slurmd.log"
+    sleep 0.5
+done
 sinfo
 say "cluster $CLUSTER is up: partition $PARTITION, account $ACCOUNT, GRES gpu:$GPU_TYPE:$GPUS"

@@ -1,0 +1,49 @@
+"""Raw pixels of a manifest's media, as a model adapter loads them: images from the manifest's media root, video
+frames from the frames table that `moir.media extract` wrote (videos are never decoded twice).
+
+A video's frames are read when its pixels are asked for (the frames table is sorted by video, so the read touches
+one row group): memory holds one example's media, whatever the size of the dataset.
+
+Used by `moir.examples` (training/evaluation on pixels) and by `moir.tokens` (the encoder-token dump).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+
+from moir.data.manifest import resolve_media
+from moir.media.frames import decode_image, read_encoded_frames, read_sampled_fps
+
+
+class MediaLoader:
+    """Raw pixels of a manifest's media: images from its media root, videos from a frames table."""
+
+    def __init__(self, manifest: pa.Table, frames_path: str | os.PathLike | None, adapter) -> None:
+        self.manifest = manifest
+        self.adapter = adapter
+        self.frames_path = frames_path
+        has_videos = "video" in manifest.column("media_kind").to_pylist()
+        if has_videos and frames_path is None:
+            raise ValueError("the manifest has video examples: pass the frames table of `moir.media extract`")
+        self.sampled_fps = read_sampled_fps(frames_path) if has_videos else {}
+
+    def available(self, kind: str, media_path: str) -> bool:
+        """False for a video the extraction stage could not decode."""
+        return kind != "video" or media_path in self.sampled_fps
+
+    def video_fps(self, media_path: str) -> float:
+        """The frame rate of a video's sampled frames (`sampled_fps` of the frames table)."""
+        return self.sampled_fps[media_path]
+
+    def pixels(self, kind: str, media_path: str):
+        """A PIL image, or the list of HxWx3 uint8 frames of a video, as the adapter loads them."""
+        if kind == "image":
+            return self.adapter.load_media("image", resolve_media(self.manifest, media_path))
+        if kind == "video":
+            frames = read_encoded_frames(self.frames_path, [media_path]).get(media_path)
+            if frames is None:
+                raise KeyError(f"{self.frames_path}: no frames for video {media_path!r}")
+            return self.adapter.load_media("video", [decode_image(frame) for frame in frames])
+        raise ValueError(f"media kind {kind!r} has no pixels")

@@ -1,0 +1,74 @@
+"""Model adapters: the layer between Hugging Face vision-language models and the rest of the pipeline.
+
+    from moir.models import load_adapter, EncodedMedia, Example
+    adapter = load_adapter("llava-hf/llava-1.5-7b-hf", device="cuda")   # or a local save_pretrained directory
+    batch = adapter.collate(examples, with_answer=True)
+    out = adapter.forward(batch)                          # .loss (answer tokens only), .logits
+    texts = adapter.generate(adapter.collate(examples, with_answer=False), max_new_tokens=16)
+
+`collate` returns a dict of tensors: input_ids, attention_mask, labels (-100 except answer tokens; only with
+answers), text_mask (the prompt's text tokens: the router's text mask and MDI's "T" group), visual_mask (the
+visual-token positions: MDI's "O" group), answer_mask, and the media: `image_features` / `video_features` (cached
+encoder output) or `pixel_values` / `pixel_values_videos` (processed pixels), plus for Qwen2.5-VL
+`image_grid_thw`, `video_grid_thw`, `second_per_grid_ts` and `mm_token_type_ids`.
+
+`attach_router(RouterConfig(...))` turns MoIR on; `apply_lora(placement)` wraps "attn", "mlp" or "proj";
+`save_trainable(dir)` / `load_trainable(dir)` write and read the LoRA adapter and the router together;
+`encode(examples)` is the token cache's input; `encoder_signature()` what a cache must match.
+See base.py for the seam and the masks, llava.py / qwen2_5_vl.py for each family, tiny.py for the tiny models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+
+from moir.models.base import EncodedMedia, Example, VLMAdapter, check_model_directory
+from moir.models.llava import LlavaAdapter
+from moir.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from moir.models.tiny import build_tiny_model
+
+log = logging.getLogger(__name__)
+
+FAMILIES = {
+    "llava": (LlavaAdapter, LlavaForConditionalGeneration),
+    "qwen2_5_vl": (Qwen2_5_VLAdapter, Qwen2_5_VLForConditionalGeneration),
+}
+
+__all__ = ["EncodedMedia", "Example", "FAMILIES", "VLMAdapter", "build_tiny_model", "load_adapter"]
+
+
+def load_adapter(
+    path_or_hub_id: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+) -> VLMAdapter:
+    """Load a model and its processor (hub id or local directory) behind the adapter of its family.
+
+    The family comes from the model's config (`model_type`). dtype: bfloat16 on a GPU, float32 on the CPU unless
+    given. A local directory must hold the config, tokenizer and processor files; a missing one is named.
+    """
+    name = str(path_or_hub_id)
+    path = Path(path_or_hub_id)
+    if path.is_dir():
+        check_model_directory(path)
+    elif path.exists():
+        raise NotADirectoryError(f"{path}: a model must be a hub id or a directory, this is a file")
+    config = AutoConfig.from_pretrained(name)
+    if config.model_type not in FAMILIES:
+        raise ValueError(f"{name}: model_type {config.model_type!r} is not supported; "
+                         f"supported families: {sorted(FAMILIES)}")
+    adapter_class, model_class = FAMILIES[config.model_type]
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    processor = AutoProcessor.from_pretrained(name)
+    model = model_class.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation).to(device)
+    log.info("loaded %s (%s, %s) on %s", name, config.model_type, dtype, device)
+    return adapter_class(model, processor, name)

@@ -1,0 +1,193 @@
+"""Pretrain a demo base model: a tiny architecture, built from its config, fully fine-tuned from pixels.
+
+The demo suite cannot download LLaVA-1.5 or Qwen2.5-VL, so it makes its own bases: `build_tiny_model` draws the
+random weights of a narrow, shallow model of the real architecture (moir/models/tiny.py), and this stage trains
+every weight of it, vision tower included, from raw pixels on the synthetic benchmark's `pretrain` split. The
+result is written with `save_pretrained` (model, tokenizer, processor), so the LoRA runs and the token cache load
+it through exactly the code path of a hub model. It uses the same loop as `moir.train` (moir/training_loop.py):
+same loss, same checkpoints and resume, same metrics file. There is no validation split, hence no plateau
+scheduler: the learning rate is constant.
+
+Usage (one Snakemake rule per base; --data takes a manifest and, for a video dataset, its frames table):
+
+    python -m moir.pretrain --name tiny-llava --seed 0 \
+        --data data/manifests/synth-image/pretrain.parquet \
+        --out-dir results/demo/base/tiny-llava [--checkpoint-dir results/demo/checkpoints/base-tiny-llava]
+    python -m moir.pretrain --name tiny-qwen2.5-vl --seed 0 \
+        --data data/manifests/synth-video/pretrain.parquet data/media/synth-video/pretrain/frames.parquet \
+        --data data/manifests/synth-image/pretrain.parquet \
+        --out-dir results/demo/base/tiny-qwen2.5-vl
+
+Output, written only at the end, atomically (a temporary directory renamed to --out-dir):
+
+    <out-dir>/  config.json, model.safetensors, generation_config.json, tokenizer and processor files
+                (save_pretrained: `moir.models.load_adapter(<out-dir>)` loads it)
+    <out-dir>/pretrain_metrics.jsonl   one JSON object per optimizer step and per epoch (as train_metrics.jsonl)
+    <out-dir>/run_card.json            config, versions, data fingerprints, parameter count, wall time, peak memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from moir.examples import load_examples
+from moir.models import load_adapter
+from moir.models.tiny import TINY_MODELS, build_tiny_model
+from moir.training_loop import (
+    LoopConfig,
+    TrainingError,
+    filter_by_length,
+    input_fingerprint,
+    package_versions,
+    peak_memory,
+    remove_checkpoints,
+    resolve_device,
+    run_training,
+    setup_logging,
+    write_json,
+    write_jsonl,
+    write_output_dir,
+)
+
+log = logging.getLogger("moir.pretrain")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m moir.pretrain", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--name", choices=TINY_MODELS, required=True, help="which tiny architecture")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the data order")
+    parser.add_argument("--data", nargs="+", action="append", required=True, metavar="PATH",
+                        help="a manifest, followed by its frames table when it has videos (repeatable)")
+    parser.add_argument("--limit", type=int, help="use only the first N examples of each manifest (smoke runs)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping; 0 turns it off")
+    parser.add_argument("--max-length", type=int, default=1024, help="longer examples are dropped and listed")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--checkpoint-dir", type=Path, help="resumable checkpoints (none when not given)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="optimizer steps; 0 = epoch ends only")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def parse_data(entries: list[list[str]]) -> list[tuple[Path, Path | None]]:
+    """[[manifest] or [manifest, frames], ...] -> [(manifest, frames or None)], every file checked to exist."""
+    data = []
+    for entry in entries:
+        if len(entry) > 2:
+            raise ValueError(f"--data takes a manifest and at most one frames table, got {entry}")
+        manifest, frames = Path(entry[0]), Path(entry[1]) if len(entry) == 2 else None
+        for path in (manifest, frames):
+            if path is not None and not path.is_file():
+                raise ValueError(f"--data: file not found: {path}")
+        data.append((manifest, frames))
+    return data
+
+
+def pretrain(args: argparse.Namespace) -> Path:
+    loop_config = LoopConfig(
+        epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, max_length=args.max_length,
+        seed=args.seed, checkpoint_every=args.checkpoint_every,
+    )
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {args.limit}")
+    data = parse_data(args.data)
+    device = resolve_device(args.device)
+    started = time.perf_counter()
+
+    args.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{args.out_dir.name}.init-", dir=args.out_dir.parent) as init_dir:
+        build_tiny_model(args.name, init_dir, seed=args.seed)
+        adapter = load_adapter(init_dir, device=str(device))
+        adapter.name = args.name
+
+    parameters = dict(adapter.hf_model.named_parameters())
+    for param in parameters.values():
+        param.requires_grad_(True)
+    splits = []
+    for manifest, frames in data:
+        examples = load_examples(manifest, frames_path=frames, adapter=adapter, with_answer=True, limit=args.limit)
+        if not len(examples):
+            raise TrainingError(f"{manifest}: the split has no examples")
+        splits.append(examples)
+    train_examples, dropped = filter_by_length(adapter, ConcatDataset(splits), loop_config.max_length)
+    if dropped:
+        log.warning("dropped %d example(s) longer than %d tokens: %s", len(dropped), loop_config.max_length,
+                    ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
+    if not len(train_examples):
+        raise TrainingError(f"no example fits in --max-length {loop_config.max_length}")
+
+    inputs = {str(manifest): {"manifest": input_fingerprint(manifest), "frames": input_fingerprint(frames)}
+              for manifest, frames in data}
+    fingerprint = {"name": args.name, "inputs": inputs, "limit": args.limit}
+    n_parameters = sum(p.numel() for p in parameters.values())
+    log.info("pretraining %s (%d parameters) on %d examples from pixels on %s", args.name, n_parameters,
+             len(train_examples), device)
+    result = run_training(
+        adapter, parameters, train_examples, [], loop_config,
+        fingerprint=fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
+        description=f"pretrain {args.name}",
+    )
+    card = {
+        "stage": "pretrain",
+        "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "loop": loop_config.fingerprint(),
+        "inputs": inputs,
+        "versions": package_versions(),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "family": adapter.family,
+        "parameters": n_parameters,
+        "examples": len(train_examples),
+        "dropped_too_long": dropped,
+        "optimizer_steps": result.global_step,
+        "resumed_from_steps": result.resumed_from,
+        "final_train_loss": next(r["loss"] for r in reversed(result.records) if r["kind"] == "step"),
+        "train_time_s": round(result.train_time_s, 3),
+        "wall_time_s_this_session": round(time.perf_counter() - started, 3),
+        **peak_memory(device),
+    }
+
+    def fill(directory: Path) -> None:
+        adapter.hf_model.save_pretrained(directory)
+        adapter.processor.save_pretrained(directory)
+        write_jsonl(result.records, directory / "pretrain_metrics.jsonl")
+        write_json(card, directory / "run_card.json")
+
+    write_output_dir(args.out_dir, fill)
+    log.info("wrote %s (final train loss %.4f, %d steps, %.1f s)", args.out_dir, card["final_train_loss"],
+             result.global_step, result.train_time_s)
+    if args.checkpoint_dir is not None:
+        remove_checkpoints(args.checkpoint_dir)
+    return args.out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        pretrain(args)
+    except (TrainingError, ValueError) as error:
+        log.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""The encoder-token cache: the frozen vision encoder's output, computed once and stored as sharded Parquet.
+
+Why. The vision tower is frozen in every run (DESIGN.md section 4), so its output for a given image or video is
+the same in every training step, every epoch, every run of the grid and every evaluation. Running it once per
+(dataset, split, model family, encoder settings) and reading the result back is the largest saving of the
+pipeline: a 576 x 1024 LLaVA-1.5 feature map is a 1.2 MB read instead of a ViT-L/14 forward pass. What is cached
+is exactly what `adapter.encode` returns (LLaVA: the selected layer's features before the projector; Qwen2.5-VL:
+what enters the merger, with its grid_thw), so a model fed from the cache computes what it computes from pixels.
+
+Layout of a cache directory (data/cache/<dataset>/<split>/<encoder>/):
+    shard-00000.parquet ...  one row per distinct media file of the manifest (key = its `media_path`; questions
+                             sharing an image or video share its row), `shard_size` rows per shard, in sorted
+                             key order; one row group per row, so reading one example reads one example.
+    meta.json                written last: format, `encoder` (the adapter's encoder_signature()), model id and
+                             revision, storage dtype, n_examples, shard_size, shards [{file, n}], keys_sha256,
+                             `missing` (media without frames: the extraction stage could not decode them).
+    plan.json                present only while a dump is unfinished: what the shards being written must match.
+
+Shard columns: key str; kind str ("image" | "video"); shape list<int64> ([N, D]); grid_thw list<int64>
+(n_items x 3, flattened; null when the family has none); features binary (N x D values of the storage dtype,
+little-endian, row-major). Features are stored in half precision by default: float16 keeps bfloat16 encoder
+output exactly (fewer exponent bits, more mantissa bits; values beyond +-65504 are refused, not clipped).
+
+Memory stays bounded whatever the dataset size: the dump loads pixels and encodes one `batch_size` at a time and
+holds at most one shard of features. An interrupted dump resumes at the first missing shard: shards appear
+atomically, and plan.json makes a resumed dump refuse to mix encoders, storage dtypes or example lists.
+
+The reader, `TokenCache`, refuses a cache whose encoder signature differs from the adapter it is read for and
+names the field.
+
+CLI:
+    python -m moir.tokens dump --manifest data/manifests/D/S.parquet --model MODEL [--revision REV] \
+        --out data/cache/D/S/ENCODER [--frames data/media/D/S/frames.parquet] [--shard-size 256] \
+        [--batch-size 16] [--dtype float16] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from moir.data.manifest import read_manifest
+from moir.media.pixels import MediaLoader
+from moir.media.storage import temporary_path, write_table_atomic
+from moir.models import EncodedMedia, Example, load_adapter
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("grid_thw", pa.list_(pa.int64()), nullable=True),
+        pa.field("features", pa.binary(), nullable=False),
+    ]
+)
+# One row group per row: a random read touches one example's bytes. Features are incompressible noise to a
+# general-purpose codec; compressing them only costs time.
+SHARD_WRITE_OPTIONS = {
+    "row_group_size": 1,
+    "compression": {"key": "zstd", "kind": "zstd", "shape": "zstd", "grid_thw": "zstd", "features": "none"},
+    "use_dictionary": False,
+    "write_statistics": ["key"],
+}
+
+
+class CacheMismatchError(ValueError):
+    """A cache does not match what it is read or resumed for; the message names the field."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def keys_digest(keys: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- storage
+
+
+def to_storage(key: str, media: EncodedMedia | None, dtype: torch.dtype) -> EncodedMedia:
+    """Encoder output on the CPU in the storage dtype, refusing values that the dtype cannot hold."""
+    if media is None:
+        raise ValueError(f"{key}: the encoder returned no features")
+    features = media.features.detach().to("cpu")
+    stored = features.to(dtype).contiguous()
+    if not torch.isfinite(stored).all():
+        bad = "non-finite values" if not torch.isfinite(features).all() else f"values beyond the range of {dtype}"
+        raise ValueError(f"{key}: encoder output has {bad}; store it with a wider --dtype")
+    grid = None if media.grid_thw is None else media.grid_thw.detach().to("cpu", torch.int64)
+    return EncodedMedia(stored, grid, media.kind)
+
+
+def media_to_row(key: str, media: EncodedMedia) -> dict:
+    """One shard row of encoder output already in its storage dtype (`to_storage`)."""
+    return {
+        "key": key,
+        "kind": media.kind,
+        "shape": list(media.features.shape),
+        "grid_thw": None if media.grid_thw is None else media.grid_thw.reshape(-1).tolist(),
+        "features": media.features.contiguous().view(torch.uint8).numpy().tobytes(),
+    }
+
+
+def row_to_media(row: Mapping, dtype: torch.dtype, source: str) -> EncodedMedia:
+    """Inverse of `media_to_row` (features in the storage dtype); checks the byte count against the stored shape."""
+    shape = tuple(row["shape"])
+    data = bytearray(row["features"])
+    expected = shape[0] * shape[1] * torch.empty(0, dtype=dtype).element_size()
+    if len(data) != expected:
+        raise CacheMismatchError(
+            f"{source}: field 'features' of {row['key']} has {len(data)} bytes, shape {shape} needs {expected}"
+        )
+    features = torch.frombuffer(data, dtype=dtype).view(shape) if data else torch.empty(shape, dtype=dtype)
+    grid = None if row["grid_thw"] is None else torch.tensor(row["grid_thw"], dtype=torch.long).view(-1, 3)
+    return EncodedMedia(features=features, grid_thw=grid, kind=row["kind"])
+
+
+def write_shard(path: Path, keys: Sequence[str], media: Sequence[EncodedMedia]) -> None:
+    """Write one shard of encoder output in its storage dtype, atomically (it exists complete or not at all)."""
+    table = pa.Table.from_pylist([media_to_row(k, m) for k, m in zip(keys, media, strict=True)], schema=SHARD_SCHEMA)
+    write_table_atomic(table, path, **SHARD_WRITE_OPTIONS)
+
+
+def shard_keys(path: Path) -> list[str]:
+    """The keys of a shard, in order (a cheap read: one small column)."""
+    return pq.read_table(path, columns=["key"]).column("key").to_pylist()
+
+
+def write_json_atomic(data: Mapping, path: Path) -> None:
+    tmp = temporary_path(path)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def dump_cache(
+    out_dir: str | os.PathLike,
+    items: Sequence[tuple[str, str]],
+    encode_batch: Callable[[list[tuple[str, str]]], list[EncodedMedia]],
+    *,
+    encoder: Mapping[str, str | int],
+    dtype: str = "float16",
+    shard_size: int = 256,
+    batch_size: int = 16,
+    missing: Sequence[str] = (),
+    extra_meta: Mapping | None = None,
+) -> Path:
+    """Encode `items` ((key, kind) pairs, keys unique) into a cache directory, shard by shard; returns meta.json.
+
+    `encode_batch` maps a list of items to their EncodedMedia (in the CLI: load pixels, `adapter.encode`).
+    `encoder` is the encoder signature the cache will be checked against. Existing complete shards of the same
+    plan are kept (resume); a plan that differs from the one on disk is refused, naming the field.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("shard_size and batch_size must be >= 1")
+    out_dir = Path(out_dir)
+    items = sorted(items)
+    keys = [key for key, _ in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{out_dir}: duplicate media keys")
+    plan = {
+        "format": CACHE_FORMAT,
+        "encoder": dict(encoder),
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "n_examples": len(keys),
+        "keys_sha256": keys_digest(keys),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path, plan_path = out_dir / "meta.json", out_dir / "plan.json"
+    for path in (meta_path, plan_path):
+        if path.exists():
+            check_fields(
+                plan, json.loads(path.read_text()), f"{path} (delete {out_dir} to rebuild)", what="existing cache"
+            )
+    if meta_path.exists():
+        log.info("%s: cache complete, nothing to do", out_dir)
+        return meta_path
+    write_json_atomic(plan, plan_path)
+
+    torch_dtype = STORAGE_DTYPES[dtype]
+    shards = []
+    n_shards = -(-len(items) // shard_size)
+    for index in tqdm(range(n_shards), desc=f"token cache {out_dir.name}", unit="shard"):
+        shard_items = items[index * shard_size : (index + 1) * shard_size]
+        path = out_dir / shard_name(index)
+        if path.exists() and shard_keys(path) == [key for key, _ in shard_items]:
+            log.info("%s: complete, kept", path.name)
+        else:
+            media: list[EncodedMedia] = []
+            for start in range(0, len(shard_items), batch_size):
+                batch = shard_items[start : start + batch_size]
+                encoded = encode_batch(batch)
+                if len(encoded) != len(batch):
+                    raise ValueError(f"encoder returned {len(encoded)} results for {len(batch)} inputs")
+                media.extend(to_storage(key, m, torch_dtype) for (key, _), m in zip(batch, encoded))
+            write_shard(path, [key for key, _ in shard_items], media)
+        shards.append({"file": path.name, "n": len(shard_items)})
+
+    meta = {**plan, **(extra_meta or {}), "shards": shards, "missing": sorted(missing)}
+    write_json_atomic(meta, meta_path)
+    plan_path.unlink()
+    log.info("%s: %d examples in %d shards", out_dir, len(items), len(shards))
+    return meta_path
+
+
+def first_difference(expected: Mapping, found: Mapping) -> tuple[str, object, object] | None:
+    """(field, expected value, found value) of the first field in which two metadata dicts differ, or None.
+
+    Nested dicts (the encoder signature) are compared field by field, with dotted names ("encoder.feature_layer").
+    Only `expected`'s top-level fields are compared; inside nested dicts, a field on either side counts.
+    """
+    for name, value in expected.items():
+        other = found.get(name)
+        if isinstance(value, Mapping) and isinstance(other, Mapping):
+            for field in sorted(set(value) | set(other)):
+                if value.get(field) != other.get(field):
+                    return f"{name}.{field}", value.get(field), other.get(field)
+        elif value != other:
+            return name, value, other
+    return None
+
+
+def check_fields(expected: Mapping, found: Mapping, source: str, *, what: str) -> None:
+    """Raise CacheMismatchError naming the first field in which `found` differs from `expected`."""
+    difference = first_difference(expected, found)
+    if difference is not None:
+        field, want, got = difference
+        raise CacheMismatchError(f"{source}: field {field!r} of the {what} is {got!r}, expected {want!r}")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+class TokenCache:
+    """Random access to a finished cache: `cache.get(media_path) -> EncodedMedia`.
+
+    `encoder` is the signature of the adapter the cache is read for (`adapter.encoder_signature()`); a cache
+    written by another encoder (family, vision weights, layer, select strategy, resolution, dtype) is refused,
+    naming the field that differs.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, *, encoder: Mapping[str, str | int]) -> None:
+        self.dir = Path(cache_dir)
+        meta_path = self.dir / "meta.json"
+        if not meta_path.is_file():
+            unfinished = " (plan.json present: the dump did not finish)" if (self.dir / "plan.json").exists() else ""
+            raise CacheMismatchError(f"{meta_path}: no token cache here{unfinished}")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != CACHE_FORMAT:
+            raise CacheMismatchError(
+                f"{meta_path}: field 'format' is {self.meta.get('format')!r}, expected {CACHE_FORMAT}"
+            )
+        check_fields({"encoder": dict(encoder)}, self.meta, str(meta_path), what="token cache")
+        self.dtype = STORAGE_DTYPES[self.meta["dtype"]]
+        self.missing = frozenset(self.meta["missing"])
+        self._location: dict[str, tuple[int, int]] = {}
+        for shard_index, shard in enumerate(self.meta["shards"]):
+            keys = shard_keys(self.dir / shard["file"])
+            if len(keys) != shard["n"]:
+                raise CacheMismatchError(f"{self.dir / shard['file']}: {len(keys)} rows, meta.json says {shard['n']}")
+            self._location.update((key, (shard_index, row)) for row, key in enumerate(keys))
+        if len(self._location) != self.meta["n_examples"]:
+            raise CacheMismatchError(
+                f"{meta_path}: {len(self._location)} keys in the shards, n_examples {self.meta['n_examples']}"
+            )
+        self._files: dict[int, pq.ParquetFile] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._location)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._location
+
+    def keys(self) -> list[str]:
+        return list(self._location)
+
+    def _file(self, shard_index: int) -> pq.ParquetFile:
+        if self._pid != os.getpid():  # a DataLoader worker: open files of its own
+            self._files, self._pid = {}, os.getpid()
+        if shard_index not in self._files:
+            self._files[shard_index] = pq.ParquetFile(
+                self.dir / self.meta["shards"][shard_index]["file"], memory_map=True
+            )
+        return self._files[shard_index]
+
+    def video_fps(self, key: str) -> float | None:
+        """The frame rate of a cached video's sampled frames (recorded from the frames table at dump time)."""
+        return self.meta.get("video_fps", {}).get(key)
+
+    def get(self, key: str) -> EncodedMedia:
+        """The cached encoder output of one media file, features in the storage dtype (half the memory of float32;
+        the adapters cast features to the projector's dtype)."""
+        if key not in self._location:
+            raise KeyError(f"{self.dir}: no cached features for {key!r}")
+        shard_index, row = self._location[key]
+        table = self._file(shard_index).read_row_group(row)
+        record = {name: table.column(name)[0].as_py() for name in ("key", "kind", "shape", "grid_thw")}
+        record["features"] = table.column("features")[0].as_buffer()  # no copy until row_to_media's one
+        if record["key"] != key:
+            raise CacheMismatchError(
+                f"{self.dir}: row {row} of shard {shard_index} holds {record['key']!r}, not {key!r}"
+            )
+        return row_to_media(record, self.dtype, str(self.dir / self.meta["shards"][shard_index]["file"]))
+
+    def __iter__(self) -> Iterator[tuple[str, EncodedMedia]]:
+        """(key, EncodedMedia) for every example, shard by shard (one shard in memory at a time)."""
+        for shard in self.meta["shards"]:
+            path = self.dir / shard["file"]
+            for record in pq.read_table(path).to_pylist():
+                yield record["key"], row_to_media(record, self.dtype, str(path))
+
+
+# ----------------------------------------------------------------------------------------------- the stage
+
+
+def dump_for_adapter(
+    manifest_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    adapter,
+    *,
+    model: str,
+    revision: str | None = None,
+    frames_path: str | os.PathLike | None = None,
+    dtype: str = "float16",
+    shard_size: int = 256,
+    batch_size: int = 16,
+) -> Path:
+    """Cache `adapter.encode` of every distinct media file of a manifest (videos: their extracted frames)."""
+    manifest = read_manifest(manifest_path)
+    kinds, paths = manifest.column("media_kind").to_pylist(), manifest.column("media_path").to_pylist()
+    items = sorted({(path, kind) for kind, path in zip(kinds, paths) if kind != "none"})
+    loader = MediaLoader(manifest, frames_path, adapter)
+    missing = [path for path, kind in items if not loader.available(kind, path)]
+    if missing:
+        log.warning("%d video(s) without frames (see the extraction's errors table) are not cached", len(missing))
+
+    def encode_batch(batch: list[tuple[str, str]]) -> list[EncodedMedia]:
+        examples = [
+            Example(
+                id=path,
+                prompt="",
+                answer=None,
+                media_kind=kind,
+                pixels=loader.pixels(kind, path),
+                fps=loader.video_fps(path) if kind == "video" else None,
+            )
+            for path, kind in batch
+        ]
+        return adapter.encode(examples)
+
+    metadata = manifest.schema.metadata
+    return dump_cache(
+        out_dir,
+        [(path, kind) for path, kind in items if loader.available(kind, path)],
+        encode_batch,
+        encoder=adapter.encoder_signature(),
+        dtype=dtype,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        missing=missing,
+        extra_meta={
+            "model": model,
+            "revision": revision,
+            "manifest": str(manifest_path),
+            "dataset": metadata[b"dataset"].decode(),
+            "split": metadata[b"split"].decode(),
+            "video_fps": {
+                path: loader.video_fps(path) for path, kind in items if kind == "video" and loader.available(kind, path)
+            },
+        },
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m moir.tokens", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    stages = parser.add_subparsers(dest="command", required=True)
+    dump = stages.add_parser("dump", help="run the frozen vision encoder over a manifest's media into a cache")
+    dump.add_argument("--manifest", required=True, help="manifest Parquet (moir.data.manifest)")
+    dump.add_argument("--model", required=True, help="model directory or hub id (moir.models.load_adapter)")
+    dump.add_argument("--revision", help="hub revision of --model, recorded in meta.json")
+    dump.add_argument("--out", required=True, help="cache directory (data/cache/<dataset>/<split>/<encoder>)")
+    dump.add_argument("--frames", help="frames.parquet of `moir.media extract` (required for video manifests)")
+    dump.add_argument("--shard-size", type=int, default=256, help="examples per shard")
+    dump.add_argument("--batch-size", type=int, default=16, help="examples per encoder call")
+    dump.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default="float16", help="storage dtype")
+    dump.add_argument("--device", default="cpu")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    adapter = load_adapter(args.model, device=args.device)
+    dump_for_adapter(
+        args.manifest,
+        args.out,
+        adapter,
+        model=args.model,
+        revision=args.revision,
+        frames_path=args.frames,
+        dtype=args.dtype,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

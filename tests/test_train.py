@@ -1,0 +1,230 @@
+"""`python -m moir.train` on the real tiny LLaVA and a generated synth-image split, read from the token cache.
+
+What is proven here: a run writes its adapter (LoRA + router), metrics and run card, and the saved adapter
+reproduces the run's final validation loss; a run killed with SIGKILL part-way and started again ends with
+bit-for-bit the weights (and the same per-step losses) of an uninterrupted run; gradient accumulation gives the
+objective of one large batch; a non-finite loss stops the run naming the step and keeps the last good
+checkpoint; bad arguments, an empty split, a cache of another model and a checkpoint of another run fail before
+training starts, leaving no output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from moir.data.manifest import write_manifest
+from moir.data.synthetic import generate_synth_image
+from moir.examples import load_examples
+from moir.models import build_tiny_model, load_adapter
+from moir.tokens import dump_for_adapter
+from moir.train import main as train_main
+from moir.training_loop import LoopConfig, count_targets, epoch_order, latest_checkpoint, validation_loss
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING_FIELDS = {"step_time_s", "tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    """tiny-llava (seed 0) and a second one with other weights (seed 1); synth-image train 24 / val 8, cached."""
+    root = tmp_path_factory.mktemp("train")
+    manifests = generate_synth_image(root / "raw", root / "manifests", {"train": 24, "val": 8}, image_size=32, seed=3)
+    base = build_tiny_model("tiny-llava", root / "tiny-llava", seed=0)
+    adapter = load_adapter(base)
+    paths = {"root": root, "base": base, "other_base": build_tiny_model("tiny-llava", root / "tiny-llava-1", seed=1)}
+    for split, manifest in manifests.items():
+        paths[f"{split}_manifest"] = manifest
+        paths[f"{split}_cache"] = dump_for_adapter(manifest, root / "cache" / split, adapter, model=str(base)).parent
+    return paths
+
+
+def train_args(demo: dict[str, Path], name: str, *extra: str, model: Path | None = None) -> list[str]:
+    return [
+        "--model", str(model or demo["base"]),
+        "--train-manifest", str(demo["train_manifest"]), "--train-cache", str(demo["train_cache"]),
+        "--val-manifest", str(demo["val_manifest"]), "--val-cache", str(demo["val_cache"]),
+        "--placement", "attn", "--method", "moir", "--epochs", "2", "--batch-size", "4", "--seed", "0",
+        "--out-dir", str(demo["root"] / "runs" / name), "--checkpoint-dir", str(demo["root"] / "checkpoints" / name),
+        "--log-level", "WARNING", *extra,
+    ]
+
+
+def saved_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    return {f"{f.name}/{k}": v for f in sorted(directory.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def metrics(directory: Path, drop: set[str] = TIMING_FIELDS) -> list[dict]:
+    lines = (directory / "train_metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
+
+
+@pytest.mark.parametrize("method", ["moir", "ft"])
+def test_run_writes_adapter_metrics_and_card(demo, method):
+    assert train_main(train_args(demo, method, "--method", method, "--checkpoint-every", "2")) == 0
+    out = demo["root"] / "runs" / method
+    card = json.loads((out / "run_card.json").read_text())
+    records = metrics(out)
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+
+    assert [r["step"] for r in steps] == list(range(1, 13))  # 2 epochs x 24 / 4
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(math.isfinite(r["val_loss"]) for r in epochs)
+    assert all(math.isfinite(r["loss"]) and r["lr"] == 2e-4 for r in steps)
+    assert ("alpha_a_mean" in steps[0]) == (method == "moir")
+    assert (out / "router.safetensors").exists() == (method == "moir")
+    assert card["optimizer_steps"] == 12 and card["examples"] == {"train": 24, "val": 8}
+    assert card["final_val_loss"] == epochs[-1]["val_loss"]
+    if method == "moir":
+        assert card["router"]["ratio"] == 0.1 and card["router"]["gate_init"] == 0.5
+    else:
+        assert card["router"] is None
+    assert card["versions"]["torch"] == metadata.version("torch") and len(card["inputs"]["train_cache"]) == 64
+    assert card["peak_rss_gib"] > 0 and card["train_time_s"] > 0
+    assert not (demo["root"] / "checkpoints" / method).exists()  # removed once the outputs are written
+
+    # The saved adapter is the trained one: loaded onto the base, it gives the run's final validation loss.
+    adapter = load_adapter(demo["base"])
+    adapter.load_trainable(out)
+    val = load_examples(demo["val_manifest"], cache_dir=demo["val_cache"], adapter=adapter)
+    loss = validation_loss(adapter, val, 4, torch.device("cpu"), None)
+    assert loss == pytest.approx(card["final_val_loss"], rel=1e-5)
+
+
+def _run(args: list[str], log: Path) -> subprocess.Popen:
+    """`python -m moir.train` in a fresh process on one thread (the same arithmetic in every run)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "w") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "moir.train", *args], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def test_killed_run_resumes_to_the_same_weights(demo):
+    """SIGKILL a run after its 5th checkpoint (mid-epoch), start it again: same weights as a run never killed."""
+    common = ("--epochs", "3", "--checkpoint-every", "1")
+    logs = demo["root"] / "logs"
+    logs.mkdir(exist_ok=True)
+    reference = _run(train_args(demo, "whole", *common), logs / "whole.log")
+    killed_args = train_args(demo, "killed", *common)
+    checkpoints = demo["root"] / "checkpoints" / "killed"
+    victim = _run(killed_args, logs / "victim.log")
+    deadline = time.monotonic() + 60
+    while victim.poll() is None and time.monotonic() < deadline:
+        newest = latest_checkpoint(checkpoints)
+        if newest is not None and int(newest.stem.split("-")[1]) >= 5:
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (demo["root"] / "runs" / "killed").exists()
+    killed_at = int(latest_checkpoint(checkpoints).stem.split("-")[1])
+    assert 5 <= killed_at < 18
+
+    resumed = _run(killed_args, logs / "resumed.log")
+    assert resumed.wait() == 0, (logs / "resumed.log").read_text()
+    assert reference.wait() == 0, (logs / "whole.log").read_text()
+
+    whole, killed = demo["root"] / "runs" / "whole", demo["root"] / "runs" / "killed"
+    expected, got = saved_tensors(whole), saved_tensors(killed)
+    assert expected.keys() == got.keys() and len(expected) > 2
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert metrics(killed) == metrics(whole)  # every step's loss, lr, gradient norm and gate statistics
+    card = json.loads((killed / "run_card.json").read_text())
+    assert card["resumed_from_steps"] == [killed_at]
+
+
+def test_gradient_accumulation_matches_one_large_batch(demo):
+    base = ("--epochs", "1", "--lora-dropout", "0", "--train-limit", "8")
+    assert train_main(train_args(demo, "accum-1", *base)) == 0
+    assert train_main(train_args(demo, "accum-2", *base, "--grad-accum", "2")) == 0
+    one, two = demo["root"] / "runs" / "accum-1", demo["root"] / "runs" / "accum-2"
+    for a, b in zip(metrics(one), metrics(two)):
+        if a["kind"] == "step":
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    expected, got = saved_tensors(one), saved_tensors(two)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(demo, caplog):
+    # lr 1e30: the first update throws the LoRA weights to ~1e30, the next forward overflows.
+    args = train_args(demo, "nan", "--lr", "1e30", "--checkpoint-every", "1")
+    with caplog.at_level(logging.ERROR, logger="moir.train"):
+        assert train_main(args) == 1
+    message = caplog.records[-1].getMessage()
+    assert "non-finite" in message and "at step 2 (epoch 1, batch 2 of 6)" in message
+    checkpoint = latest_checkpoint(demo["root"] / "checkpoints" / "nan")
+    assert checkpoint is not None and checkpoint.name == "step-00000001.pt" and str(checkpoint) in message
+    assert not (demo["root"] / "runs" / "nan").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (("--grad-accum", "3"), "grad_accum must be a positive divisor of batch_size (4)"),
+        (("--ratio", "1.5"), "ratio k' must lie in [0, 1]"),
+        (("--lr", "-1"), "lr must be a positive finite number"),
+        (("--epochs", "0"), "epochs must be a positive integer"),
+        (("--lora-dropout", "1"), "lora_dropout must lie in [0, 1)"),
+        (("--gate-init", "0"), "gate_init must lie strictly between 0 and 1"),
+        (("--val-cache", "/nonexistent/cache"), "val-cache: cache directory not found"),
+    ],
+)
+def test_bad_arguments_fail_before_training(demo, caplog, extra, expected):
+    with caplog.at_level(logging.ERROR, logger="moir.train"):
+        assert train_main(train_args(demo, "bad", *extra)) == 1
+    assert expected in caplog.records[-1].getMessage()
+    assert not (demo["root"] / "runs" / "bad").exists() and not (demo["root"] / "checkpoints" / "bad").exists()
+
+
+def test_empty_split_fails_before_training(demo, caplog):
+    empty = write_manifest([], demo["root"] / "manifests" / "empty.parquet", media_root=demo["root"] / "raw")
+    args = train_args(demo, "empty") + ["--train-manifest", str(empty)]
+    with caplog.at_level(logging.ERROR, logger="moir.train"):
+        assert train_main(args) == 1
+    assert f"{empty}: the train split has no examples" in caplog.records[-1].getMessage()
+    assert not (demo["root"] / "checkpoints" / "empty").exists()
+
+
+def test_cache_of_another_model_fails_before_training(demo, caplog):
+    with caplog.at_level(logging.ERROR, logger="moir.train"):
+        assert train_main(train_args(demo, "mismatch", model=demo["other_base"])) == 1
+    message = caplog.records[-1].getMessage()
+    assert "vision_weights" in message and str(demo["train_cache"]) in message
+    assert not (demo["root"] / "checkpoints" / "mismatch").exists()
+
+
+def test_checkpoint_of_another_run_is_refused(demo, caplog):
+    assert train_main(train_args(demo, "first", "--epochs", "1", "--keep-checkpoints")) == 0
+    assert latest_checkpoint(demo["root"] / "checkpoints" / "first") is not None
+    args = train_args(demo, "first", "--epochs", "1", "--lr", "1e-3")
+    with caplog.at_level(logging.ERROR, logger="moir.train"):
+        assert train_main(args) == 1
+    message = caplog.records[-1].getMessage()
+    assert "belongs to a different run" in message and "loop" in message
+
+
+def test_loop_helpers():
+    assert epoch_order(10, seed=0, epoch=1) == epoch_order(10, seed=0, epoch=1)
+    assert epoch_order(10, seed=0, epoch=1) != epoch_order(10, seed=0, epoch=2)
+    assert sorted(epoch_order(10, seed=3, epoch=0)) == list(range(10))
+    labels = torch.tensor([[-100, -100, 5, 6], [7, -100, -100, 8]])
+    assert count_targets(labels) == 3  # position 0 is never a target (labels shift by one)
+    assert "checkpoint_every" not in LoopConfig().fingerprint()
+    assert LoopConfig().fingerprint() == {
+        "epochs": 10, "batch_size": 8, "grad_accum": 1, "lr": 2e-4, "weight_decay": 0.0, "max_grad_norm": 1.0,
+        "plateau_factor": 0.5, "plateau_patience": 1, "max_length": 2048, "seed": 0,
+    }
