@@ -1,25 +1,25 @@
 """GPU memory of a LoRA training step of LLaVA-1.5-7B at batch 8, estimated from a measurement on the CPU.
 
 Method. The memory of a step is (a) the model's weights, (b) the trainable parameters with their gradients and
-AdamW's two moment buffers, and (c) the activations the backward pass needs plus the transient tensors at the peak.
-(a) and (b) are counted exactly from the real architecture (built on the meta device from
-moir/models/hub_configs.py): bfloat16 weights, float32 LoRA (peft keeps adapters in float32) and router gates.
-(c) is measured: the real LLaVA-1.5-7B layers at full width (hidden 4096, MLP 11008, vocabulary 32064), bfloat16,
-on the CPU, through the adapter's own training path (cached CLIP features -> projector -> MoIR router -> scatter ->
-Llama layers -> loss on the answer tokens; LoRA r=16 on the placement), with torch's MemTracker recording every
-tensor alive at the peak of a forward+backward+AdamW step. It is measured with 1 and with 2 decoder layers at a
-batch of one real-length sequence (576 image tokens + a text prompt and answer); the difference is one layer's
-share, the rest is the embedding/projector/LM-head/loss share. Activations grow linearly with the number of
-sequences and layers (SDPA's fused kernels keep no L x L attention map), so the estimate for 32 layers at batch 8 is
+AdamW's two moment buffers, and (c) what the forward and backward passes allocate: the activations kept for the
+backward pass, temporaries, gradients of activations. (a) and (b) are counted exactly from the real architecture
+(built on the meta device from moir/models/hub_configs.py): bfloat16 weights, float32 LoRA (peft keeps adapters in
+float32) and router gates. (c) is measured: the real LLaVA-1.5-7B decoder layers at full width (hidden 4096, MLP
+11008, vocabulary 32064), bfloat16, on the CPU, through the adapter's own training path (cached CLIP features ->
+projector -> MoIR router -> scatter -> Llama layers -> loss on the answer tokens; LoRA r=16 on the placement),
+with a dispatch mode that follows every tensor storage the step creates and records the peak of the live bytes.
+It is measured with 1 and with 2 decoder layers on one sequence of real length (576 image tokens, a text prompt
+and an answer); the difference is one layer's share, the rest is the share of the embedding, projector, router,
+LM head and loss. Activations grow linearly with the number of sequences and of layers (SDPA's fused kernels keep
+no L x L attention map on a GPU either), so for the 32 layers at batch B:
 
-    activations(32 layers, batch 8) = 8 * (rest + 32 * per_layer)
+    step memory = weights + 16 bytes x trainable + B x (rest + 32 x per_layer)
 
-measured with and without activation checkpointing. What the estimate leaves out: the CUDA context and kernels
-(about 0.5 GiB on an H100), the caching allocator's fragmentation, and cuBLAS/attention workspaces (together,
-typically well under 10% on top).
+measured with and without activation checkpointing. Left out: the CUDA context (about 0.5 GiB), the caching
+allocator's fragmentation and the cuBLAS/attention workspaces (typically a few percent).
 
-    python benchmarks/lora_memory.py                       # attn placement, batch 8, 704 tokens
-    python benchmarks/lora_memory.py --placement mlp --batch 8 --text-tokens 128
+    python benchmarks/lora_memory.py                       # attn placement, batch 8, 704 tokens per sequence
+    python benchmarks/lora_memory.py --placement mlp --batch 8 --text-tokens 127
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from transformers import LlavaForConditionalGeneration
 
 from moir.models.hub_configs import build_architecture, hub_config
 from moir.models.llava import LlavaAdapter
 from moir.models.lora import lora_target_modules
 from moir.models.tiny import build_tiny_llava
 from moir.router import RouterConfig
-from transformers import LlavaForConditionalGeneration
 
 MODEL_ID = "llava-hf/llava-1.5-7b-hf"
 GIB = 2 ** 30

@@ -70,18 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", nargs="+", action="append", required=True, metavar="PATH",
                         help="a manifest, followed by its frames table when it has videos (repeatable)")
     parser.add_argument("--limit", type=int, help="use only the first N examples of each manifest (smoke runs)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2, help="passes over the pretraining data")
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (constant)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (divides --batch-size)")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping; 0 turns it off")
     parser.add_argument("--max-length", type=int, default=1024, help="longer examples are dropped and listed")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--out-dir", type=Path, required=True, help="the save_pretrained directory of the base")
     parser.add_argument("--checkpoint-dir", type=Path, help="resumable checkpoints (none when not given)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="optimizer steps; 0 = epoch ends only")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 
@@ -114,7 +114,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     args.out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.out_dir.name}.init-", dir=args.out_dir.parent) as init_dir:
         build_tiny_model(args.name, init_dir, seed=args.seed)
-        adapter = load_adapter(init_dir, device=str(device))
+        adapter = load_adapter(init_dir, device=device, dtype=torch.float32)  # full fine-tune: fp32 weights
         adapter.name = args.name
 
     parameters = dict(adapter.hf_model.named_parameters())

@@ -105,10 +105,6 @@ class Arm:
         arm = "ft" if self.method == "ft" else f"moir-k{format_ratio(self.ratio)}"
         return f"{self.dataset}__{self.model}__{self.placement}__{arm}__seed{seed}"
 
-    @property
-    def label(self) -> str:
-        return METHOD_LABELS[self.method]
-
 
 def table1_arms(pairs: Sequence[tuple[str, str]], placements: Sequence[str], ratio: float) -> list[Arm]:
     return [
@@ -331,7 +327,7 @@ def markdown_text(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def latex_escape(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
         text = text.replace(char, escaped)
-    return text.replace("±", r"$\pm$")
+    return text.replace("±", r"$\pm$").replace("–", "--")
 
 
 def latex_text(headers: Sequence[str], body: Sequence[Sequence[str]], caption: str) -> str:
@@ -342,26 +338,27 @@ def latex_text(headers: Sequence[str], body: Sequence[Sequence[str]], caption: s
     return "\n".join(lines) + "\n"
 
 
+IDENTITY_HEADERS = {1: ["Dataset", "Modality", "Model", "Place.", "Training"], 2: ["Training"], 3: ["k'"]}
+
+
+def identity_cells(row: Mapping, table: int) -> list[str]:
+    """The cells that say which arm a row is, as the paper's tables write them."""
+    if table == 1:
+        training = METHOD_LABELS[row["method"]]
+        if row["method"] == "moir":
+            training += f" (k'={format_ratio(row['k_ratio'])})"
+        return [row["dataset"], row["modality"], row["model"], PLACEMENT_LABELS[row["placement"]], training]
+    if table == 2:
+        return [METHOD_LABELS[row["method"]]]
+    return [format_ratio(row["k_ratio"])]
+
+
 def table_layout(rows: Sequence[Mapping], table: int) -> tuple[list[str], list[str], list[list[str]]]:
     """Markdown headers, LaTeX headers and cell texts of one table."""
-    if table == 1:
-        identity_md = ["Dataset", "Modality", "Model", "Place.", "Training"]
-        identity = lambda row: [  # noqa: E731
-            row["dataset"], row["modality"], row["model"], PLACEMENT_LABELS[row["placement"]],
-            METHOD_LABELS[row["method"]] + (f" (k'={format_ratio(row['k_ratio'])})" if row["method"] == "moir" else ""),
-        ]
-        columns = MAIN_COLUMNS
-    elif table == 2:
-        identity_md = ["Training"]
-        identity = lambda row: [METHOD_LABELS[row["method"]]]  # noqa: E731
-        columns = ROBUSTNESS_COLUMNS
-    else:
-        identity_md = ["k'"]
-        identity = lambda row: [format_ratio(row["k_ratio"])]  # noqa: E731
-        columns = MAIN_COLUMNS
-    md_headers = identity_md + [header for _, header, _ in columns]
-    tex_headers = [latex_escape(text) for text in identity_md] + [header for _, _, header in columns]
-    body = [identity(row) + [cell(row, key) for key, _, _ in columns] for row in rows]
+    columns = ROBUSTNESS_COLUMNS if table == 2 else MAIN_COLUMNS
+    md_headers = IDENTITY_HEADERS[table] + [header for _, header, _ in columns]
+    tex_headers = [latex_escape(text) for text in IDENTITY_HEADERS[table]] + [header for _, _, header in columns]
+    body = [identity_cells(row, table) + [cell(row, key) for key, _, _ in columns] for row in rows]
     return md_headers, tex_headers, body
 
 
@@ -405,7 +402,7 @@ def grouped_bars(ax, rows: Sequence[Mapping], key: str, title: str, *, with_refe
         ax.bar(xs, heights, width, label=METHOD_LABELS[method], color=colour)
         if with_reference:
             ax.scatter(xs, [math.nan if p is None else p for p in papers], marker="_", s=200, color="black",
-                       label=f"{METHOD_LABELS[method]} (paper)" if method == "ft" else None, zorder=3)
+                       label="paper" if method == "ft" else None, zorder=3)
     ax.set_xticks(range(len(settings)))
     ax.set_xticklabels([f"{d}\n{m}\n{PLACEMENT_LABELS[p]}" for d, m, p in settings], fontsize=7)
     ax.set_title(title)

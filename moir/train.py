@@ -82,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data (manifests and encoder-token caches)")
-    data.add_argument("--train-manifest", type=Path, required=True)
+    data.add_argument("--train-manifest", type=Path, required=True, help="manifest of the training split")
     data.add_argument("--train-cache", type=Path, required=True, help="encoder-token cache of the training split")
     data.add_argument("--train-transcripts", type=Path, help="ASR transcripts of the training split (audio as text)")
-    data.add_argument("--val-manifest", type=Path, required=True)
-    data.add_argument("--val-cache", type=Path, required=True)
-    data.add_argument("--val-transcripts", type=Path)
+    data.add_argument("--val-manifest", type=Path, required=True,
+                      help="manifest of the validation split (its loss drives the plateau scheduler)")
+    data.add_argument("--val-cache", type=Path, required=True, help="encoder-token cache of the validation split")
+    data.add_argument("--val-transcripts", type=Path, help="ASR transcripts of the validation split")
     data.add_argument("--train-limit", type=int, help="use only the first N training examples (smoke runs)")
     data.add_argument("--val-limit", type=int, help="use only the first N validation examples")
 
@@ -96,12 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--placement", choices=PLACEMENTS, required=True, help="where LoRA goes")
     run.add_argument("--method", choices=METHODS, required=True, help="ft: LoRA alone; moir: LoRA + router")
     run.add_argument("--ratio", type=float, default=0.10, help="k': share of channels routed (moir only)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the data order, dropout")
 
     optim = parser.add_argument_group("optimisation (defaults: the paper's Section 4.1)")
-    optim.add_argument("--epochs", type=int, default=10)
-    optim.add_argument("--lr", type=float, default=2e-4)
-    optim.add_argument("--weight-decay", type=float, default=0.0)
+    optim.add_argument("--epochs", type=int, default=10, help="training epochs")
+    optim.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
+    optim.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     optim.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step")
     optim.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (divides --batch-size)")
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping; 0 turns it off")
@@ -110,32 +111,37 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--max-length", type=int, default=2048, help="longer examples are dropped and listed")
 
     lora = parser.add_argument_group("LoRA")
-    lora.add_argument("--lora-r", type=int, default=16)
-    lora.add_argument("--lora-alpha", type=float, default=32)
-    lora.add_argument("--lora-dropout", type=float, default=0.05)
+    lora.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    lora.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling alpha")
+    lora.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on LoRA's input")
 
     router = parser.add_argument_group("router (moir only; see moir/router.py)")
     router.add_argument("--router-rank", type=_optional_rank, default=None,
                         help="top-r singular components in Eq. 1; none = all (exact channel energy)")
     router.add_argument("--router-center", action="store_true", help="center tokens before scoring")
-    router.add_argument("--router-scope", choices=SCOPES, default="sample")
-    router.add_argument("--router-align", choices=ALIGNS, default="pool")
-    router.add_argument("--router-rms-match", action=argparse.BooleanOptionalAction, default=True)
-    router.add_argument("--router-directions", choices=DIRECTIONS, default="both")
+    router.add_argument("--router-scope", choices=SCOPES, default="sample",
+                        help="channel scores per example (sample) or over the batch")
+    router.add_argument("--router-align", choices=ALIGNS, default="pool",
+                        help="how a source sequence feeds each destination token")
+    router.add_argument("--router-rms-match", action=argparse.BooleanOptionalAction, default=True,
+                        help="scale the routed source to the destination's RMS")
+    router.add_argument("--router-directions", choices=DIRECTIONS, default="both",
+                        help="route text into visual tokens (a), visual into text (b), or both")
     router.add_argument("--gate-init", type=float, default=0.5, help="initial alpha of every gate")
 
     system = parser.add_argument_group("system")
     system.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     system.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="auto: bfloat16 on a GPU, float32 on CPU")
-    system.add_argument("--gradient-checkpointing", action="store_true")
+    system.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (7B/13B at batch 8)")
 
     output = parser.add_argument_group("outputs")
-    output.add_argument("--out-dir", type=Path, required=True)
-    output.add_argument("--checkpoint-dir", type=Path, required=True)
-    output.add_argument("--checkpoint-every", type=int, default=50, help="optimizer steps; 0 = epoch ends only")
+    output.add_argument("--out-dir", type=Path, required=True, help="adapter, train_metrics.jsonl, run_card.json")
+    output.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable checkpoints of this run")
+    output.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps; 0 = epoch ends only")
     output.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after the run")
-    output.add_argument("--log-level", default="INFO")
+    output.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 
@@ -182,9 +188,6 @@ def trainable_parameters(adapter) -> dict[str, torch.nn.Parameter]:
         for name, param in adapter.router.named_parameters():
             if id(param) not in known:
                 named[f"router.{name}"] = param
-        for name in ("logit_a", "logit_b"):
-            if not getattr(adapter.router, name).requires_grad:
-                raise TrainingError(f"router gate {name} is frozen; MoIR trains its gates")
     for param in named.values():
         if param.dtype != torch.float32:
             param.data = param.data.float()
@@ -205,16 +208,8 @@ def train(args: argparse.Namespace) -> Path:
     dtype = resolve_dtype(args.dtype, device)
     started = time.perf_counter()
 
-    torch.manual_seed(args.seed)  # LoRA's initialisation
     adapter = load_adapter(args.model, device=device, dtype=dtype)
-    adapter.apply_lora(lora["placement"], r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
-    if router_config is not None:
-        adapter.attach_router(router_config)
-    parameters = trainable_parameters(adapter)
-    trainable_count = adapter.num_trainable_parameters()
-    if args.gradient_checkpointing:
-        adapter.enable_gradient_checkpointing()
-
+    # The splits first: their caches are checked against the encoder as loaded, before LoRA changes the model.
     train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, adapter,
                                 args.train_limit)
     val_examples = load_split("val", args.val_manifest, args.val_cache, args.val_transcripts, adapter, args.val_limit)
@@ -228,9 +223,19 @@ def train(args: argparse.Namespace) -> Path:
         raise TrainingError(f"no example fits in --max-length {loop_config.max_length} "
                             f"({'train' if not train_examples else 'val'} split)")
 
+    torch.manual_seed(args.seed)  # LoRA's initialisation
+    adapter.apply_lora(lora["placement"], r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
+    if router_config is not None:
+        adapter.attach_router(router_config)
+    parameters = trainable_parameters(adapter)
+    trainable_count = adapter.num_trainable_parameters()
+    if args.gradient_checkpointing:
+        adapter.enable_gradient_checkpointing()
+
     inputs = {
         "model": args.model,
         "model_fingerprint": input_fingerprint(args.model) if Path(args.model).exists() else None,
+        "model_revision": getattr(adapter.hf_model.config, "_commit_hash", None),  # hub models
         **{name: input_fingerprint(getattr(args, name)) for name in (
             "train_manifest", "train_cache", "train_transcripts", "val_manifest", "val_cache", "val_transcripts")},
     }
@@ -274,7 +279,7 @@ def train(args: argparse.Namespace) -> Path:
     }
 
     def fill(directory: Path) -> None:
-        adapter.save_trainable(directory)
+        adapter.save_trainable(directory)  # first: it replaces the directory whole
         write_jsonl(result.records, directory / "train_metrics.jsonl")
         write_json(card, directory / "run_card.json")
 

@@ -83,7 +83,7 @@ class LoopConfig:
     plateau_patience: int = 1
     max_length: int = 2048
     seed: int = 0
-    checkpoint_every: int = 50
+    checkpoint_every: int = 200
 
     def __post_init__(self) -> None:
         checks = [
@@ -226,12 +226,13 @@ def remove_checkpoints(checkpoint_dir: Path) -> None:
         checkpoint_dir.rmdir()
 
 
-
 def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise TrainingError(f"{path}: not a readable checkpoint ({error}); delete it to start the run afresh") from error
+        raise TrainingError(
+            f"{path}: not a readable checkpoint ({error}); delete it to start the run afresh"
+        ) from error
     saved = payload.get("fingerprint", {})
     if _canonical(saved) != _canonical(fingerprint):
         keys = sorted(key for key in set(saved) | set(fingerprint) if saved.get(key) != fingerprint.get(key))
@@ -263,7 +264,7 @@ def filter_by_length(adapter, examples: Sequence, max_length: int, chunk_size: i
     for start in range(0, len(examples), chunk_size):
         chunk = [examples[i] for i in range(start, min(start + chunk_size, len(examples)))]
         lengths = adapter.collate(chunk, with_answer=True)["attention_mask"].sum(1).tolist()
-        for offset, (example, length) in enumerate(zip(chunk, lengths)):
+        for offset, (example, length) in enumerate(zip(chunk, lengths, strict=True)):
             if length <= max_length:
                 kept.append(start + offset)
             else:

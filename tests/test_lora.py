@@ -42,7 +42,9 @@ def test_placement_wraps_only_the_intended_modules(tiny_dirs, name, placement): 
     assert len(expected) == (2 if placement == "proj" else PER_LAYER[placement] * n_layers)
 
     adapter.attach_router(RouterConfig())
+    signature = adapter.encoder_signature()
     count = adapter.apply_lora(placement, r=4, alpha=8, dropout=0.0)
+    assert adapter.encoder_signature() == signature  # the token cache stays valid whatever LoRA wraps
     wrapped = sorted(n.removeprefix("base_model.model.") for n, m in adapter.model.named_modules()
                      if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict))
     assert wrapped == sorted(expected)

@@ -49,7 +49,8 @@ def test_collate_matches_processor_and_masks(adapter):
     decode = adapter.tokenizer.decode
     for row, example in enumerate(examples):
         ids = batch["input_ids"][row]
-        assert decode(ids[batch["text_mask"][row]]) == example.prompt  # no system prompt, no template token
+        # a token may carry the template's space before the prompt's first word (" Is"): strip it
+        assert decode(ids[batch["text_mask"][row]]).strip() == example.prompt  # no system prompt, no template token
         assert decode(ids[batch["answer_mask"][row]]) == f"{example.answer}<|im_end|>"
     n_visual = batch["visual_mask"].sum(1).tolist()
     grids = torch.cat([batch["image_grid_thw"], batch["video_grid_thw"]]).prod(-1) // 4
@@ -170,3 +171,13 @@ def test_bad_cache_is_a_clear_error(adapter, tiny_dirs):  # noqa: F811
     mixed = [cached(adapter, image_examples()[:1])[0], image_examples()[1]]
     with pytest.raises(ValueError, match="mixes cached features and pixels"):
         adapter.collate(mixed)
+
+
+def test_signature_fingerprints_the_encoder_before_the_cache_point(tiny_dirs):  # noqa: F811
+    adapter = load(tiny_dirs, NAME)
+    signature = adapter.encoder_signature()
+    with torch.no_grad():
+        adapter.vision_tower.merger.mlp[0].weight.add_(1.0)  # after the cache point: the cache stays valid
+        assert adapter.encoder_signature() == signature
+        adapter.vision_tower.blocks[0].mlp.gate_proj.weight.add_(1.0)  # before it: the cache is stale
+        assert adapter.encoder_signature()["vision_weights"] != signature["vision_weights"]

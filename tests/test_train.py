@@ -151,7 +151,7 @@ def test_gradient_accumulation_matches_one_large_batch(demo):
     assert train_main(train_args(demo, "accum-1", *base)) == 0
     assert train_main(train_args(demo, "accum-2", *base, "--grad-accum", "2")) == 0
     one, two = demo["root"] / "runs" / "accum-1", demo["root"] / "runs" / "accum-2"
-    for a, b in zip(metrics(one), metrics(two)):
+    for a, b in zip(metrics(one), metrics(two), strict=True):
         if a["kind"] == "step":
             assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     expected, got = saved_tensors(one), saved_tensors(two)

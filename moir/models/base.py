@@ -7,7 +7,8 @@ no hook. The adapter rebuilds that seam from the model's own parts, in the model
     pixels --vision tower (frozen)--> encoder features          <- what the token cache stores (`encode`)
     encoder features --projector--> visual tokens F_A           (LLaVA: multi_modal_projector; Qwen: visual.merger)
     input_ids --embed_tokens--> text embeddings F_B
-    (F_A, F_B) --MoIR router--> routed tokens                   (only when a router is attached)
+    (F_A, F_B) --MoIR router--> routed tokens                   (only when a router is attached; each modality's
+                                                                valid tokens packed per example, see below)
     visual tokens scattered into the placeholder positions      (the same masked_scatter the model does)
     --language model--> logits, loss                            (the model's forward, with `inputs_embeds`)
 
@@ -20,7 +21,8 @@ The masks the router sees:
 - visual (F_A's valid tokens): the image/video placeholder positions;
 - text (F_B's valid tokens): the tokens of the example's prompt text only. No padding, no placeholder, no chat
   template token ("USER:", "<|im_start|>assistant", the system prompt), and never an answer token: routing the
-  answer into the visual tokens would leak the label. They are found from the tokenizer's character offsets.
+  answer into the visual tokens would leak the label. They are the non-special tokens whose characters (the
+  tokenizer's offsets) overlap the prompt's; a token may carry the template's space before the first word.
 
 Families implement the few parts that differ (`llava.py`, `qwen2_5_vl.py`); `load_adapter` picks the family from
 the model's config, for a hub id and a local `save_pretrained` directory alike.
@@ -48,12 +50,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedModel, ProcessorMixin
 
+from moir.data.manifest import MEDIA_KINDS
 from moir.models.lora import PLACEMENTS, lora_target_modules
 from moir.router import MoIRRouter, RouterConfig
 
 log = logging.getLogger(__name__)
 
-MEDIA_KINDS = ("image", "video", "none")
 IGNORE_INDEX = -100
 # Stands in for the prompt while the chat template is rendered, to find where the prompt text lies.
 _PROMPT_SENTINEL = "\x00moir-prompt\x00"
@@ -200,6 +202,10 @@ class VLMAdapter:
         """The family's encoder settings for `encoder_signature`."""
         raise NotImplementedError
 
+    def encoder_state(self) -> dict[str, Tensor]:
+        """The weights of the modules that run before the cache point (what `vision_weights` fingerprints)."""
+        raise NotImplementedError
+
     @property
     def vision_tower(self) -> nn.Module:
         raise NotImplementedError
@@ -224,7 +230,7 @@ class VLMAdapter:
         settings (feature layer, select strategy, image size or pixel budget) and the features' dtype."""
         config_json = json.dumps(self.vision_tower.config.to_dict(), sort_keys=True, default=str)
         weights = hashlib.sha256()
-        for name, tensor in sorted(self.vision_tower.state_dict().items()):
+        for name, tensor in sorted(self.encoder_state().items()):
             weights.update(name.encode())
             weights.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
         return {
@@ -260,6 +266,9 @@ class VLMAdapter:
             except (PIL.UnidentifiedImageError, OSError) as error:
                 raise ValueError(f"{path}: not a readable image ({error})") from error
         if kind == "video":
+            if isinstance(path_or_frames, (str, os.PathLike)):
+                raise ValueError(f"{path_or_frames}: give a video as its decoded frames (the media stage extracts "
+                                 "them), not as a path")
             frames = [np.asarray(frame) for frame in path_or_frames]
             if not frames:
                 raise ValueError("video: no frames")
@@ -286,9 +295,8 @@ class VLMAdapter:
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
         )
         before, after = rendered.split(_PROMPT_SENTINEL)
-        placeholder = self.tokenizer.convert_ids_to_tokens(self.placeholder_ids()[example.media_kind]) \
-            if example.media_kind != "none" else None
-        if placeholder is not None:
+        if example.media_kind != "none":
+            placeholder = self.tokenizer.convert_ids_to_tokens(self.placeholder_ids()[example.media_kind])
             if (before + after).count(placeholder) != 1:
                 raise ValueError(f"{self.name}: the chat template must place exactly one {placeholder} per media")
             before = before.replace(placeholder, placeholder * n_visual_tokens)
@@ -344,18 +352,16 @@ class VLMAdapter:
         rows = [self._tokenize(ex, n, with_answer) for ex, n in zip(examples, n_visual)]
 
         length = max(len(ids) for ids, _, _ in rows)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
-            else self.tokenizer.eos_token_id
         batch_size = len(rows)
-        input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
+        input_ids = torch.full((batch_size, length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros(batch_size, length, dtype=torch.long)
         text_mask = torch.zeros(batch_size, length, dtype=torch.bool)
         answer_mask = torch.zeros(batch_size, length, dtype=torch.bool)
-        for row, (ids, prompt_text, n_answer) in enumerate(rows):
+        for row, (ids, row_text_mask, n_answer) in enumerate(rows):
             span = slice(0, len(ids)) if with_answer else slice(length - len(ids), length)
             input_ids[row, span] = torch.tensor(ids)
             attention_mask[row, span] = 1
-            text_mask[row, span] = torch.tensor(prompt_text)
+            text_mask[row, span] = torch.tensor(row_text_mask)
             answer_mask[row, span.stop - n_answer: span.stop] = n_answer > 0
         visual_mask = torch.zeros_like(text_mask)
         for token_id in self.placeholder_ids().values():
@@ -392,9 +398,9 @@ class VLMAdapter:
                 raise ValueError(f"the batch has {n_positions} {kind} placeholder tokens but its {kind} media give "
                                  f"{tokens.shape[0]} visual tokens")
             embeddings = embeddings.masked_scatter(positions[..., None], tokens.to(embeddings.dtype))
-        if self.router is not None:
-            visual_mask = batch["visual_mask"].to(device)
-            text_mask = batch["text_mask"].to(device)
+        visual_mask = batch["visual_mask"].to(device)
+        text_mask = batch["text_mask"].to(device)
+        if self.router is not None and visual_mask.any() and text_mask.any():
             visual, visual_valid = _pack(embeddings, visual_mask)
             text, text_valid = _pack(embeddings, text_mask)
             routed_visual, routed_text = self.router(visual, text, visual_valid, text_valid)
@@ -421,8 +427,7 @@ class VLMAdapter:
         input_ids = batch["input_ids"].to(self.device)
         generation_config = GenerationConfig(
             do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=self.stop_token_ids(),
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_token_id,
         )
         output = self.hf_model.generate(
             input_ids=input_ids,
@@ -433,6 +438,12 @@ class VLMAdapter:
         )
         new_tokens = output[:, input_ids.shape[1]:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    @property
+    def pad_token_id(self) -> int:
+        """Pads batches: the tokenizer's pad token, or its eos token when it has none."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
 
     def stop_token_ids(self) -> list[int]:
         """The tokens that end an answer: the model's generation eos tokens and the tokenizer's eos."""

@@ -61,6 +61,9 @@ class LlavaAdapter(VLMAdapter):
             "tokens_per_image": self.tokens_per_image,
         }
 
+    def encoder_state(self) -> dict[str, Tensor]:
+        return self.vision_tower.state_dict()
+
     def _check_cached(self, example: Example) -> None:
         media = example.media
         expected = (self.tokens_per_image, self.encoder_width)

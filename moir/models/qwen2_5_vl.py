@@ -59,6 +59,12 @@ class Qwen2_5_VLAdapter(VLMAdapter):
             "video_pixels": f"{video.size['shortest_edge']}-{video.size['longest_edge']}",
         }
 
+    def encoder_state(self) -> dict[str, Tensor]:
+        """The vision transformer without its merger: the merger runs after the cache point (and LoRA's `proj`
+        placement wraps it, which must not invalidate the cache)."""
+        return {name: tensor for name, tensor in self.vision_tower.state_dict().items()
+                if not name.startswith("merger.")}
+
     def _check_cached(self, example: Example) -> None:
         media = example.media
         if media.grid_thw is None:

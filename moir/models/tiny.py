@@ -10,8 +10,8 @@ tests use them, and the demo suite pretrains them on its synthetic benchmark bef
 loads through exactly the code path of a hub model.
 
 The tokenizer is a byte-level BPE trained here, deterministically, on a fixed corpus: the words the prompts and the
-synthetic benchmark use (colours, shapes, counts, positions, directions, yes/no, letters, digits, the benchmark
-instructions and the chat-template words). Byte-level means any other text still encodes, as bytes. The special
+synthetic benchmark use (moir.data.synthetic.VOCABULARY, plus colours, shapes, counts, positions, directions,
+yes/no, letters, digits, the benchmarks' instructions and the chat-template words). Byte-level means any other text still encodes, as bytes. The special
 tokens and chat templates are those of the real families (LLaVA-1.5: `<s>`, `</s>`, `<image>`, "USER: ...
 ASSISTANT:"; Qwen2.5-VL: `<|im_start|>`, `<|im_end|>`, `<|vision_start|>`, `<|image_pad|>`, `<|video_pad|>`, ...).
 
@@ -50,6 +50,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from moir.data.synthetic import VOCABULARY as SYNTHETIC_VOCABULARY
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +117,9 @@ TOKENIZER_VOCAB_SIZE = 1024
 
 
 def _train_byte_level_bpe(special_tokens: list[str]) -> Tokenizer:
-    """A byte-level BPE learnt from the fixed corpus; special tokens take the first ids, in the order given."""
-    words = CORPUS_WORDS.split()
+    """A byte-level BPE learnt from the fixed corpus and the synthetic benchmark's vocabulary; special tokens take
+    the first ids, in the order given."""
+    words = list(dict.fromkeys(CORPUS_WORDS.split() + list(SYNTHETIC_VOCABULARY)))
     corpus = CORPUS_LINES + [" ".join(words)] + words + [" " + word for word in words]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -138,11 +138,13 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 AccountingStorageTRES=gres/gpu
 AccountingStorageEnforce=associations
+# Keep the job comment (the executor plugin writes rule and wildcards there) in sacct.
+AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/cgroup
 JobCompType=jobcomp/none
 # Requeued and preempted batch jobs run again (the preemption test requeues a training job).
 JobRequeue=1
-# Seconds between SIGTERM and SIGKILL when a job is cancelled or requeued.
+# Seconds between SIGTERM and SIGKILL when a job is cancelled, requeued or preempted (default 30).
 KillWait=5
 ReturnToService=2
 SlurmctldTimeout=30

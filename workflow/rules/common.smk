@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
 REPO = Path(workflow.basedir).parent
 if Path.cwd().resolve() != REPO.resolve():
     raise WorkflowError(
@@ -203,9 +202,9 @@ def synth_media_args(dataset):
 
 
 def convert_args(dataset):
-    """Converter options: MMBench-Video's split by video (the benchmark ships one split)."""
+    """Converter options: a benchmark that ships one split (MMBench-Video) is split by video, seeded."""
     spec = SC["datasets"][dataset]
-    if dataset != "mmbench_video":
+    if "split_seed" not in spec:
         return ""
     return f"--seed {spec['split_seed']} --val-fraction {spec['val_fraction']} --test-fraction {spec['test_fraction']}"
 
@@ -287,11 +286,29 @@ def dump_inputs(wildcards):
 # ------------------------------------------------------------------------------------------------ training
 
 TRAIN_OPTIONS = (
-    "epochs", "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm", "plateau_factor",
-    "plateau_patience", "max_length", "gradient_checkpointing", "checkpoint_every", "train_limit", "val_limit",
+    "epochs",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "grad_accum",
+    "max_grad_norm",
+    "plateau_factor",
+    "plateau_patience",
+    "max_length",
+    "gradient_checkpointing",
+    "checkpoint_every",
+    "train_limit",
+    "val_limit",
 )
 PRETRAIN_OPTIONS = (
-    "epochs", "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm", "max_length", "limit",
+    "epochs",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "grad_accum",
+    "max_grad_norm",
+    "max_length",
+    "limit",
     "checkpoint_every",
 )
 
@@ -352,7 +369,11 @@ def train_data_args(input):
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
-EVALUATE_OPTIONS = ("batch_size", "max_new_tokens", "limit")
+EVALUATE_OPTIONS = ("batch_size", "limit")
+
+
+def generation_args(dataset):
+    return f"--max-new-tokens {SC['datasets'][dataset]['max_new_tokens']}"
 
 
 def eval_inputs(dataset, model, *, cache=True, pixels=False):

@@ -1,0 +1,347 @@
+"""The Snakemake workflow, by dry runs: the paper suite's whole DAG through the SLURM profile (offline), and on a
+finished demo DAG, that each config or code change reruns exactly the jobs it affects. Plus `snakemake --lint`,
+snakefmt, the rules' directives and the conda environment file.
+
+The finished demo DAG is made without running the stages: every output the dry run lists is created empty, then
+`snakemake --touch --forceall` records each job's provenance (params, input, code) as a real run does. What these
+tests check is Snakemake's rerun decision, which looks only at that provenance and the files' times.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
+GPU_RULES = {"transcribe_audio", "dump_tokens", "pretrain_base", "train_run", "evaluate_base", "vision_split",
+             "evaluate_run", "evaluate_noise"}
+# Outputs declared with directory(), by rule: their position in the rule's output list.
+DIRECTORY_OUTPUTS = {"synthesize_data": 0, "pretrain_base": 0, "train_run": 0}
+
+
+def copy_repository(dest: Path) -> Path:
+    """What the workflow reads (config, workflow, the moir sources, envs) in a fresh directory."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copy2(REPO / "config.yaml", dest / "config.yaml")
+    for name in ("workflow", "moir", "envs"):
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    return dest
+
+
+def snakemake(cwd: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def dry_run(cwd: Path, *args: str) -> str:
+    return snakemake(cwd, "--dry-run", "--cores", "2", *args)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Rule -> number of jobs, from a dry run's "Job stats" table ({} when there is nothing to do)."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE))
+    counts.pop("total")
+    return {rule: int(count) for rule, count in counts.items()}
+
+
+def jobs(output: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """(rule, {"output": ..., "resources": ..., "wildcards": ...}) of every job a dry run lists."""
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        match = re.match(r"(?:local)?rule (\w+):", block)
+        if match:
+            fields = dict(re.findall(r"^\s+(\w+): (.*)$", block, re.MULTILINE))
+            yield match.group(1), fields
+
+
+def set_config(workdir: Path, edit) -> None:
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    edit(config)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------- the paper suite on SLURM
+
+
+def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
+    workdir = copy_repository(tmp_path)
+    output = dry_run(workdir, "--workflow-profile", "workflow/profiles/slurm", "--config", "suite=paper")
+    assert job_counts(output) == {
+        "download_data": 3, "convert_data": 3,              # ScienceQA, VizWiz, MMBench-Video
+        "extract_media": 3, "transcribe_audio": 3,          # MMBench-Video train/val/test (V+A+T)
+        "dump_tokens": 8,   # 3 splits x (ScienceQA, MMBench-Video) + VizWiz train/val: 7B and 13B share one tower
+        "train_run": 26,    # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15
+        "evaluate_base": 4, "evaluate_run": 26, "vision_split": 1, "evaluate_noise": 2,
+        "report": 1, "all": 1,
+    }
+    listed = list(jobs(output))
+    runs = {fields["wildcards"].removeprefix("run=") for rule, fields in listed if rule == "train_run"}
+    assert {"vizwiz__llava-1.5-7b__attn__moir-k0.05__seed0", "vizwiz__llava-1.5-7b__attn__moir-k0.15__seed0",
+            "mmbench_video__qwen2.5-vl__proj__ft__seed0", "scienceqa__llava-1.5-13b__mlp__moir-k0.1__seed0"} <= runs
+    for rule, fields in listed:
+        resources = dict(item.split("=", 1) for item in fields["resources"].split(", "))
+        if rule == "all":
+            continue
+        assert resources["slurm_account"] == "YOUR_ACCOUNT", rule
+        if rule in GPU_RULES:
+            assert (resources["gpu"], resources["gpu_model"]) == ("1", "YOUR_GPU_TYPE"), rule
+            assert resources["slurm_partition"] == "YOUR_GPU_PARTITION", rule
+        else:
+            assert "gpu_model" not in resources and resources.get("gpu", "0") == "0", rule
+        if rule == "train_run":
+            assert int(resources["runtime"]) >= 24 * 60 and int(resources["mem_mb"]) >= 64000
+    assert "data/raw/vizwiz/download.complete.json" in output
+    assert "--reference-tables moir/reference/paper_tables.csv" in snakemake(
+        workdir, "--dry-run", "--printshellcmds", "--config", "suite=paper", "--", "results/paper/report/report.md"
+    )
+
+
+# ------------------------------------------------------------------------------------- rerun only what changed
+
+
+@pytest.fixture(scope="module")
+def finished_demo(tmp_path_factory) -> Path:
+    """A copy of the repository whose demo DAG is complete (empty outputs, real provenance records)."""
+    workdir = copy_repository(tmp_path_factory.mktemp("demo"))
+    output = dry_run(workdir, "--config", "suite=demo")
+    assert job_counts(output) == {
+        "synthesize_data": 2, "extract_media": 4, "pretrain_base": 2, "dump_tokens": 6, "train_run": 14,
+        "evaluate_base": 2, "vision_split": 1, "evaluate_run": 14, "evaluate_noise": 2, "report": 1, "all": 1,
+    }
+    for rule, fields in jobs(output):
+        for index, path in enumerate(fields.get("output", "").split(", ") if "output" in fields else []):
+            path = workdir / path
+            if DIRECTORY_OUTPUTS.get(rule) == index:
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+    snakemake(workdir, "--touch", "--forceall", "--cores", "1", "--config", "suite=demo")
+    return workdir
+
+
+@pytest.fixture
+def demo(finished_demo) -> Iterator[Path]:
+    """The finished demo; config.yaml and the moir sources are restored (content and time) after each test."""
+    files = [finished_demo / "config.yaml", *(finished_demo / "moir").rglob("*.py")]
+    saved = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in files}
+    yield finished_demo
+    for path, (content, mtime) in saved.items():
+        path.write_bytes(content)
+        os.utime(path, ns=(mtime, mtime))
+
+
+def demo_jobs(workdir: Path) -> dict[str, int]:
+    return job_counts(dry_run(workdir, "--config", "suite=demo"))
+
+
+EVALUATIONS = {"evaluate_base": 2, "vision_split": 1, "evaluate_run": 14, "evaluate_noise": 2}
+
+
+def test_a_finished_dag_is_a_no_op(demo):
+    assert demo_jobs(demo) == {}
+
+
+def test_reordering_yaml_keys_reruns_nothing(demo):
+    def reverse(node):
+        return {key: reverse(node[key]) for key in reversed(list(node))} if isinstance(node, dict) else node
+
+    config = yaml.safe_load((demo / "config.yaml").read_text())
+    (demo / "config.yaml").write_text(yaml.safe_dump(reverse(config), sort_keys=False))
+    assert demo_jobs(demo) == {}
+
+
+def test_changing_k_reruns_only_the_moir_runs_with_that_k(demo):
+    def ablate_0_2(config):
+        config["suites"]["demo"]["table3"]["ratios"] = [0.05, 0.1, 0.2]
+
+    set_config(demo, ablate_0_2)
+    output = dry_run(demo, "--config", "suite=demo")
+    assert job_counts(output) == {"train_run": 1, "evaluate_run": 1, "report": 1, "all": 1}
+    assert "run=synth-image__tiny-llava__attn__moir-k0.2__seed0" in output
+
+
+def test_changing_the_main_k_reruns_the_moir_arms_of_tables_1_and_2(demo):
+    def main_ratio(config):
+        config["suites"]["demo"]["table1"]["ratio"] = 0.2
+
+    set_config(demo, main_ratio)
+    output = dry_run(demo, "--config", "suite=demo")
+    assert job_counts(output) == {"train_run": 6, "evaluate_run": 6, "evaluate_noise": 1, "report": 1, "all": 1}
+    trained = [fields["wildcards"] for rule, fields in jobs(output) if rule == "train_run"]
+    assert all("__moir-k0.2__" in run for run in trained)
+
+
+def test_changing_a_router_setting_reruns_moir_runs_and_no_ft_run(demo):
+    def attend(config):
+        config["router"]["align"] = "attend"
+
+    set_config(demo, attend)
+    # the 8 MoIR runs (6 of Table 1, of which one is Table 2's; Table 3's k'=0.05 and 0.15), their evaluations
+    assert demo_jobs(demo) == {"train_run": 8, "evaluate_run": 8, "evaluate_noise": 1, "report": 1, "all": 1}
+
+
+def test_changing_an_evaluation_setting_reruns_no_training(demo):
+    def smaller_batches(config):
+        config["suites"]["demo"]["evaluate"]["batch_size"] = 4
+
+    set_config(demo, smaller_batches)
+    assert demo_jobs(demo) == {**EVALUATIONS, "report": 1, "all": 1}
+
+
+def test_changing_a_training_setting_reruns_runs_but_not_data_caches_or_bases(demo):
+    def more_epochs(config):
+        config["suites"]["demo"]["train"]["epochs"] += 1
+
+    set_config(demo, more_epochs)
+    counts = demo_jobs(demo)
+    assert counts == {"train_run": 14, "evaluate_run": 14, "evaluate_noise": 2, "report": 1, "all": 1}
+
+
+def test_changing_one_benchmarks_answer_budget_reruns_only_its_evaluations(demo):
+    def longer_video_answers(config):
+        config["suites"]["demo"]["datasets"]["synth-video"]["max_new_tokens"] = 32
+
+    set_config(demo, longer_video_answers)
+    # synth-video: its base and its 6 runs of Table 1; no robustness run on it
+    assert demo_jobs(demo) == {"evaluate_base": 1, "evaluate_run": 6, "report": 1, "all": 1}
+
+
+def test_changing_the_other_suite_reruns_nothing(demo):
+    def paper_epochs(config):
+        config["suites"]["paper"]["train"]["epochs"] = 3
+
+    set_config(demo, paper_epochs)
+    assert demo_jobs(demo) == {}
+
+
+def edit(path: Path) -> None:
+    """A code change: new content and a newer time (Snakemake reruns a job for a newer input only when the
+    input's checksum differs from the one recorded, so touching a file is not enough)."""
+    path.write_text(path.read_text() + "\n# edited\n")
+    later = time.time_ns() + 10**9
+    os.utime(path, ns=(later, later))
+
+
+def test_touching_a_source_file_reruns_nothing(demo):
+    later = time.time_ns() + 10**9
+    os.utime(demo / "moir" / "router.py", ns=(later, later))
+    assert demo_jobs(demo) == {}
+
+
+def test_a_code_change_reruns_only_the_stages_that_run_the_code(demo):
+    edit(demo / "moir" / "report.py")
+    assert demo_jobs(demo) == {"report": 1, "all": 1}
+    edit(demo / "moir" / "judge.py")  # imported by moir.evaluate only
+    assert demo_jobs(demo) == {**EVALUATIONS, "report": 1, "all": 1}
+
+
+def test_a_data_change_reruns_everything_downstream(demo):
+    edit(demo / "moir" / "data" / "synthetic.py")
+    counts = demo_jobs(demo)
+    assert counts["synthesize_data"] == 2 and counts["train_run"] == 14 and counts["report"] == 1
+
+
+# ------------------------------------------------------------------------------------- the workflow's code
+
+
+def shell_commands(workdir: Path, suite: str) -> list[str]:
+    output = dry_run(workdir, "--printshellcmds", "--config", f"suite={suite}")
+    return [command for command in re.findall(r"^Shell command: (.*)$", output, re.MULTILINE) if command != "None"]
+
+
+@pytest.mark.parametrize("suite", ["demo", "paper"])
+def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
+    """Each job's `python -m moir.<stage> ...` parses with that stage's own argparse parser (flags, choices,
+    required arguments), so a CLI change that the rules do not follow fails here, not hours into a run."""
+    commands = shell_commands(copy_repository(tmp_path), suite)
+    stages = set()
+    for command in commands:
+        words = shlex.split(command)
+        assert words[:2] == ["python", "-m"] and words[-2] == "2>", command
+        stage, args = words[2], words[3:-2]
+        stages.add(stage)
+        module = importlib.import_module(stage)
+        if hasattr(module, "__path__"):  # a package: `python -m` runs its __main__
+            module = importlib.import_module(f"{stage}.__main__")
+        parser = module.build_parser()
+        try:
+            parser.parse_args(args)
+        except SystemExit as error:
+            pytest.fail(f"{stage} rejects the arguments of `{command}` (exit {error.code})")
+    expected = {"moir.data", "moir.media", "moir.tokens", "moir.train", "moir.evaluate", "moir.report"}
+    assert stages == expected | ({"moir.pretrain"} if suite == "demo" else set())
+
+
+def test_snakemake_lint_passes():
+    output = snakemake(REPO, "--lint", "--config", "suite=demo")
+    assert "Congratulations, your workflow is in a good condition!" in output
+
+
+def test_snakefiles_are_formatted_with_snakefmt():
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "--line-length", "120", "workflow"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def rules(text: str) -> dict[str, str]:
+    return {match.group(1): body for match, body in zip(
+        re.finditer(r"^rule (\w+):", text, re.MULTILINE), re.split(r"^rule \w+:", text, flags=re.MULTILINE)[1:])}
+
+
+def test_every_rule_has_log_benchmark_threads_resources_and_conda():
+    seen = set()
+    for path in RULE_FILES:
+        for name, body in rules(path.read_text()).items():
+            seen.add(name)
+            for directive in ("log:", "benchmark:", "threads:", "resources:", "conda:"):
+                assert f"\n    {directive}" in body, f"{path.name}: rule {name} has no {directive}"
+            assert "mem_mb=" in body and "runtime=" in body, name
+            assert ("gpu=GPU" in body) == (name in GPU_RULES), f"rule {name}: GPU request"
+            assert "\n        ENV\n" in body, name
+            if "python -m moir." in body:
+                assert "moir_sources(" in body or "unpack(" in body, f"rule {name} does not declare its code"
+    assert GPU_RULES < seen
+
+
+def test_conda_env_pins_match_pyproject_and_install_this_checkout(tmp_path):
+    env = yaml.safe_load((REPO / "envs" / "moir.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    assert "python=3.11" in env["dependencies"]
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(entry for entry in pip if not entry.startswith("-e")) == sorted(dependencies)
+    assert "-e ${MOIR_REPO}" in pip
+    assert "MOIR_REPO=" in (REPO / "workflow" / "Snakefile").read_text()
+    # conda hands the pip entries to pip as a requirements file, which expands ${MOIR_REPO}
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("-e ${MOIR_REPO}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-build-isolation", "--no-index",
+         "-r", str(requirements)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "MOIR_REPO": str(REPO)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Would install moir-" in result.stdout
+
+
+def test_every_rule_names_the_conda_env_snakemake_resolves():
+    # conda: paths in an included file are relative to that file: workflow/rules/../../envs/moir.yaml
+    assert (REPO / "workflow" / "rules" / "../../envs/moir.yaml").resolve() == REPO / "envs" / "moir.yaml"
+    assert 'ENV = "../../envs/moir.yaml"' in (REPO / "workflow" / "rules" / "common.smk").read_text()
