@@ -33,7 +33,7 @@ mean/3*100; `moir.judge`, --judge openai|local), exact match for the synthetic s
 
 Usage (one rule per (run, evaluation)):
 
-    python -m moir.evaluate --model results/demo/base/tiny-llava [--adapter results/demo/runs/<run>] \\
+    python -m moir.evaluate --model results/demo/base/tiny-llava [--revision REV] [--adapter results/demo/runs/<run>] \\
         --manifest data/manifests/synth-image/test.parquet \\
         [--cache-dir data/cache/synth-image/test/<enc>] [--frames data/media/<ds>/test/frames.parquet] \\
         [--transcripts data/transcripts/<ds>/test.parquet] \\
@@ -549,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help="base model: a save_pretrained directory or a hub id")
+    model.add_argument("--revision", help="hub revision (branch, tag or commit) of --model; a directory ignores it")
     model.add_argument("--adapter", type=Path, help="a trained run's directory (LoRA + router); omit for the base")
     model.add_argument("--run-name", help="name recorded in metrics.json (default: the adapter directory's name, "
                        "or 'base')")
@@ -631,7 +632,7 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
 
     Returns the manifest rows evaluated, their raw prediction rows (RAW_SCHEMA), the adapter's description, the
     hidden-state index of the ranks and the number of hidden states, and the part store."""
-    adapter = load_adapter(args.model, device=str(device), dtype=dtype)
+    adapter = load_adapter(args.model, device=str(device), dtype=dtype, revision=args.revision)
     adapter_description = None
     if args.adapter is not None:
         try:
@@ -657,7 +658,7 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         raise EvaluationError(f"--rank-layer {args.rank_layer} is outside the {n_hidden} hidden states")
 
     settings = {
-        "model": str(args.model), "model_fingerprint": _content_fingerprint(args.model),
+        "model": str(args.model), "revision": args.revision, "model_fingerprint": _content_fingerprint(args.model),
         "adapter": str(args.adapter) if args.adapter else None,
         "adapter_fingerprint": _content_fingerprint(args.adapter),
         "manifest_fingerprint": _content_fingerprint(args.manifest),
@@ -742,6 +743,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "evaluation": args.out_dir.name,
         "mode": args.mode,
         "model": str(args.model),
+        "revision": args.revision,
         "adapter": str(args.adapter) if args.adapter else None,
         "adapter_description": predicted["adapter_description"],
         "manifest": str(args.manifest),

@@ -14,7 +14,12 @@ Layout of a cache directory (data/cache/<dataset>/<split>/<encoder>/):
     meta.json                written last: format, `encoder` (the adapter's encoder_signature()), model id and
                              revision, storage dtype, n_examples, shard_size, shards [{file, n}], keys_sha256,
                              `missing` (media without frames: the extraction stage could not decode them).
-    plan.json                present only while a dump is unfinished: what the shards being written must match.
+    plan.json                present only while a dump is unfinished: the plan the shards are being written for.
+
+Every shard carries the sha256 of its dump's plan (format, encoder signature, storage dtype, shard size, example
+keys) in its Parquet metadata (`moir.plan_sha256`). A shard is reused only when that digest is the current plan's,
+and the reader checks it against meta.json: a cache rebuilt after its inputs changed (Snakemake deletes meta.json,
+its only declared output) cannot keep the old encoder's features under the new metadata.
 
 Shard columns: key str; kind str ("image" | "video"); shape list<int64> ([N, D]); grid_thw list<int64>
 (n_items x 3, flattened; null when the family has none); features binary (N x D values of the storage dtype,
@@ -23,7 +28,9 @@ output exactly (fewer exponent bits, more mantissa bits; values beyond +-65504 a
 
 Memory stays bounded whatever the dataset size: the dump loads pixels and encodes one `batch_size` at a time and
 holds at most one shard of features. An interrupted dump resumes at the first missing shard: shards appear
-atomically, and plan.json makes a resumed dump refuse to mix encoders, storage dtypes or example lists.
+atomically, and only shards of the same plan are kept. A dump whose plan differs from the shards on disk (another
+encoder, storage dtype, shard size or example list) deletes them and starts over: the caller decided the cache is
+stale. A *finished* cache (meta.json present) of another plan is refused instead, naming the field.
 
 The reader, `TokenCache`, refuses a cache whose encoder signature differs from the adapter it is read for and
 names the field.
@@ -91,6 +98,15 @@ def keys_digest(keys: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
+PLAN_METADATA_KEY = b"moir.plan_sha256"
+PLAN_FIELDS = ("format", "encoder", "dtype", "shard_size", "n_examples", "keys_sha256")
+
+
+def plan_digest(plan: Mapping) -> str:
+    """sha256 of a dump's plan (its PLAN_FIELDS; meta.json holds them too), the identity stamped on its shards."""
+    return hashlib.sha256(json.dumps({k: plan[k] for k in PLAN_FIELDS}, sort_keys=True).encode()).hexdigest()
+
+
 # ----------------------------------------------------------------------------------------------- storage
 
 
@@ -132,10 +148,18 @@ def row_to_media(row: Mapping, dtype: torch.dtype, source: str) -> EncodedMedia:
     return EncodedMedia(features=features, grid_thw=grid, kind=row["kind"])
 
 
-def write_shard(path: Path, keys: Sequence[str], media: Sequence[EncodedMedia]) -> None:
-    """Write one shard of encoder output in its storage dtype, atomically (it exists complete or not at all)."""
-    table = pa.Table.from_pylist([media_to_row(k, m) for k, m in zip(keys, media, strict=True)], schema=SHARD_SCHEMA)
+def write_shard(path: Path, keys: Sequence[str], media: Sequence[EncodedMedia], *, plan_sha256: str) -> None:
+    """Write one shard of encoder output in its storage dtype, atomically (it exists complete or not at all),
+    stamped with the digest of the plan it belongs to."""
+    schema = SHARD_SCHEMA.with_metadata({PLAN_METADATA_KEY: plan_sha256.encode()})
+    table = pa.Table.from_pylist([media_to_row(k, m) for k, m in zip(keys, media, strict=True)], schema=schema)
     write_table_atomic(table, path, **SHARD_WRITE_OPTIONS)
+
+
+def shard_plan(path: Path) -> str | None:
+    """The plan digest a shard was written for (None: written without one), read from the Parquet footer."""
+    value = (pq.read_schema(path).metadata or {}).get(PLAN_METADATA_KEY)
+    return None if value is None else value.decode()
 
 
 def shard_keys(path: Path) -> list[str]:
@@ -164,8 +188,9 @@ def dump_cache(
     """Encode `items` ((key, kind) pairs, keys unique) into a cache directory, shard by shard; returns meta.json.
 
     `encode_batch` maps a list of items to their EncodedMedia (in the CLI: load pixels, `adapter.encode`).
-    `encoder` is the encoder signature the cache will be checked against. Existing complete shards of the same
-    plan are kept (resume); a plan that differs from the one on disk is refused, naming the field.
+    `encoder` is the encoder signature the cache will be checked against. Shards stamped with the same plan are
+    kept (resume); shards of any other plan are deleted and rewritten. A finished cache (meta.json) of another
+    plan is refused, naming the field.
     """
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
@@ -186,23 +211,28 @@ def dump_cache(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path, plan_path = out_dir / "meta.json", out_dir / "plan.json"
-    for path in (meta_path, plan_path):
-        if path.exists():
-            check_fields(
-                plan, json.loads(path.read_text()), f"{path} (delete {out_dir} to rebuild)", what="existing cache"
-            )
     if meta_path.exists():
+        check_fields(
+            plan, json.loads(meta_path.read_text()), f"{meta_path} (delete {out_dir} to rebuild)", what="existing cache"
+        )
         log.info("%s: cache complete, nothing to do", out_dir)
         return meta_path
+    digest = plan_digest(plan)
+    n_shards = -(-len(items) // shard_size)
+    current = {shard_name(index) for index in range(n_shards)}
+    stale = [p for p in sorted(out_dir.glob("shard-*.parquet")) if p.name not in current or shard_plan(p) != digest]
+    if stale:
+        log.warning("%s: deleting %d shard(s) of another dump plan", out_dir, len(stale))
+        for path in stale:
+            path.unlink()
     write_json_atomic(plan, plan_path)
 
     torch_dtype = STORAGE_DTYPES[dtype]
     shards = []
-    n_shards = -(-len(items) // shard_size)
     for index in tqdm(range(n_shards), desc=f"token cache {out_dir.name}", unit="shard"):
         shard_items = items[index * shard_size : (index + 1) * shard_size]
         path = out_dir / shard_name(index)
-        if path.exists() and shard_keys(path) == [key for key, _ in shard_items]:
+        if path.exists():  # stamped with this plan (the others were deleted above): complete
             log.info("%s: complete, kept", path.name)
         else:
             media: list[EncodedMedia] = []
@@ -212,7 +242,7 @@ def dump_cache(
                 if len(encoded) != len(batch):
                     raise ValueError(f"encoder returned {len(encoded)} results for {len(batch)} inputs")
                 media.extend(to_storage(key, m, torch_dtype) for (key, _), m in zip(batch, encoded))
-            write_shard(path, [key for key, _ in shard_items], media)
+            write_shard(path, [key for key, _ in shard_items], media, plan_sha256=digest)
         shards.append({"file": path.name, "n": len(shard_items)})
 
     meta = {**plan, **(extra_meta or {}), "shards": shards, "missing": sorted(missing)}
@@ -273,7 +303,13 @@ class TokenCache:
         self.dtype = STORAGE_DTYPES[self.meta["dtype"]]
         self.missing = frozenset(self.meta["missing"])
         self._location: dict[str, tuple[int, int]] = {}
+        digest = plan_digest(self.meta)
         for shard_index, shard in enumerate(self.meta["shards"]):
+            if shard_plan(self.dir / shard["file"]) != digest:
+                raise CacheMismatchError(
+                    f"{self.dir / shard['file']}: metadata field {PLAN_METADATA_KEY.decode()!r} does not match the "
+                    "plan in meta.json (a shard of another dump)"
+                )
             keys = shard_keys(self.dir / shard["file"])
             if len(keys) != shard["n"]:
                 raise CacheMismatchError(f"{self.dir / shard['file']}: {len(keys)} rows, meta.json says {shard['n']}")
@@ -399,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump = stages.add_parser("dump", help="run the frozen vision encoder over a manifest's media into a cache")
     dump.add_argument("--manifest", required=True, help="manifest Parquet (moir.data.manifest)")
     dump.add_argument("--model", required=True, help="model directory or hub id (moir.models.load_adapter)")
-    dump.add_argument("--revision", help="hub revision of --model, recorded in meta.json")
+    dump.add_argument("--revision", help="hub revision (branch, tag or commit) of --model, also recorded in meta.json")
     dump.add_argument("--out", required=True, help="cache directory (data/cache/<dataset>/<split>/<encoder>)")
     dump.add_argument("--frames", help="frames.parquet of `moir.media extract` (required for video manifests)")
     dump.add_argument("--shard-size", type=int, default=256, help="examples per shard")
@@ -412,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    adapter = load_adapter(args.model, device=args.device)
+    adapter = load_adapter(args.model, device=args.device, revision=args.revision)
     dump_for_adapter(
         args.manifest,
         args.out,

@@ -13,7 +13,7 @@ for the PyTorch default patience of 10). Examples longer than --max-length are d
 Usage (one Snakemake rule per run):
 
     python -m moir.train \
-        --model results/demo/base/tiny-llava \
+        --model results/demo/base/tiny-llava [--revision REV] \
         --train-manifest data/manifests/synth-image/train.parquet --train-cache data/cache/synth-image/train/<enc> \
         --val-manifest data/manifests/synth-image/val.parquet --val-cache data/cache/synth-image/val/<enc> \
         [--train-transcripts data/transcripts/<ds>/train.parquet --val-transcripts ...] \
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--model", required=True, help="base model: a save_pretrained directory or a hub id")
+    run.add_argument("--revision", help="hub revision (branch, tag or commit) of --model; a directory ignores it")
     run.add_argument("--placement", choices=PLACEMENTS, required=True, help="where LoRA goes")
     run.add_argument("--method", choices=METHODS, required=True, help="ft: LoRA alone; moir: LoRA + router")
     run.add_argument("--ratio", type=float, default=0.10, help="k': share of channels routed (moir only)")
@@ -208,7 +209,7 @@ def train(args: argparse.Namespace) -> Path:
     dtype = resolve_dtype(args.dtype, device)
     started = time.perf_counter()
 
-    adapter = load_adapter(args.model, device=device, dtype=dtype)
+    adapter = load_adapter(args.model, device=device, dtype=dtype, revision=args.revision)
     # The splits first: their caches are checked against the encoder as loaded, before LoRA changes the model.
     train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, adapter,
                                 args.train_limit)
@@ -235,7 +236,8 @@ def train(args: argparse.Namespace) -> Path:
     inputs = {
         "model": args.model,
         "model_fingerprint": input_fingerprint(args.model) if Path(args.model).exists() else None,
-        "model_revision": getattr(adapter.hf_model.config, "_commit_hash", None),  # hub models
+        "revision": args.revision,  # as asked for (--revision)
+        "model_revision": getattr(adapter.hf_model.config, "_commit_hash", None),  # as resolved (hub models)
         **{name: input_fingerprint(getattr(args, name)) for name in (
             "train_manifest", "train_cache", "train_transcripts", "val_manifest", "val_cache", "val_transcripts")},
     }

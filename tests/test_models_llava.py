@@ -182,3 +182,20 @@ def test_bad_input_is_a_clear_error(adapter, tiny_dirs, tmp_path):  # noqa: F811
     (tmp_path / "corrupt.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="corrupt.png: not a readable image"):
         adapter.load_media("image", tmp_path / "corrupt.png")
+
+
+def test_revision_reaches_every_from_pretrained(adapter, tiny_dirs, monkeypatch):  # noqa: F811
+    """A hub revision pins config, processor and weights alike; a local directory loads the same with one."""
+    import moir.models
+
+    revisions = {}
+    for name, target in (("config", moir.models.AutoConfig), ("processor", moir.models.AutoProcessor),
+                         ("model", moir.models.FAMILIES["llava"][1])):
+        def spy(*args, _name=name, _original=target.from_pretrained, **kwargs):
+            revisions[_name] = kwargs.get("revision")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(target, "from_pretrained", spy)
+    pinned = load_adapter(tiny_dirs[NAME], revision="v1.0")
+    assert revisions == {"config": "v1.0", "processor": "v1.0", "model": "v1.0"}
+    assert pinned.encoder_signature() == adapter.encoder_signature()

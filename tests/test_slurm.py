@@ -30,13 +30,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "workflow/profiles/slurm/config.yaml"
@@ -114,10 +115,12 @@ def _cluster() -> Cluster:
 def cluster() -> Cluster:
     try:
         return _cluster()
+    except subprocess.CalledProcessError as error:
+        problem = f"`{' '.join(error.cmd)}` failed: {(error.stdout + error.stderr).strip()}"
     except (OSError, subprocess.SubprocessError, RuntimeError, ValueError) as error:
-        detail = getattr(error, "stderr", None) or error
-        pytest.fail(f"MOIR_SLURM_TESTS=1 but the SLURM cluster does not answer: {detail}\n"
-                    "start it with tests/slurm/setup_cluster.sh (as root)", pytrace=False)
+        problem = str(error)
+    pytest.fail(f"MOIR_SLURM_TESTS=1 but the SLURM cluster does not answer: {problem}\n"
+                "start it with tests/slurm/setup_cluster.sh (as root)", pytrace=False)
 
 
 def cluster_profile(profile: dict, cluster: Cluster) -> dict:
@@ -139,9 +142,6 @@ def cluster_profile(profile: dict, cluster: Cluster) -> dict:
     # Status polls: the plugin waits 40 s before the first and 10 s more after each poll that sees no job end.
     fitted["slurm-init-seconds-before-status-checks"] = 4
     fitted["seconds-between-status-checks"] = 4
-    # Job states from squeue: plugin 2.8 does not recognise sacct's "CANCELLED by <uid>" and would wait forever
-    # for a cancelled job.
-    fitted.setdefault("slurm-status-command", "squeue")
     return fitted
 
 
@@ -172,9 +172,9 @@ def _environment() -> dict:
 
 def _start(workspace: Path, *options: str) -> subprocess.Popen:
     snakemake = Path(sys.executable).parent / "snakemake"
-    log = open(workspace / "snakemake.out", "w")
-    return subprocess.Popen([str(snakemake), "--configfile", "reduced.yaml", *options], cwd=workspace,
-                            env=_environment(), stdout=log, stderr=subprocess.STDOUT)
+    with open(workspace / "snakemake.out", "w") as log:
+        return subprocess.Popen([str(snakemake), "--configfile", "reduced.yaml", *options], cwd=workspace,
+                                env=_environment(), stdout=log, stderr=subprocess.STDOUT)
 
 
 @dataclass
@@ -292,17 +292,11 @@ def runs(cluster: Cluster, tmp_path_factory) -> Runs:
 # ------------------------------------------------------------------------------------------------ comparisons
 
 
-def _tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(path)
-
-
 def assert_same_weights(local: Path, slurm: Path) -> None:
     files = sorted(path.relative_to(local) for path in local.rglob("*.safetensors"))
     assert files, f"no weights under {local}"
     for name in files:
-        expected, actual = _tensors(local / name), _tensors(slurm / name)
+        expected, actual = load_file(local / name), load_file(slurm / name)
         assert expected.keys() == actual.keys(), name
         different = [key for key in expected if not (expected[key] == actual[key]).all()]
         assert not different, f"{name}: tensors differ between the local and the SLURM run: {different}"
@@ -323,8 +317,6 @@ def assert_same_result(local: Path, slurm: Path) -> None:
     if local.suffix == ".json":
         assert _measured(json.loads(slurm.read_text())) == _measured(json.loads(local.read_text())), local
     elif local.suffix == ".parquet":
-        import polars
-
         assert polars.read_parquet(slurm).equals(polars.read_parquet(local)), local
     else:  # tables, figures and the report
         assert slurm.read_bytes() == local.read_bytes(), local

@@ -102,8 +102,6 @@ def test_interrupted_dump_resumes_at_the_first_missing_shard(tmp_path):
     with pytest.raises(CacheMismatchError, match="did not finish"):
         TokenCache(out, encoder=ENCODER)
 
-    with pytest.raises(CacheMismatchError, match="'dtype'.*'float32'"):  # a resume must not mix plans
-        dump_cache(out, ITEMS, RecordingEncoder(), encoder=ENCODER, shard_size=4, batch_size=2, dtype="float32")
     resumed = RecordingEncoder()
     dump_cache(out, ITEMS, resumed, encoder=ENCODER, shard_size=4, batch_size=2)
     assert [key for batch in resumed.batches for key in batch] == sorted(key for key, _ in ITEMS)[4:]
@@ -116,6 +114,46 @@ def test_interrupted_dump_resumes_at_the_first_missing_shard(tmp_path):
     again = RecordingEncoder()
     dump_cache(out, ITEMS, again, encoder=ENCODER, shard_size=4, batch_size=2)
     assert again.batches == []  # complete: nothing to do
+
+
+def test_an_interrupted_dump_of_another_plan_starts_over(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        dump_cache(tmp_path, ITEMS, RecordingEncoder(fail_on_call=3), encoder=ENCODER, shard_size=4, batch_size=2)
+    again = RecordingEncoder()  # another storage dtype: the float16 shard must not be mixed in
+    dump_cache(tmp_path, ITEMS, again, encoder=ENCODER, shard_size=4, batch_size=2, dtype="float32")
+    assert [key for batch in again.batches for key in batch] == sorted(key for key, _ in ITEMS)
+    cache = TokenCache(tmp_path, encoder=ENCODER)
+    assert all(media.features.dtype == torch.float32 for _, media in cache)
+
+
+@pytest.mark.parametrize("change", ["weights", "dtype", "shard_size"])
+def test_a_rebuilt_cache_holds_the_new_features(tmp_path, change):
+    """Snakemake rebuilds a finished cache by deleting meta.json, its only output; old shards must not survive."""
+    dump_cache(tmp_path, ITEMS, RecordingEncoder(), encoder=ENCODER, shard_size=4)
+    (tmp_path / "meta.json").unlink()
+
+    def retrained(batch):  # the encoder was trained again: same keys, other features
+        return [EncodedMedia(m.features + 1, m.grid_thw, m.kind) for m in (fake_media(*item) for item in batch)]
+
+    new_encoder = {**ENCODER, "vision_weights": "retrained"} if change == "weights" else ENCODER
+    options = {"dtype": "float32"} if change == "dtype" else {"shard_size": 6} if change == "shard_size" else {}
+    dump_cache(tmp_path, ITEMS, retrained, encoder=new_encoder, **{"shard_size": 4, **options})
+
+    cache = TokenCache(tmp_path, encoder=new_encoder)
+    assert len(cache) == len(ITEMS)
+    dtype = getattr(torch, options.get("dtype", "float16"))
+    for key, kind in ITEMS:
+        assert torch.equal(cache.get(key).features, (fake_media(key, kind).features + 1).to(dtype))
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == [s["file"] for s in cache.meta["shards"]]
+
+
+def test_the_reader_refuses_a_shard_of_another_plan(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    dump_cache(first, ITEMS, RecordingEncoder(), encoder=ENCODER, shard_size=4)
+    dump_cache(second, ITEMS, RecordingEncoder(), encoder=ENCODER, shard_size=4, dtype="float32")
+    (second / "shard-00001.parquet").replace(first / "shard-00001.parquet")
+    with pytest.raises(CacheMismatchError, match=r"shard-00001\.parquet.*'moir\.plan_sha256'"):
+        TokenCache(first, encoder=ENCODER)
 
 
 def test_reader_refuses_another_encoder_naming_the_field(tmp_path):

@@ -283,9 +283,11 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
             module = importlib.import_module(f"{stage}.__main__")
         parser = module.build_parser()
         try:
-            parser.parse_args(args)
+            parsed = parser.parse_args(args)
         except SystemExit as error:
             pytest.fail(f"{stage} rejects the arguments of `{command}` (exit {error.code})")
+        if stage in ("moir.tokens", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not
+            assert parsed.revision == ("main" if suite == "paper" else None), command
     expected = {"moir.data", "moir.media", "moir.tokens", "moir.train", "moir.evaluate", "moir.report"}
     assert stages == expected | ({"moir.pretrain"} if suite == "demo" else set())
 

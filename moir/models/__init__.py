@@ -1,7 +1,7 @@
 """Model adapters: the layer between Hugging Face vision-language models and the rest of the pipeline.
 
     from moir.models import load_adapter, EncodedMedia, Example
-    adapter = load_adapter("llava-hf/llava-1.5-7b-hf", device="cuda")   # or a local save_pretrained directory
+    adapter = load_adapter("llava-hf/llava-1.5-7b-hf", device="cuda", revision="main")  # or a local directory
     batch = adapter.collate(examples, with_answer=True)
     out = adapter.forward(batch)                          # .loss (answer tokens only), .logits
     texts = adapter.generate(adapter.collate(examples, with_answer=False), max_new_tokens=16)
@@ -48,11 +48,14 @@ def load_adapter(
     *,
     dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
+    revision: str | None = None,
 ) -> VLMAdapter:
     """Load a model and its processor (hub id or local directory) behind the adapter of its family.
 
     The family comes from the model's config (`model_type`). dtype: bfloat16 on a GPU, float32 on the CPU unless
     given. A local directory must hold the config, tokenizer and processor files; a missing one is named.
+    revision: the hub revision (branch, tag or commit) of config, processor and weights alike; None is the hub's
+    default branch, and a local directory ignores it.
     """
     name = str(path_or_hub_id)
     path = Path(path_or_hub_id)
@@ -60,7 +63,7 @@ def load_adapter(
         check_model_directory(path)
     elif path.exists():
         raise NotADirectoryError(f"{path}: a model must be a hub id or a directory, this is a file")
-    config = AutoConfig.from_pretrained(name)
+    config = AutoConfig.from_pretrained(name, revision=revision)
     if config.model_type not in FAMILIES:
         raise ValueError(f"{name}: model_type {config.model_type!r} is not supported; "
                          f"supported families: {sorted(FAMILIES)}")
@@ -68,7 +71,9 @@ def load_adapter(
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    processor = AutoProcessor.from_pretrained(name)
-    model = model_class.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation).to(device)
+    processor = AutoProcessor.from_pretrained(name, revision=revision)
+    model = model_class.from_pretrained(
+        name, dtype=dtype, attn_implementation=attn_implementation, revision=revision
+    ).to(device)
     log.info("loaded %s (%s, %s) on %s", name, config.model_type, dtype, device)
     return adapter_class(model, processor, name)

@@ -3,7 +3,9 @@
 #
 # What runs: munged (authentication), MariaDB + slurmdbd (the accounting that the Snakemake SLURM executor
 # plugin's `sacct` status queries need), slurmctld (controller) and slurmd (the only compute node), all from
-# Debian's packages, all talking over 127.0.0.1. Must run as root on a Debian bookworm machine; works without
+# Debian's packages, all talking over 127.0.0.1: slurmctld, slurmd and MariaDB listen on loopback only; slurmdbd
+# (22.05 has no option to bind it) listens on every address of port 6819 and answers only munge-authenticated
+# requests, whose key exists only on this machine. Must run as root on a Debian bookworm machine; works without
 # systemd (the daemons are started directly).
 #
 # The node gets this host's real CPU count and memory (from `slurmd -C`) and a `gpu` GRES backed by fake
@@ -84,7 +86,7 @@ if [[ ${MOIR_SLURM_SKIP_APT:-0} != 1 ]]; then
     say "apt-get update"
     apt-get update -qq
     say "apt-get install ${PACKAGES[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 fi
 for binary in munged mariadbd slurmdbd slurmctld slurmd sbatch sacct sacctmgr; do
     command -v "$binary" >/dev/null || die "$binary not found: install ${PACKAGES[*]}"
@@ -115,6 +117,8 @@ SlurmUser=slurm
 AuthType=auth/munge
 # A requeued job waits cred_expire seconds before it starts again (default 120 s; 10 s keeps the tests short).
 AuthInfo=cred_expire=10
+# Daemons and clients bind to the address this host resolves to (loopback, checked above), not to every address.
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$STATE_DIR/slurmctld

@@ -31,6 +31,7 @@ rule evaluate_base:
         gpu=GPU,
     params:
         model=lambda wc: model_source(BASES[wc.base][1]),
+        revision=lambda wc: revision_arg(BASES[wc.base][1]),
         data=lambda wc, input: eval_data_args(input),
         options=options(SC["evaluate"], EVALUATE_OPTIONS),
         generation=lambda wc: generation_args(BASES[wc.base][0]),
@@ -39,9 +40,9 @@ rule evaluate_base:
         device=SC["device"],
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
-        "python -m moir.evaluate --model {params.model} --run-name {wildcards.base} --manifest {input.manifest}"
-        " {params.data} --mode clean {params.options} {params.generation} --rank-layer {params.rank_layer}"
-        " {params.judge} --device {params.device} --out-dir {params.out} 2> {log}"
+        "python -m moir.evaluate --model {params.model} {params.revision} --run-name {wildcards.base}"
+        " --manifest {input.manifest} {params.data} --mode clean {params.options} {params.generation}"
+        " --rank-layer {params.rank_layer} {params.judge} --device {params.device} --out-dir {params.out} 2> {log}"
 
 
 rule vision_split:
@@ -66,6 +67,7 @@ rule vision_split:
         gpu=GPU,
     params:
         model=lambda wc: model_source(BASES[wc.base][1]),
+        revision=lambda wc: revision_arg(BASES[wc.base][1]),
         data=lambda wc, input: eval_data_args(input),
         options=options(SC["evaluate"], EVALUATE_OPTIONS),
         generation=lambda wc: generation_args(BASES[wc.base][0]),
@@ -73,9 +75,9 @@ rule vision_split:
         device=SC["device"],
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
-        "python -m moir.evaluate --model {params.model} --run-name {wildcards.base} --manifest {input.manifest}"
-        " {params.data} --mode no-image {params.options} {params.generation} {params.judge}"
-        " --device {params.device} --out-dir {params.out} 2> {log}"
+        "python -m moir.evaluate --model {params.model} {params.revision} --run-name {wildcards.base}"
+        " --manifest {input.manifest} {params.data} --mode no-image {params.options} {params.generation}"
+        " {params.judge} --device {params.device} --out-dir {params.out} 2> {log}"
 
 
 rule evaluate_run:
@@ -99,6 +101,7 @@ rule evaluate_run:
         gpu=GPU,
     params:
         model=lambda wc: model_source(run_of(wc).model),
+        revision=lambda wc: revision_arg(run_of(wc).model),
         data=lambda wc, input: eval_data_args(input),
         base=lambda wc, input: os.path.dirname(input.base_metrics),
         options=options(SC["evaluate"], EVALUATE_OPTIONS),
@@ -108,10 +111,10 @@ rule evaluate_run:
         device=SC["device"],
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
-        "python -m moir.evaluate --model {params.model} --adapter {input.adapter} --run-name {wildcards.run}"
-        " --manifest {input.manifest} {params.data} --mode clean {params.options} {params.generation}"
-        " --rank-layer {params.rank_layer} --base-eval {params.base} {params.judge} --device {params.device}"
-        " --out-dir {params.out} 2> {log}"
+        "python -m moir.evaluate --model {params.model} {params.revision} --adapter {input.adapter}"
+        " --run-name {wildcards.run} --manifest {input.manifest} {params.data} --mode clean {params.options}"
+        " {params.generation} --rank-layer {params.rank_layer} --base-eval {params.base} {params.judge}"
+        " --device {params.device} --out-dir {params.out} 2> {log}"
 
 
 rule evaluate_noise:
@@ -135,6 +138,7 @@ rule evaluate_noise:
         gpu=GPU,
     params:
         model=lambda wc: model_source(run_of(wc).model),
+        revision=lambda wc: revision_arg(run_of(wc).model),
         data=lambda wc, input: eval_data_args(input),
         clean=lambda wc, input: os.path.dirname(input.clean_metrics),
         options=options(SC["evaluate"], EVALUATE_OPTIONS),
@@ -144,7 +148,7 @@ rule evaluate_noise:
         device=SC["device"],
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
-        "python -m moir.evaluate --model {params.model} --adapter {input.adapter} --run-name {wildcards.run}"
-        " --manifest {input.manifest} {params.data} --mode noise --noise-seed {params.noise_seed} {params.options}"
-        " {params.generation} --clean-eval {params.clean} --vision-split {input.vision_split} {params.judge}"
-        " --device {params.device} --out-dir {params.out} 2> {log}"
+        "python -m moir.evaluate --model {params.model} {params.revision} --adapter {input.adapter}"
+        " --run-name {wildcards.run} --manifest {input.manifest} {params.data} --mode noise"
+        " --noise-seed {params.noise_seed} {params.options} {params.generation} --clean-eval {params.clean}"
+        " --vision-split {input.vision_split} {params.judge} --device {params.device} --out-dir {params.out} 2> {log}"

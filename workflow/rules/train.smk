@@ -27,6 +27,7 @@ rule train_run:
         gpu=GPU,
     params:
         model=lambda wc: model_source(run_of(wc).model),
+        revision=lambda wc: revision_arg(run_of(wc).model),
         placement=lambda wc: run_of(wc).placement,
         method=lambda wc: run_of(wc).method,
         router=lambda wc: router_args(run_of(wc)),
@@ -37,6 +38,6 @@ rule train_run:
         data=lambda wc, input: train_data_args(input),
         checkpoints=lambda wc: f"{RESULTS}/checkpoints/{wc.run}",
     shell:
-        "python -m moir.train --model {params.model} {params.data} --placement {params.placement}"
+        "python -m moir.train --model {params.model} {params.revision} {params.data} --placement {params.placement}"
         " --method {params.method} {params.router} --seed {params.seed} {params.optim} {params.lora}"
         " --device {params.device} --out-dir {output} --checkpoint-dir {params.checkpoints} 2> {log}"
