@@ -58,7 +58,9 @@ REDUCED_DEMO = {
     "suite": SUITE,
     "suites": {
         SUITE: {
-            "datasets": {"synth-image": {"synthetic": {"sizes": {"pretrain": 200, "train": 96, "val": 16, "test": 32}}}},
+            "datasets": {
+                "synth-image": {"synthetic": {"sizes": {"pretrain": 200, "train": 96, "val": 16, "test": 32}}},
+            },
             "table1": {"pairs": [{"dataset": "synth-image", "model": "tiny-llava"}], "placements": ["attn"]},
             "table3": {"ratios": [0.1]},
             "pretrain": {"epochs": 1},

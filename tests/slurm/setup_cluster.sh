@@ -86,7 +86,8 @@ if [[ ${MOIR_SLURM_SKIP_APT:-0} != 1 ]]; then
     say "apt-get update"
     apt-get update -qq
     say "apt-get install ${PACKAGES[*]}"
-    DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes \
+        apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 fi
 for binary in munged mariadbd slurmdbd slurmctld slurmd sbatch sacct sacctmgr; do
     command -v "$binary" >/dev/null || die "$binary not found: install ${PACKAGES[*]}"
@@ -100,6 +101,7 @@ HOST=$(hostname -s)
 NODE_HARDWARE=$(slurmd -C | head -n1 | sed -e "s/^NodeName=[^ ]* //")
 CPUS=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$NODE_HARDWARE")
 GPUS=${MOIR_SLURM_GPUS:-$CPUS}
+[[ $GPUS =~ ^[1-9][0-9]*$ ]] || die "MOIR_SLURM_GPUS must be a positive integer, got '$GPUS'"
 say "node $HOST: $NODE_HARDWARE, $GPUS fake GPUs of type $GPU_TYPE"
 grep -qE "^127\.[0-9.]+[[:space:]].*\b${HOST}\b" /etc/hosts || die "$HOST does not resolve to loopback in /etc/hosts"
 
@@ -110,7 +112,7 @@ install -d -m 0755 "$SLURM_ETC"
 CHANGED_SLURM=0
 CHANGED_DBD=0
 
-write_file "$SLURM_ETC/slurm.conf" 0644 root:root "# Written by tests/slurm/setup_cluster.sh: a one-node test cluster on loopback.
+write_file "$SLURM_ETC/slurm.conf" 0644 root:root "# Written by tests/slurm/setup_cluster.sh: a one-node test cluster.
 ClusterName=$CLUSTER
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=slurm
@@ -161,10 +163,10 @@ PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP" && C
 for ((i = 0; i < GPUS; i++)); do
     [[ -c /dev/fakegpu$i ]] || mknod -m 0666 "/dev/fakegpu$i" c 1 3
 done
-write_file "$SLURM_ETC/gres.conf" 0644 root:root "# Fake GPUs (/dev/null-like devices): GPU jobs are scheduled and run on the CPU.
+write_file "$SLURM_ETC/gres.conf" 0644 root:root "# Fake GPUs (/dev/null-like devices): GPU jobs run on the CPU.
 NodeName=$HOST Name=gpu Type=$GPU_TYPE File=/dev/fakegpu[0-$((GPUS - 1))]" && CHANGED_SLURM=1
 
-write_file "$SLURM_ETC/cgroup.conf" 0644 root:root "# Jobs are confined to their cores and memory, as on a production cluster.
+write_file "$SLURM_ETC/cgroup.conf" 0644 root:root "# Jobs are confined to their cores and memory.
 CgroupPlugin=cgroup/v1
 ConstrainCores=yes
 ConstrainRAMSpace=yes
@@ -200,7 +202,7 @@ else
     say "starting munged"
     runuser -u munge -- /usr/sbin/munged
 fi
-wait_for 20 bash -c "munge -n | unmunge" || die "timed out after 20s waiting for munge to encode and decode a credential"
+wait_for 20 bash -c "munge -n | unmunge" || die "timed out after 20s waiting for munge to decode a credential"
 
 # --- MariaDB ----------------------------------------------------------------------------------------
 install -d -o mysql -g mysql -m 0755 /run/mysqld
