@@ -104,6 +104,7 @@ from moir.metrics import (
 )
 from moir.models import Example, load_adapter
 from moir.prompts import OPTION_LETTERS, protocol
+from moir.storage import write_table_atomic, write_text_atomic
 from moir.training_loop import package_versions, resolve_device, resolve_dtype, setup_logging
 
 log = logging.getLogger("moir.evaluate")
@@ -236,7 +237,7 @@ class PartStore:
                 log.warning("%s: made with other settings; discarded", self.dir)
                 shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(settings_file, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(settings_file, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     def rows(self) -> dict[str, dict]:
         done = {}
@@ -251,28 +252,10 @@ class PartStore:
     def write(self, rows: list[dict]) -> None:
         index = len(list(self.dir.glob("part-*.parquet")))
         path = self.dir / f"part-{index:06d}.parquet"
-        _atomic_write_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), path)
+        write_table_atomic(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), path)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _content_fingerprint(path: str | os.PathLike | None, full_hash_limit: int = 256 << 20) -> str | None:
@@ -786,10 +769,10 @@ def evaluate(args: argparse.Namespace) -> dict:
                               "wall_time_s": round(time.perf_counter() - started, 3)}
 
     table = pa.Table.from_pylist([{**r, **s} for r, s in zip(raw, scored)], schema=PREDICTIONS_SCHEMA)
-    _atomic_write_table(table, args.out_dir / PREDICTIONS_FILE)
+    write_table_atomic(table, args.out_dir / PREDICTIONS_FILE)
     if split_table is not None:
-        _atomic_write_table(split_table, args.out_dir / SPLIT_FILE)
-    _atomic_write_text(args.out_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_table_atomic(split_table, args.out_dir / SPLIT_FILE)
+    write_text_atomic(args.out_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     predicted["store"].remove()
     log.info("%s: accuracy %.2f over %d examples", args.out_dir, metrics["accuracy"]["value"], len(rows))
     return metrics

@@ -53,6 +53,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from moir.storage import write_text_atomic  # noqa: E402
+
 log = logging.getLogger("moir.report")
 
 CLEAN = "clean"
@@ -489,15 +491,6 @@ FIGURES = {
     "gates.png": "Router gates (mean alpha per direction) over training, MoIR runs of Table 1.",
     "robustness.png": "Unchanged predictions under image noise (Table 2).",
 }
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass

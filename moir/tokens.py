@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from moir.data.manifest import read_manifest
 from moir.media.pixels import MediaLoader
-from moir.media.storage import temporary_path, write_table_atomic
+from moir.storage import write_json_atomic, write_table_atomic
 from moir.models import EncodedMedia, Example, load_adapter
 
 log = logging.getLogger(__name__)
@@ -165,12 +165,6 @@ def shard_plan(path: Path) -> str | None:
 def shard_keys(path: Path) -> list[str]:
     """The keys of a shard, in order (a cheap read: one small column)."""
     return pq.read_table(path, columns=["key"]).column("key").to_pylist()
-
-
-def write_json_atomic(data: Mapping, path: Path) -> None:
-    tmp = temporary_path(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def dump_cache(

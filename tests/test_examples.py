@@ -20,7 +20,7 @@ from moir.data.synthetic import generate_synth_image, generate_synth_video
 from moir.examples import load_examples
 from moir.media.extract import extract_media
 from moir.media.frames import FrameSampling
-from moir.media.storage import write_table_atomic
+from moir.storage import write_table_atomic
 from moir.media.transcripts import TRANSCRIPTS_SCHEMA
 from moir.models import build_tiny_model, load_adapter
 from moir.prompts import build_prompt, target_answer

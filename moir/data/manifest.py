@@ -31,6 +31,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from moir.storage import write_table_atomic
+
 MEDIA_KINDS = ("image", "video", "none")
 
 SCHEMA = pa.schema(
@@ -103,14 +105,7 @@ def write_manifest(rows: list[dict] | pa.Table, path: str | os.PathLike, *, medi
         raise ManifestError(f"{path}: a manifest holds one dataset and one split, got {sorted(datasets)} {sorted(splits)}")
     metadata = {b"media_root": str(media_root).encode(), b"dataset": datasets.pop().encode(), b"split": splits.pop().encode()}
     table = table.replace_schema_metadata(metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_table_atomic(table, path)
 
 
 def read_manifest(path: str | os.PathLike) -> pa.Table:

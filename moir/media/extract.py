@@ -27,7 +27,7 @@ from tqdm import tqdm
 from moir.data.manifest import media_root, read_manifest
 from moir.media.audio import AUDIO_SCHEMA, audio_row, extract_audio
 from moir.media.frames import FRAMES_SCHEMA, FrameSampling, SampledVideo, extract_frames
-from moir.media.storage import ParquetStreamWriter, write_table_atomic
+from moir.storage import ParquetStreamWriter, write_table_atomic
 
 log = logging.getLogger(__name__)
 

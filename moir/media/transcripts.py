@@ -34,7 +34,7 @@ from tqdm import tqdm
 from transformers import pipeline
 
 from moir.media.audio import SAMPLE_RATE, iter_audio, to_pcm16
-from moir.media.storage import temporary_path, write_table_atomic
+from moir.storage import temporary_path, write_table_atomic
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Atomic Parquet output: every table this package writes appears complete or not at all.
+"""Atomic output: every file this package writes appears complete or not at all.
 
 A stage that dies half way (killed job, full disk, a raised error) must never leave a file that looks finished:
 Snakemake and the resume logic of the token cache both take an existing file as done. So every writer here
@@ -8,7 +8,9 @@ on POSIX) only after the last row group is closed.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -64,3 +66,20 @@ def write_table_atomic(
     with ParquetStreamWriter(path, table.schema, **parquet_options) as writer:
         writer.write_table(table, row_group_size=row_group_size)
     return writer.path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(data: Mapping, path: str | os.PathLike) -> Path:
+    """Write `data` as indented, key-sorted JSON, atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
