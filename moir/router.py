@@ -61,7 +61,7 @@ DIRECTIONS = ("both", "a", "b")
 # Mean squares are compared with this floor so that the RMS ratio stays finite (and differentiable) on all-zero input.
 _MEAN_SQUARE_FLOOR = 1e-12
 # Elements squared at a time when scoring channels: a block that stays in a CPU's cache.
-_ENERGY_BLOCK_ELEMENTS = 1 << 18
+_ENERGY_BLOCK_ELEMENTS = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------------------------
