@@ -322,25 +322,21 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> int:
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            members = _zip_members(archive, zf, root)
-            for target, info in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False):
-                if info is None:
-                    target.mkdir(parents=True, exist_ok=True)
-                else:
-                    with zf.open(info) as source:
-                        _write_member(source, target)
+        opened, list_members = zipfile.ZipFile(archive), _zip_members
+        open_member = opened.open
     elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = _tar_members(archive, tf, root)
-            for target, info in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False):
-                if info is None:
-                    target.mkdir(parents=True, exist_ok=True)
-                else:
-                    with tf.extractfile(info) as source:
-                        _write_member(source, target)
+        opened, list_members = tarfile.open(archive), _tar_members
+        open_member = opened.extractfile
     else:
         raise UnsafeArchiveError(f"{archive}: not a zip or tar archive")
+    with opened:
+        members = list_members(archive, opened, root)  # every entry checked before anything is written
+        for target, info in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False):
+            if info is None:
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                with open_member(info) as source:
+                    _write_member(source, target)
     return sum(info is not None for _, info in members)
 
 
