@@ -35,7 +35,7 @@ from torch.utils._pytree import tree_leaves
 from transformers import LlavaForConditionalGeneration
 
 from moir.models.hub_configs import build_architecture, hub_config
-from moir.models.llava import LlavaAdapter
+from moir.models.llava import LlavaWrapper
 from moir.models.lora import lora_target_modules
 from moir.models.tiny import build_tiny_llava
 from moir.router import RouterConfig
@@ -54,7 +54,7 @@ def count_trainable(placement: str, rank: int) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), lora + router
 
 
-def reduced_adapter(n_layers: int, placement: str, rank: int) -> LlavaAdapter:
+def reduced_adapter(n_layers: int, placement: str, rank: int) -> LlavaWrapper:
     """LLaVA-1.5-7B at full width with `n_layers` decoder layers (the vision tower, unused when training from the
     cache, keeps one layer), bfloat16 on the CPU, with MoIR and LoRA on."""
     config = copy.deepcopy(hub_config(MODEL_ID))
@@ -64,7 +64,7 @@ def reduced_adapter(n_layers: int, placement: str, rank: int) -> LlavaAdapter:
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     _, processor = build_tiny_llava(seed=0)  # collate is not used: the batch below is built directly
-    adapter = LlavaAdapter(model, processor, name=f"{MODEL_ID} ({n_layers} layers)")
+    adapter = LlavaWrapper(model, processor, name=f"{MODEL_ID} ({n_layers} layers)")
     adapter.attach_router(RouterConfig())
     adapter.apply_lora(placement, r=rank, alpha=2 * rank, dropout=0.05)
     return adapter

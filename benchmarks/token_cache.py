@@ -10,7 +10,7 @@ What is timed, per model, on the same images in one run:
     read     what a run with the cache does: `load_examples(..., cache_dir=...)`, one example at a time, which
              reads its features from the shard (one row group) into an Example.
     ratio    read examples/s over encode examples/s. Target: >= 10x at LLaVA-1.5 shapes.
-The one-off dump (`moir.tokens.dump_for_adapter`) and the cache's open time are printed too.
+The one-off dump (`moir.encoder_cache.cache.dump_for_adapter`) and the cache's open time are printed too.
 
 Models: the tiny models of the test suite, and LLaVA-1.5's encoder shapes: the real CLIP ViT-L/14-336 vision
 tower (config from moir.models.hub_configs, random weights) behind the LLaVA adapter with a tiny language model,
@@ -33,12 +33,12 @@ from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGen
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from moir.data.manifest import write_manifest
-from moir.examples import load_examples
-from moir.models import build_tiny_model, load_adapter
+from moir.dataset import load_examples
+from moir.models import build_tiny_model, load_vlm
 from moir.models.hub_configs import hub_config
-from moir.models.llava import LlavaAdapter
+from moir.models.llava import LlavaWrapper
 from moir.models.tiny import build_tiny_llava
-from moir.tokens import dump_for_adapter
+from moir.encoder_cache.cache import dump_for_adapter
 
 
 def write_images(directory: Path, n: int, seed: int = 0) -> Path:
@@ -59,7 +59,7 @@ def write_images(directory: Path, n: int, seed: int = 0) -> Path:
     return write_manifest(rows, directory / "test.parquet", media_root=directory)
 
 
-def llava_1_5_shapes(seed: int = 0) -> LlavaAdapter:
+def llava_1_5_shapes(seed: int = 0) -> LlavaWrapper:
     """The LLaVA adapter over CLIP ViT-L/14-336 (random weights) and the tiny language model: 576 x 1024 features."""
     tiny_model, processor = build_tiny_llava(seed)
     config = LlavaConfig(
@@ -75,7 +75,7 @@ def llava_1_5_shapes(seed: int = 0) -> LlavaAdapter:
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_mean=OPENAI_CLIP_MEAN,
         image_std=OPENAI_CLIP_STD,
     )  # fmt: skip
-    return LlavaAdapter(model, processor, "llava-1.5-shapes (CLIP ViT-L/14-336, random weights)")
+    return LlavaWrapper(model, processor, "llava-1.5-shapes (CLIP ViT-L/14-336, random weights)")
 
 
 def encode_rate(manifest: Path, adapter, batch_size: int) -> float:
@@ -133,7 +133,7 @@ def main() -> None:
         workdir = Path(tmp)
         for name in ("tiny-llava", "tiny-qwen2.5-vl"):
             build_tiny_model(name, workdir / f"{name}-model", seed=0)
-            run(name, load_adapter(workdir / f"{name}-model"), tiny_images, args.batch_size, workdir)
+            run(name, load_vlm(workdir / f"{name}-model"), tiny_images, args.batch_size, workdir)
         ratio = run("llava-1.5-shapes", llava_1_5_shapes(), large_images, args.batch_size, workdir)
     print(f"LLaVA-1.5 shapes (576 x 1024 per image): reading the cache is {ratio:.0f}x faster than encoding "
           f"(target >= 10x: {'met' if ratio >= 10 else 'NOT met'})")  # fmt: skip

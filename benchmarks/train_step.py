@@ -4,7 +4,7 @@ from pixels, measured in one run on the same batches with the training loop's ow
     python benchmarks/train_step.py                 # tiny-llava, tiny-qwen2.5-vl, LLaVA-1.5-7B widths
     python benchmarks/train_step.py --quick         # tiny models only
 
-What is timed: `moir.training_loop.optimizer_step` on one batch (collate, forward, backward, gradient clipping,
+What is timed: `moir.train.loop.optimizer_step` on one batch (collate, forward, backward, gradient clipping,
 AdamW update), LoRA on the attention projections (r=16), in three variants interleaved repeat by repeat (the
 best of --repeats is reported: on a shared machine the minimum is the least disturbed measurement):
     ft      LoRA alone, the batch from the cache (encoder features, as `moir.train` reads them);
@@ -43,17 +43,17 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from moir.data.synthetic import image_example
 from moir.models import Example
 from moir.models.hub_configs import hub_config
-from moir.models.llava import LlavaAdapter
-from moir.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from moir.models.llava import LlavaWrapper
+from moir.models.qwen2_5_vl import Qwen2_5_VLWrapper
 from moir.models.tiny import build_tiny_llava, build_tiny_qwen
 from moir.prompts import SHORT_ANSWER_INSTRUCTION
 from moir.router import RouterConfig
-from moir.training_loop import optimizer_step
+from moir.train.loop import optimizer_step
 
 
 def tiny(name: str):
     model, processor = (build_tiny_llava if name == "tiny-llava" else build_tiny_qwen)(seed=0)
-    adapter_class = LlavaAdapter if name == "tiny-llava" else Qwen2_5_VLAdapter
+    adapter_class = LlavaWrapper if name == "tiny-llava" else Qwen2_5_VLWrapper
     return adapter_class(model, processor, name), 48
 
 
@@ -75,7 +75,7 @@ def llava_7b_widths(layers: int):
         image_std=OPENAI_CLIP_STD,
     )
     processor.patch_size = 14
-    return LlavaAdapter(model, processor, f"llava-1.5-7b-widths ({layers} decoder layers)"), 336
+    return LlavaWrapper(model, processor, f"llava-1.5-7b-widths ({layers} decoder layers)"), 336
 
 
 def batches(adapter, image_size: int, batch_size: int) -> tuple[list[Example], list[Example]]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from moir.models import Example, VLMAdapter, build_tiny_model, load_adapter
+from moir.models import Example, VLMWrapper, build_tiny_model, load_vlm
 
 FAMILY_OF = {"tiny-llava": "llava", "tiny-qwen2.5-vl": "qwen2_5_vl"}
 
@@ -54,14 +54,14 @@ def video_examples() -> list[Example]:
     ]
 
 
-def cached(adapter: VLMAdapter, examples: list[Example]) -> list[Example]:
+def cached(adapter: VLMWrapper, examples: list[Example]) -> list[Example]:
     """The same examples reading the encoder output, as the token cache would give it, instead of the pixels."""
     encoded = adapter.encode(examples)
     return [Example(ex.id, ex.prompt, ex.answer, ex.media_kind, media=media, fps=ex.fps)
             for ex, media in zip(examples, encoded)]
 
 
-def reference_inputs(adapter: VLMAdapter, examples: list[Example]) -> dict[str, torch.Tensor]:
+def reference_inputs(adapter: VLMWrapper, examples: list[Example]) -> dict[str, torch.Tensor]:
     """The plain processor's inputs for the examples' prompts (left-padded, generation prompt, no answers)."""
     texts = []
     for ex in examples:
@@ -85,11 +85,11 @@ def reference_model(model_dir: Path) -> torch.nn.Module:
     return AutoModelForImageTextToText.from_pretrained(model_dir).eval()
 
 
-def load(tiny_dirs: dict[str, Path], name: str) -> VLMAdapter:
-    return load_adapter(tiny_dirs[name])
+def load(tiny_dirs: dict[str, Path], name: str) -> VLMWrapper:
+    return load_vlm(tiny_dirs[name])
 
 
-def randomize_lora(adapter: VLMAdapter, seed: int) -> None:
+def randomize_lora(adapter: VLMWrapper, seed: int) -> None:
     """LoRA's B starts at zero (an identity adapter): give every LoRA weight and gate a random value."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

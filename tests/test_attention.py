@@ -5,8 +5,8 @@ import PIL.Image
 import pytest
 import torch
 
-from moir.attention import decoder_attention_modules, record_group_attention
-from moir.models import Example, build_tiny_model, load_adapter
+from moir.evaluate.attention import decoder_attention_modules, record_group_attention
+from moir.models import Example, build_tiny_model, load_vlm
 from moir.router import RouterConfig
 
 
@@ -14,7 +14,7 @@ from moir.router import RouterConfig
 def adapters(tmp_path_factory):
     root = tmp_path_factory.mktemp("attention")
     names = ("tiny-llava", "tiny-qwen2.5-vl")
-    return {name: load_adapter(build_tiny_model(name, root / name, seed=0)) for name in names}
+    return {name: load_vlm(build_tiny_model(name, root / name, seed=0)) for name in names}
 
 
 def _examples(family: str) -> list[Example]:
@@ -80,7 +80,7 @@ def test_hook_equals_eager_attention(adapters, name, padded):
 
 
 def test_hook_sees_through_lora_and_router(tmp_path):
-    adapter = load_adapter(build_tiny_model("tiny-llava", tmp_path / "model", seed=0))
+    adapter = load_vlm(build_tiny_model("tiny-llava", tmp_path / "model", seed=0))
     adapter.apply_lora("attn")
     adapter.attach_router(RouterConfig())
     batch = adapter.collate(_examples("tiny-llava")[:2], with_answer=True)

@@ -17,7 +17,7 @@ import torch
 import moir.models.base
 from moir.data.manifest import read_manifest, write_manifest
 from moir.data.synthetic import generate_synth_image, generate_synth_video
-from moir.evaluate import (
+from moir.evaluate.evaluation import (
     accuracy_metrics,
     main,
     noise_like,
@@ -27,7 +27,7 @@ from moir.evaluate import (
 from moir.media.extract import extract_media
 from moir.media.frames import FrameSampling
 from moir.metrics import layer_groups, modality_dominance, normalize_answer, parse_option_letter
-from moir.models import build_tiny_model, load_adapter
+from moir.models import build_tiny_model, load_vlm
 from moir.router import RouterConfig
 
 
@@ -48,7 +48,7 @@ def work(tmp_path_factory):
     manifest = write_manifest(rows + [text_only], root / "manifests" / "with-text.parquet", media_root=root / "raw")
     model = build_tiny_model("tiny-llava", root / "tiny-llava", seed=0)
     # a "trained" run: LoRA on attention with random B matrices, and the router
-    adapter = load_adapter(model)
+    adapter = load_vlm(model)
     torch.manual_seed(0)
     adapter.apply_lora("attn")
     adapter.attach_router(RouterConfig())
@@ -147,7 +147,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(work, monkeypatch):
     reference, out = work["root"] / "resume" / "reference", work["root"] / "resume" / "out"
     args = ("--batch-size", "2", "--flush-every", "2", "--no-analysis")
     assert _evaluate(work, reference, *args) == 0
-    original = moir.models.base.VLMAdapter.generate
+    original = moir.models.base.VLMWrapper.generate
     calls = []
 
     def generate(self, batch, max_new_tokens=16):
@@ -156,7 +156,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(work, monkeypatch):
             raise KeyboardInterrupt
         return original(self, batch, max_new_tokens)
 
-    monkeypatch.setattr(moir.models.base.VLMAdapter, "generate", generate)
+    monkeypatch.setattr(moir.models.base.VLMWrapper, "generate", generate)
     fail_at = 3
     with pytest.raises(KeyboardInterrupt):
         _evaluate(work, out, *args)
@@ -180,7 +180,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(work, monkeypatch):
 
 
 def test_bad_inputs_are_clear_errors_before_any_generation(work, caplog, monkeypatch):
-    monkeypatch.setattr(moir.models.base.VLMAdapter, "generate", lambda *a, **k: pytest.fail("generated"))
+    monkeypatch.setattr(moir.models.base.VLMWrapper, "generate", lambda *a, **k: pytest.fail("generated"))
     root = work["root"] / "errors"
     bad_eval = root / "bad-clean"
     bad_eval.mkdir(parents=True)

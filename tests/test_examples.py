@@ -17,15 +17,15 @@ from PIL import Image
 
 from moir.data.manifest import read_manifest, write_manifest
 from moir.data.synthetic import generate_synth_image, generate_synth_video
-from moir.examples import load_examples
+from moir.dataset import load_examples
 from moir.media.extract import extract_media
 from moir.media.frames import FrameSampling
 from moir.storage import write_table_atomic
 from moir.media.transcripts import TRANSCRIPTS_SCHEMA
-from moir.models import build_tiny_model, load_adapter
+from moir.models import build_tiny_model, load_vlm
 from moir.prompts import build_prompt, target_answer
-from moir.tokens import CacheMismatchError, TokenCache
-from moir.tokens import main as tokens_main
+from moir.encoder_cache.cache import CacheMismatchError, EncoderCache
+from moir.encoder_cache.cache import main as tokens_main
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,13 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def llava(work):
     build_tiny_model("tiny-llava", work / "tiny-llava", seed=0)
-    return load_adapter(work / "tiny-llava")
+    return load_vlm(work / "tiny-llava")
 
 
 @pytest.fixture(scope="module")
 def qwen(work):
     build_tiny_model("tiny-qwen2.5-vl", work / "tiny-qwen", seed=0)
-    return load_adapter(work / "tiny-qwen")
+    return load_vlm(work / "tiny-qwen")
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def test_llava_logits_from_the_cache_equal_those_from_pixels(images, llava, work
 def test_qwen_video_logits_from_the_cache_equal_those_from_pixels(videos, qwen, work, caplog):
     frames = work / "media-video" / "frames.parquet"
     cache = dump(videos, work / "tiny-qwen", work / "cache-qwen", "--frames", str(frames), "--dtype", "float32")
-    assert TokenCache(cache, encoder=qwen.encoder_signature()).meta["missing"] == ["test/corrupt.mp4"]
-    with caplog.at_level(logging.WARNING, logger="moir.examples"):
+    assert EncoderCache(cache, encoder=qwen.encoder_signature()).meta["missing"] == ["test/corrupt.mp4"]
+    with caplog.at_level(logging.WARNING, logger="moir.dataset"):
         from_pixels = load_examples(videos, frames_path=frames, adapter=qwen)
         from_cache = load_examples(videos, cache_dir=cache, adapter=qwen)
     assert caplog.text.count("synth-video/test/corrupt") == 2  # left out, and named, on both paths
@@ -126,7 +126,7 @@ def test_a_cache_is_refused_for_another_encoder(images, llava, qwen, work):
         load_examples(images, cache_dir=cache, adapter=qwen)
     build_tiny_model("tiny-llava", work / "tiny-llava-seed1", seed=1)
     with pytest.raises(CacheMismatchError, match=r"'encoder\.vision_weights'"):
-        load_examples(images, cache_dir=cache, adapter=load_adapter(work / "tiny-llava-seed1"))
+        load_examples(images, cache_dir=cache, adapter=load_vlm(work / "tiny-llava-seed1"))
 
 
 def test_transcripts_join_the_prompt_per_video(videos, qwen, work):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from moir.judge import (
+from moir.evaluate.judge import (
     JUDGE_SYSTEM_PROMPT,
     JudgeCache,
     JudgeError,

@@ -17,7 +17,7 @@ from models_fixtures import (
     video,
 )
 
-from moir.models import EncodedMedia, Example, load_adapter
+from moir.models import EncodedMedia, Example, load_vlm
 from moir.router import RouterConfig
 
 NAME = "tiny-llava"
@@ -168,7 +168,7 @@ def test_bad_input_is_a_clear_error(adapter, tiny_dirs, tmp_path):  # noqa: F811
     shutil.copytree(tiny_dirs[NAME], broken)
     (broken / "processor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"no-processor: no processor config \(processor_config.json"):
-        load_adapter(broken)
+        load_vlm(broken)
     with pytest.raises(ValueError, match="vid: llava takes images only"):
         adapter.collate([Example("vid", "Which way?", "left", "video", pixels=video(0))])
     with pytest.raises(ValueError, match="q1: media_kind is 'image' but it has neither"):
@@ -196,6 +196,6 @@ def test_revision_reaches_every_from_pretrained(adapter, tiny_dirs, monkeypatch)
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(target, "from_pretrained", spy)
-    pinned = load_adapter(tiny_dirs[NAME], revision="v1.0")
+    pinned = load_vlm(tiny_dirs[NAME], revision="v1.0")
     assert revisions == {"config": "v1.0", "processor": "v1.0", "model": "v1.0"}
     assert pinned.encoder_signature() == adapter.encoder_signature()

@@ -1,6 +1,6 @@
-"""`python -m moir.pretrain`: the demo bases, built from their configs and fully fine-tuned from pixels.
+"""`python -m moir.train.pretrain`: the demo bases, built from their configs and fully fine-tuned from pixels.
 
-Proven here: the output is a save_pretrained directory that `load_adapter` loads like a hub model; every weight
+Proven here: the output is a save_pretrained directory that `load_vlm` loads like a hub model; every weight
 was trained, the vision tower included; the loss falls; the same arguments give the same weights; video data
 (with its frames table) and image data train one Qwen2.5-VL base together; bad --data fails before training.
 """
@@ -16,8 +16,8 @@ import torch
 from moir.data.synthetic import generate_synth_image, generate_synth_video
 from moir.media.extract import extract_media
 from moir.media.frames import FrameSampling
-from moir.models import build_tiny_model, load_adapter
-from moir.pretrain import main as pretrain_main
+from moir.models import build_tiny_model, load_vlm
+from moir.train.pretrain import main as pretrain_main
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,9 @@ def test_pretrained_llava_loads_like_a_hub_model_and_learnt(data):
                          "--checkpoint-dir", str(data["root"] / "checkpoints"), "--checkpoint-every", "2")
     assert pretrain_main(args) == 0
     out = data["root"] / "llava"
-    pretrained = load_adapter(out)
+    pretrained = load_vlm(out)
     initial = build_tiny_model("tiny-llava", data["root"] / "init", seed=0)
-    before, after = state(load_adapter(initial).hf_model), state(pretrained.hf_model)
+    before, after = state(load_vlm(initial).hf_model), state(pretrained.hf_model)
     assert before.keys() == after.keys()
     unchanged = {name for name in before if torch.equal(before[name], after[name])}
     # Every weight trained, the vision tower's included, except what LLaVA never reads: the features come from
@@ -70,7 +70,7 @@ def test_same_arguments_give_the_same_weights(data):
     for out in ("again-1", "again-2"):
         assert pretrain_main(pretrain_args(data, "tiny-llava", out, "--data", str(data["images"]), "--epochs", "1",
                                            "--limit", "16")) == 0
-    first, second = (state(load_adapter(data["root"] / out).hf_model) for out in ("again-1", "again-2"))
+    first, second = (state(load_vlm(data["root"] / out).hf_model) for out in ("again-1", "again-2"))
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
@@ -81,7 +81,7 @@ def test_qwen_pretrains_on_videos_and_images_together(data):
     card = json.loads((data["root"] / "qwen" / "run_card.json").read_text())
     assert card["family"] == "qwen2_5_vl" and card["examples"] == 4 + 12
     assert set(card["inputs"]) == {str(data["videos"]), str(data["images"])}
-    assert load_adapter(data["root"] / "qwen").family == "qwen2_5_vl"
+    assert load_vlm(data["root"] / "qwen").family == "qwen2_5_vl"
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_qwen_pretrains_on_videos_and_images_together(data):
     ids=["three-paths", "missing-manifest", "video-without-frames"],
 )
 def test_bad_data_fails_before_training(data, caplog, data_args, expected):
-    with caplog.at_level(logging.ERROR, logger="moir.pretrain"):
+    with caplog.at_level(logging.ERROR, logger="moir.train.pretrain"):
         assert pretrain_main(pretrain_args(data, "tiny-llava", "bad", "--data", *data_args(data))) == 1
     assert expected in caplog.records[-1].getMessage()
     assert not (data["root"] / "bad").exists()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from moir.models import EncodedMedia
-from moir.tokens import CacheMismatchError, TokenCache, dump_cache
+from moir.encoder_cache.cache import CacheMismatchError, EncoderCache, dump_cache
 
 ENCODER = {"family": "qwen2_5_vl", "vision_config": "abc123", "feature_layer": -1, "dtype": "bfloat16"}
 DIM = 8
@@ -62,7 +62,7 @@ def test_round_trip_in_half_precision(tmp_path):
     assert max(len(batch) for batch in encoder.batches) == 3
     assert encoder.shards_on_disk == [0, 0, 1, 1, 2]  # shards of 4, 4, 3 in batches of 3+1, 3+1, 3
 
-    cache = TokenCache(out, encoder=ENCODER)
+    cache = EncoderCache(out, encoder=ENCODER)
     assert len(cache) == 11 and "vid/03.mp4" in cache
     for key, kind in ITEMS:
         original, cached = fake_media(key, kind), cache.get(key)
@@ -80,7 +80,7 @@ def test_round_trip_in_half_precision(tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_other_storage_dtypes(tmp_path, dtype):
     dump_cache(tmp_path, ITEMS[:2], RecordingEncoder(), encoder=ENCODER, dtype=dtype)
-    cache = TokenCache(tmp_path, encoder=ENCODER)
+    cache = EncoderCache(tmp_path, encoder=ENCODER)
     original = fake_media(*ITEMS[0]).features
     assert torch.equal(cache.get(ITEMS[0][0]).features, original.to(getattr(torch, dtype)))
 
@@ -100,7 +100,7 @@ def test_interrupted_dump_resumes_at_the_first_missing_shard(tmp_path):
         dump_cache(out, ITEMS, RecordingEncoder(fail_on_call=3), encoder=ENCODER, shard_size=4, batch_size=2)
     assert sorted(p.name for p in out.iterdir()) == ["plan.json", "shard-00000.parquet"]  # no partial shard
     with pytest.raises(CacheMismatchError, match="did not finish"):
-        TokenCache(out, encoder=ENCODER)
+        EncoderCache(out, encoder=ENCODER)
 
     resumed = RecordingEncoder()
     dump_cache(out, ITEMS, resumed, encoder=ENCODER, shard_size=4, batch_size=2)
@@ -122,7 +122,7 @@ def test_an_interrupted_dump_of_another_plan_starts_over(tmp_path):
     again = RecordingEncoder()  # another storage dtype: the float16 shard must not be mixed in
     dump_cache(tmp_path, ITEMS, again, encoder=ENCODER, shard_size=4, batch_size=2, dtype="float32")
     assert [key for batch in again.batches for key in batch] == sorted(key for key, _ in ITEMS)
-    cache = TokenCache(tmp_path, encoder=ENCODER)
+    cache = EncoderCache(tmp_path, encoder=ENCODER)
     assert all(media.features.dtype == torch.float32 for _, media in cache)
 
 
@@ -139,7 +139,7 @@ def test_a_rebuilt_cache_holds_the_new_features(tmp_path, change):
     options = {"dtype": "float32"} if change == "dtype" else {"shard_size": 6} if change == "shard_size" else {}
     dump_cache(tmp_path, ITEMS, retrained, encoder=new_encoder, **{"shard_size": 4, **options})
 
-    cache = TokenCache(tmp_path, encoder=new_encoder)
+    cache = EncoderCache(tmp_path, encoder=new_encoder)
     assert len(cache) == len(ITEMS)
     dtype = getattr(torch, options.get("dtype", "float16"))
     for key, kind in ITEMS:
@@ -153,15 +153,15 @@ def test_the_reader_refuses_a_shard_of_another_plan(tmp_path):
     dump_cache(second, ITEMS, RecordingEncoder(), encoder=ENCODER, shard_size=4, dtype="float32")
     (second / "shard-00001.parquet").replace(first / "shard-00001.parquet")
     with pytest.raises(CacheMismatchError, match=r"shard-00001\.parquet.*'moir\.plan_sha256'"):
-        TokenCache(first, encoder=ENCODER)
+        EncoderCache(first, encoder=ENCODER)
 
 
 def test_reader_refuses_another_encoder_naming_the_field(tmp_path):
     dump_cache(tmp_path, ITEMS[:3], RecordingEncoder(), encoder=ENCODER)
     with pytest.raises(CacheMismatchError, match=r"'encoder\.feature_layer'.* -1, expected -2"):
-        TokenCache(tmp_path, encoder={**ENCODER, "feature_layer": -2})
+        EncoderCache(tmp_path, encoder={**ENCODER, "feature_layer": -2})
     with pytest.raises(CacheMismatchError, match=r"'encoder\.select_strategy'"):
-        TokenCache(tmp_path, encoder={**ENCODER, "select_strategy": "default"})
+        EncoderCache(tmp_path, encoder={**ENCODER, "select_strategy": "default"})
     with pytest.raises(CacheMismatchError, match="'keys_sha256'"):
         dump_cache(tmp_path, ITEMS[1:4], RecordingEncoder(), encoder=ENCODER)  # same size, other examples
 
@@ -172,4 +172,4 @@ def test_a_truncated_shard_is_detected(tmp_path):
     meta["shards"][0]["n"] = 4
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CacheMismatchError, match="3 rows, meta.json says 4"):
-        TokenCache(tmp_path, encoder=ENCODER)
+        EncoderCache(tmp_path, encoder=ENCODER)

@@ -27,11 +27,11 @@ from safetensors.torch import load_file
 
 from moir.data.manifest import write_manifest
 from moir.data.synthetic import generate_synth_image
-from moir.examples import load_examples
-from moir.models import build_tiny_model, load_adapter
-from moir.tokens import dump_for_adapter
-from moir.train import main as train_main
-from moir.training_loop import LoopConfig, count_targets, epoch_order, latest_checkpoint, validation_loss
+from moir.dataset import load_examples
+from moir.models import build_tiny_model, load_vlm
+from moir.encoder_cache.cache import dump_for_adapter
+from moir.train.finetune import main as train_main
+from moir.train.loop import LoopConfig, count_targets, epoch_order, latest_checkpoint, validation_loss
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_FIELDS = {"step_time_s", "tokens_per_s"}
@@ -43,7 +43,7 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train")
     manifests = generate_synth_image(root / "raw", root / "manifests", {"train": 24, "val": 8}, image_size=32, seed=3)
     base = build_tiny_model("tiny-llava", root / "tiny-llava", seed=0)
-    adapter = load_adapter(base)
+    adapter = load_vlm(base)
     paths = {"root": root, "base": base, "other_base": build_tiny_model("tiny-llava", root / "tiny-llava-1", seed=1)}
     for split, manifest in manifests.items():
         paths[f"{split}_manifest"] = manifest
@@ -96,7 +96,7 @@ def test_run_writes_adapter_metrics_and_card(demo, method):
     assert not (demo["root"] / "checkpoints" / method).exists()  # removed once the outputs are written
 
     # The saved adapter is the trained one: loaded onto the base, it gives the run's final validation loss.
-    adapter = load_adapter(demo["base"])
+    adapter = load_vlm(demo["base"])
     adapter.load_trainable(out)
     val = load_examples(demo["val_manifest"], cache_dir=demo["val_cache"], adapter=adapter)
     loss = validation_loss(adapter, val, 4, torch.device("cpu"), None)

@@ -247,9 +247,9 @@ def test_touching_a_source_file_reruns_nothing(demo):
 
 
 def test_a_code_change_reruns_only_the_stages_that_run_the_code(demo):
-    edit(demo / "moir" / "report.py")
+    edit(demo / "moir" / "report" / "build.py")
     assert demo_jobs(demo) == {"report": 1, "all": 1}
-    edit(demo / "moir" / "judge.py")  # imported by moir.evaluate only
+    edit(demo / "moir" / "evaluate" / "judge.py")  # imported by moir.evaluate only
     assert demo_jobs(demo) == {**EVALUATIONS, "report": 1, "all": 1}
 
 
@@ -286,10 +286,10 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
             parsed = parser.parse_args(args)
         except SystemExit as error:
             pytest.fail(f"{stage} rejects the arguments of `{command}` (exit {error.code})")
-        if stage in ("moir.tokens", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not
+        if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not
             assert parsed.revision == ("main" if suite == "paper" else None), command
-    expected = {"moir.data", "moir.media", "moir.tokens", "moir.train", "moir.evaluate", "moir.report"}
-    assert stages == expected | ({"moir.pretrain"} if suite == "demo" else set())
+    expected = {"moir.data", "moir.media", "moir.encoder_cache", "moir.train", "moir.evaluate", "moir.report"}
+    assert stages == expected | ({"moir.train.pretrain"} if suite == "demo" else set())
 
 
 def test_snakemake_lint_passes():

@@ -6,5 +6,5 @@ Stages (CLI in `moir.media.__main__`):
 - `transcribe` (moir.media.transcripts): audio.parquet -> data/transcripts/<dataset>/<split>.parquet.
 
 All tables are keyed by the manifest's `media_path`, so several questions about one video share its frames,
-audio and transcript; `moir.examples` joins them back onto manifest rows.
+audio and transcript; `moir.dataset` joins them back onto manifest rows.
 """

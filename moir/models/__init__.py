@@ -1,7 +1,7 @@
 """Model adapters: the layer between Hugging Face vision-language models and the rest of the pipeline.
 
-    from moir.models import load_adapter, EncodedMedia, Example
-    adapter = load_adapter("llava-hf/llava-1.5-7b-hf", device="cuda", revision="main")  # or a local directory
+    from moir.models import load_vlm, EncodedMedia, Example
+    adapter = load_vlm("llava-hf/llava-1.5-7b-hf", device="cuda", revision="main")  # or a local directory
     batch = adapter.collate(examples, with_answer=True)
     out = adapter.forward(batch)                          # .loss (answer tokens only), .logits
     texts = adapter.generate(adapter.collate(examples, with_answer=False), max_new_tokens=16)
@@ -27,29 +27,29 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
 
-from moir.models.base import EncodedMedia, Example, VLMAdapter, check_model_directory
-from moir.models.llava import LlavaAdapter
-from moir.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from moir.models.base import EncodedMedia, Example, VLMWrapper, check_model_directory
+from moir.models.llava import LlavaWrapper
+from moir.models.qwen2_5_vl import Qwen2_5_VLWrapper
 from moir.models.tiny import build_tiny_model
 
 log = logging.getLogger(__name__)
 
 FAMILIES = {
-    "llava": (LlavaAdapter, LlavaForConditionalGeneration),
-    "qwen2_5_vl": (Qwen2_5_VLAdapter, Qwen2_5_VLForConditionalGeneration),
+    "llava": (LlavaWrapper, LlavaForConditionalGeneration),
+    "qwen2_5_vl": (Qwen2_5_VLWrapper, Qwen2_5_VLForConditionalGeneration),
 }
 
-__all__ = ["EncodedMedia", "Example", "FAMILIES", "VLMAdapter", "build_tiny_model", "load_adapter"]
+__all__ = ["EncodedMedia", "Example", "FAMILIES", "VLMWrapper", "build_tiny_model", "load_vlm"]
 
 
-def load_adapter(
+def load_vlm(
     path_or_hub_id: str | os.PathLike,
     device: str | torch.device = "cpu",
     *,
     dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     revision: str | None = None,
-) -> VLMAdapter:
+) -> VLMWrapper:
     """Load a model and its processor (hub id or local directory) behind the adapter of its family.
 
     The family comes from the model's config (`model_type`). dtype: bfloat16 on a GPU, float32 on the CPU unless

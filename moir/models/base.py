@@ -24,7 +24,7 @@ The masks the router sees:
   answer into the visual tokens would leak the label. They are the non-special tokens whose characters (the
   tokenizer's offsets) overlap the prompt's; a token may carry the template's space before the first word.
 
-Families implement the few parts that differ (`llava.py`, `qwen2_5_vl.py`); `load_adapter` picks the family from
+Families implement the few parts that differ (`llava.py`, `qwen2_5_vl.py`); `load_vlm` picks the family from
 the model's config, for a hub id and a local `save_pretrained` directory alike.
 """
 
@@ -137,7 +137,7 @@ def check_model_directory(path: Path) -> None:
             raise FileNotFoundError(f"{path}: no {what} ({' or '.join(candidates)}) in the model directory")
 
 
-class VLMAdapter:
+class VLMWrapper:
     """Everything the pipeline does with a vision-language model; see the module docstring. Subclassed per family.
 
     Attributes: `family` ("llava" | "qwen2_5_vl"), `model` (the Hugging Face model; a PeftModel after

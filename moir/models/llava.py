@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from moir.models.base import EncodedMedia, Example, VLMAdapter
+from moir.models.base import EncodedMedia, Example, VLMWrapper
 
 
-class LlavaAdapter(VLMAdapter):
+class LlavaWrapper(VLMWrapper):
     family = "llava"
 
     @property

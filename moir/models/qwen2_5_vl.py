@@ -21,13 +21,13 @@ import torch
 from torch import Tensor, nn
 from transformers.vision_utils import get_vision_window_index
 
-from moir.models.base import EncodedMedia, Example, VLMAdapter
+from moir.models.base import EncodedMedia, Example, VLMWrapper
 
 # Qwen's video processor assumes this frame rate for bare frames (transformers.video_utils.VideoMetadata).
 DEFAULT_FPS = 24.0
 
 
-class Qwen2_5_VLAdapter(VLMAdapter):
+class Qwen2_5_VLWrapper(VLMWrapper):
     family = "qwen2_5_vl"
 
     @property

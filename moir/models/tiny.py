@@ -6,7 +6,7 @@ language model), only narrow and shallow, with a tokenizer and a processor made 
 tests use them, and the demo suite pretrains them on its synthetic benchmark before fine-tuning them.
 
 `build_tiny_model(name, out_dir, seed=0)` writes a `save_pretrained` directory (config, random weights drawn from
-`seed`, generation config, tokenizer, processor with the family's chat template) that `load_adapter(out_dir)`
+`seed`, generation config, tokenizer, processor with the family's chat template) that `load_vlm(out_dir)`
 loads through exactly the code path of a hub model.
 
 The tokenizer is a byte-level BPE trained here, deterministically, on a fixed corpus: the words the prompts and the

@@ -245,7 +245,7 @@ def pretrain_data(model):
 
 
 def pretrain_inputs(wildcards):
-    inputs = {"code": moir_sources("moir.pretrain"), "manifests": [], "frames": []}
+    inputs = {"code": moir_sources("moir.train.pretrain"), "manifests": [], "frames": []}
     for dataset in SC["models"][wildcards.model]["pretrain_datasets"]:
         inputs["manifests"].append(manifest(dataset, "pretrain"))
         if is_video(dataset):
@@ -276,7 +276,7 @@ def dump_inputs(wildcards):
     inputs = {
         "manifest": manifest(wildcards.dataset, wildcards.split),
         "model": model_inputs(encoder_model(wildcards.encoder)),
-        "code": moir_sources("moir.tokens"),
+        "code": moir_sources("moir.encoder_cache"),
     }
     if is_video(wildcards.dataset):
         inputs["frames"] = frames(wildcards.dataset, wildcards.split)
@@ -512,7 +512,7 @@ def _imports(path):
 
 @functools.cache
 def _sources(entry):
-    files, todo = set(), [entry]
+    files, todo = set(), [entry, f"{entry}.__main__"]  # `python -m <package>` runs its __main__
     while todo:
         parts = todo.pop().split(".")
         for depth in range(1, len(parts) + 1):

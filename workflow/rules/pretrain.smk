@@ -30,5 +30,5 @@ rule pretrain_base:
         device=SC["device"],
         checkpoints=lambda wc: f"{RESULTS}/checkpoints/base-{wc.model}",
     shell:
-        "python -m moir.pretrain --name {params.architecture} --seed {params.seed} {params.data} {params.optim}"
+        "python -m moir.train.pretrain --name {params.architecture} --seed {params.seed} {params.data} {params.optim}"
         " --device {params.device} --out-dir {output} --checkpoint-dir {params.checkpoints} 2> {log}"

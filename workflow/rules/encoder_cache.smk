@@ -33,5 +33,5 @@ rule dump_tokens:
         device=SC["device"],
         out=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "python -m moir.tokens dump --manifest {input.manifest} --model {params.model} {params.revision}"
+        "python -m moir.encoder_cache dump --manifest {input.manifest} --model {params.model} {params.revision}"
         " {params.frames} {params.cache} --device {params.device} --out {params.out} 2> {log}"

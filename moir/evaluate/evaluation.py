@@ -2,11 +2,11 @@
 robustness.
 
 Predictions are greedy generations through the model adapter with each benchmark's reference prompt
-(`moir.prompts`, via `moir.examples.load_examples`, exactly as in training). Three modes:
+(`moir.prompts`, via `moir.dataset.load_examples`, exactly as in training). Three modes:
 
     clean      the inputs as they are (token cache or pixels). Also, unless --no-analysis: one teacher-forced
                forward pass over the model's own answer that records (i) per layer, the attention mass from the
-               answer tokens to the prompt's text tokens T and visual tokens O (heads averaged; `moir.attention`,
+               answer tokens to the prompt's text tokens T and visual tokens O (heads averaged; `moir.evaluate.attention`,
                SDPA stays on) and (ii) the effective rank of the visual and the text hidden states of each example
                at --rank-layer. With --base-eval (the base model's clean evaluation on the same manifest) the rank
                deltas (this run minus the base, same examples) are reported.
@@ -28,7 +28,7 @@ VizWiz full VQA credit (>= 3 annotators gave it); exact match for the synthetic 
 
 Accuracy follows each benchmark's protocol (`moir.metrics`): ScienceQA option letters (all questions and the
 image subset), VizWiz VQA accuracy (overall and per answer type), MMBench-Video judge scores 0-3 (mean score,
-mean/3*100; `moir.judge`, --judge openai|local), exact match for the synthetic short answers. The headline
+mean/3*100; `moir.evaluate.judge`, --judge openai|local), exact match for the synthetic short answers. The headline
 `accuracy.value` is the mean per-example score in percent (option and exact match 0/1, VQA accuracy, judge/3).
 
 Usage (one rule per (run, evaluation)):
@@ -86,10 +86,10 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from moir.attention import record_group_attention
+from moir.evaluate.attention import record_group_attention
 from moir.data.manifest import ManifestError, read_manifest
-from moir.examples import load_examples
-from moir.judge import MAX_SCORE, JudgeCache, JudgeError, LocalJudge, OpenAIJudge, judge_predictions
+from moir.dataset import load_examples
+from moir.evaluate.judge import MAX_SCORE, JudgeCache, JudgeError, LocalJudge, OpenAIJudge, judge_predictions
 from moir.metrics import (
     effective_rank,
     exact_match,
@@ -102,10 +102,10 @@ from moir.metrics import (
     vqa_accuracy,
     vqa_correct,
 )
-from moir.models import Example, load_adapter
+from moir.models import Example, load_vlm
 from moir.prompts import OPTION_LETTERS, protocol
 from moir.storage import write_table_atomic, write_text_atomic
-from moir.training_loop import package_versions, resolve_device, resolve_dtype, setup_logging
+from moir.train.loop import package_versions, resolve_device, resolve_dtype, setup_logging
 
 log = logging.getLogger("moir.evaluate")
 
@@ -615,7 +615,7 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
 
     Returns the manifest rows evaluated, their raw prediction rows (RAW_SCHEMA), the adapter's description, the
     hidden-state index of the ranks and the number of hidden states, and the part store."""
-    adapter = load_adapter(args.model, device=str(device), dtype=dtype, revision=args.revision)
+    adapter = load_vlm(args.model, device=str(device), dtype=dtype, revision=args.revision)
     adapter_description = None
     if args.adapter is not None:
         try:

@@ -1,4 +1,4 @@
-"""The training loop shared by `moir.train` (LoRA runs, with or without MoIR) and `moir.pretrain` (the demo bases).
+"""The training loop shared by `moir.train` (LoRA runs, with or without MoIR) and `moir.train.pretrain` (the demo bases).
 
 One loop, resumable and exact: a run killed at any point and started again with the same arguments ends with
 bit-for-bit the weights of an uninterrupted run (same machine, CPU). That holds because everything the remaining

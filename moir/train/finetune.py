@@ -1,7 +1,7 @@
 """Train one run: LoRA fine-tuning of a vision-language model, with (`moir`) or without (`ft`) the router.
 
 A run reads a dataset's manifests and their encoder-token caches (never the raw media: the vision tower is frozen
-and its output was cached once by `moir.tokens`), builds prompts and labels with the model adapter, and trains
+and its output was cached once by `moir.encoder_cache.cache`), builds prompts and labels with the model adapter, and trains
 LoRA (plus the router's gates when the method is `moir`). The defaults are the paper's settings (Section 4.1):
 10 epochs, AdamW lr 2e-4 without weight decay, batch 8, ReduceLROnPlateau on the validation loss, LoRA r=16
 alpha=32 dropout=0.05, max length 2048, gates initialised at 0.5, bfloat16 on a GPU (float32 on CPU).
@@ -29,7 +29,7 @@ Outputs, written only when training has finished, atomically (a temporary direct
     <out-dir>/run_card.json         config, package versions, data/cache/model fingerprints, example counts,
                                     trainable parameters, wall time, peak memory, resumed steps, final val loss
 
-Checkpoints (`moir.training_loop`) go to --checkpoint-dir every --checkpoint-every optimizer steps and at every
+Checkpoints (`moir.train.loop`) go to --checkpoint-dir every --checkpoint-every optimizer steps and at every
 epoch end; a run started again with the same arguments resumes from the newest one and ends with the same weights
 as an uninterrupted run. They are deleted once the outputs are written (--keep-checkpoints keeps them).
 Exit status 1 with a one-line error for bad arguments, an empty split, a cache that does not match the model,
@@ -46,10 +46,10 @@ from pathlib import Path
 
 import torch
 
-from moir.examples import load_examples
-from moir.models import load_adapter
+from moir.dataset import load_examples
+from moir.models import load_vlm
 from moir.router import ALIGNS, DIRECTIONS, SCOPES, RouterConfig
-from moir.training_loop import (
+from moir.train.loop import (
     LoopConfig,
     TrainingError,
     filter_by_length,
@@ -209,7 +209,7 @@ def train(args: argparse.Namespace) -> Path:
     dtype = resolve_dtype(args.dtype, device)
     started = time.perf_counter()
 
-    adapter = load_adapter(args.model, device=device, dtype=dtype, revision=args.revision)
+    adapter = load_vlm(args.model, device=device, dtype=dtype, revision=args.revision)
     # The splits first: their caches are checked against the encoder as loaded, before LoRA changes the model.
     train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, adapter,
                                 args.train_limit)

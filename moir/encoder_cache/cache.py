@@ -32,11 +32,11 @@ atomically, and only shards of the same plan are kept. A dump whose plan differs
 encoder, storage dtype, shard size or example list) deletes them and starts over: the caller decided the cache is
 stale. A *finished* cache (meta.json present) of another plan is refused instead, naming the field.
 
-The reader, `TokenCache`, refuses a cache whose encoder signature differs from the adapter it is read for and
+The reader, `EncoderCache`, refuses a cache whose encoder signature differs from the adapter it is read for and
 names the field.
 
 CLI:
-    python -m moir.tokens dump --manifest data/manifests/D/S.parquet --model MODEL [--revision REV] \
+    python -m moir.encoder_cache dump --manifest data/manifests/D/S.parquet --model MODEL [--revision REV] \
         --out data/cache/D/S/ENCODER [--frames data/media/D/S/frames.parquet] [--shard-size 256] \
         [--batch-size 16] [--dtype float16] [--device cpu]
 """
@@ -60,7 +60,7 @@ from tqdm import tqdm
 from moir.data.manifest import read_manifest
 from moir.media.pixels import MediaLoader
 from moir.storage import write_json_atomic, write_table_atomic
-from moir.models import EncodedMedia, Example, load_adapter
+from moir.models import EncodedMedia, Example, load_vlm
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def check_fields(expected: Mapping, found: Mapping, source: str, *, what: str) -
 # ----------------------------------------------------------------------------------------------- reading
 
 
-class TokenCache:
+class EncoderCache:
     """Random access to a finished cache: `cache.get(media_path) -> EncodedMedia`.
 
     `encoder` is the signature of the adapter the cache is read for (`adapter.encoder_signature()`); a cache
@@ -423,12 +423,12 @@ def dump_for_adapter(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m moir.tokens", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m moir.encoder_cache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     stages = parser.add_subparsers(dest="command", required=True)
     dump = stages.add_parser("dump", help="run the frozen vision encoder over a manifest's media into a cache")
     dump.add_argument("--manifest", required=True, help="manifest Parquet (moir.data.manifest)")
-    dump.add_argument("--model", required=True, help="model directory or hub id (moir.models.load_adapter)")
+    dump.add_argument("--model", required=True, help="model directory or hub id (moir.models.load_vlm)")
     dump.add_argument("--revision", help="hub revision (branch, tag or commit) of --model, also recorded in meta.json")
     dump.add_argument("--out", required=True, help="cache directory (data/cache/<dataset>/<split>/<encoder>)")
     dump.add_argument("--frames", help="frames.parquet of `moir.media extract` (required for video manifests)")
@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    adapter = load_adapter(args.model, device=args.device, revision=args.revision)
+    adapter = load_vlm(args.model, device=args.device, revision=args.revision)
     dump_for_adapter(
         args.manifest,
         args.out,

@@ -10,10 +10,10 @@ scheduler: the learning rate is constant.
 
 Usage (one Snakemake rule per base; --data takes a manifest and, for a video dataset, its frames table):
 
-    python -m moir.pretrain --name tiny-llava --seed 0 \
+    python -m moir.train.pretrain --name tiny-llava --seed 0 \
         --data data/manifests/synth-image/pretrain.parquet \
         --out-dir results/demo/base/tiny-llava [--checkpoint-dir results/demo/checkpoints/base-tiny-llava]
-    python -m moir.pretrain --name tiny-qwen2.5-vl --seed 0 \
+    python -m moir.train.pretrain --name tiny-qwen2.5-vl --seed 0 \
         --data data/manifests/synth-video/pretrain.parquet data/media/synth-video/pretrain/frames.parquet \
         --data data/manifests/synth-image/pretrain.parquet \
         --out-dir results/demo/base/tiny-qwen2.5-vl
@@ -21,7 +21,7 @@ Usage (one Snakemake rule per base; --data takes a manifest and, for a video dat
 Output, written only at the end, atomically (a temporary directory renamed to --out-dir):
 
     <out-dir>/  config.json, model.safetensors, generation_config.json, tokenizer and processor files
-                (save_pretrained: `moir.models.load_adapter(<out-dir>)` loads it)
+                (save_pretrained: `moir.models.load_vlm(<out-dir>)` loads it)
     <out-dir>/pretrain_metrics.jsonl   one JSON object per optimizer step and per epoch (as train_metrics.jsonl)
     <out-dir>/run_card.json            config, versions, data fingerprints, parameter count, wall time, peak memory
 """
@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
-from moir.examples import load_examples
-from moir.models import load_adapter
+from moir.dataset import load_examples
+from moir.models import load_vlm
 from moir.models.tiny import TINY_MODELS, build_tiny_model
-from moir.training_loop import (
+from moir.train.loop import (
     LoopConfig,
     TrainingError,
     filter_by_length,
@@ -57,12 +57,12 @@ from moir.training_loop import (
     write_output_dir,
 )
 
-log = logging.getLogger("moir.pretrain")
+log = logging.getLogger("moir.train.pretrain")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m moir.pretrain", description=__doc__.split("\n\n")[0],
+        prog="python -m moir.train.pretrain", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--name", choices=TINY_MODELS, required=True, help="which tiny architecture")
@@ -114,7 +114,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     args.out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.out_dir.name}.init-", dir=args.out_dir.parent) as init_dir:
         build_tiny_model(args.name, init_dir, seed=args.seed)
-        adapter = load_adapter(init_dir, device=device, dtype=torch.float32)  # full fine-tune: fp32 weights
+        adapter = load_vlm(init_dir, device=device, dtype=torch.float32)  # full fine-tune: fp32 weights
         adapter.name = args.name
 
     parameters = dict(adapter.hf_model.named_parameters())

@@ -34,7 +34,7 @@ from moir.media.pixels import MediaLoader
 from moir.media.transcripts import read_transcripts
 from moir.models import Example
 from moir.prompts import build_prompt, target_answer
-from moir.tokens import TokenCache
+from moir.encoder_cache.cache import EncoderCache
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         if needs_media and adapter is None:
             raise ValueError(f"{manifest_path}: the examples have media; pass the model adapter that will read them")
         self.cache = (
-            TokenCache(cache_dir, encoder=adapter.encoder_signature())
+            EncoderCache(cache_dir, encoder=adapter.encoder_signature())
             if cache_dir is not None and needs_media
             else None
         )

@@ -1,0 +1,8 @@
+"""`python -m moir.evaluate`: the command line of `moir.evaluate.evaluation`."""
+
+from moir.evaluate.evaluation import build_parser, main
+
+__all__ = ["build_parser", "main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

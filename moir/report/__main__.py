@@ -1,0 +1,8 @@
+"""`python -m moir.report`: the command line of `moir.report.build`."""
+
+from moir.report.build import build_parser, main
+
+__all__ = ["build_parser", "main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
