@@ -34,7 +34,7 @@ visual sequence of length L_A; F_B~ is B *aligned* to A's tokens:
 With `rms_match`, the source is rescaled to the destination's RMS on the routed channels: projected image
 tokens and text embeddings differ in scale by orders of magnitude.
 
-Decisions the paper leaves open (see DESIGN.md, section 3): scores per example (`scope="sample"`) so that a
+Decisions the paper leaves open (see docs/design.md, section 1): scores per example (`scope="sample"`) so that a
 prediction never depends on which examples share its batch (`scope="batch"` is the paper's literal reshape of
 all B*L_A tokens into one matrix); only valid tokens count (padding and, on the text side, anything but prompt
 text is masked out by the caller); scores are computed in float32 whatever the input dtype. Channels not chosen

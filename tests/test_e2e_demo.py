@@ -3,7 +3,8 @@ the evaluations measured; a second run has nothing to do; `snakemake --report` b
 
 Every stage runs as in `snakemake --cores 2 --config suite=demo` (the README's first command): the synthetic data,
 frames and audio, token caches, the pretrained tiny bases, the 14 LoRA runs with and without MoIR, every
-evaluation and the report. Only the sizes are smaller (tests/e2e_demo.yaml, merged over config.yaml).
+evaluation and the report. Only the sizes are smaller (OVERRIDES below, written to e2e_demo.yaml in the
+run's working directory and merged over config.yaml).
 """
 
 from __future__ import annotations

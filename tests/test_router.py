@@ -1,4 +1,4 @@
-"""The router (moir/router.py) against the paper's Eq. 1-3 and the decisions of DESIGN.md section 3."""
+"""The router (moir/router.py) against the paper's Eq. 1-3 and the decisions of docs/design.md section 1."""
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def cluster_profile(profile: dict, cluster: Cluster) -> dict:
     """The user's profile as a user of this cluster would fill it in, fitted to its one small node."""
     text = yaml.safe_dump(profile)
     missing = [name for name in PLACEHOLDERS if name not in text]
-    assert not missing, f"{PROFILE} no longer has the placeholders {missing}: update this test and the README"
+    assert not missing, f"{PROFILE} no longer has the placeholders {missing}: update this test and docs/slurm.md"
     for name, value in (("YOUR_GPU_PARTITION", cluster.partition), ("YOUR_PARTITION", cluster.partition),
                         ("YOUR_ACCOUNT", cluster.account), ("YOUR_GPU_TYPE", cluster.gpu_type)):
         text = text.replace(name, value)

@@ -1,6 +1,6 @@
 """The encoder-token cache: the frozen vision encoder's output, computed once and stored as sharded Parquet.
 
-Why. The vision tower is frozen in every run (DESIGN.md section 4), so its output for a given image or video is
+Why. The vision tower is frozen in every run (docs/design.md section 4), so its output for a given image or video is
 the same in every training step, every epoch, every run of the grid and every evaluation. Running it once per
 (dataset, split, model family, encoder settings) and reading the result back is the largest saving of the
 pipeline: a 576 x 1024 LLaVA-1.5 feature map is a 1.2 MB read instead of a ViT-L/14 forward pass. What is cached

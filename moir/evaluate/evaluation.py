@@ -38,9 +38,9 @@ Usage (one rule per (run, evaluation)):
         [--cache-dir data/cache/synth-image/test/<enc>] [--frames data/media/<ds>/test/frames.parquet] \\
         [--transcripts data/transcripts/<ds>/test.parquet] \\
         --mode clean|noise|no-image --out-dir results/demo/eval/<run>/<evaluation> \\
-        [--base-eval results/demo/eval/base/<evaluation>]                        (clean: rank deltas) \\
+        [--base-eval results/demo/eval/<dataset>__<model>__base/clean]          (clean: rank deltas) \\
         [--clean-eval results/demo/eval/<run>/<clean evaluation>] \\
-        [--vision-split results/demo/eval/base/<no-image evaluation>/vision_split.parquet]   (noise) \\
+        [--vision-split results/demo/eval/<dataset>__<model>__base/no-image/vision_split.parquet]   (noise) \\
         [--judge openai --judge-url http://host:8000/v1 --judge-model NAME [--judge-api-key-env VAR] \\
          | --judge local --judge-model PATH_OR_HUB_ID] [--judge-cache FILE]      (open-ended questions)
 

@@ -1,4 +1,4 @@
-"""LoRA placements: which modules of a vision-language model a placement wraps (DESIGN.md section 4).
+"""LoRA placements: which modules of a vision-language model a placement wraps (docs/design.md section 3).
 
     attn  the language model's attention projections  q_proj, k_proj, v_proj, o_proj   (4 per layer)
     mlp   the language model's MLP projections        gate_proj, up_proj, down_proj    (3 per layer)
