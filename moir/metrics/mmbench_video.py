@@ -48,7 +48,8 @@ def _mean(values: list[float]) -> float:
 
 def mmbench_video_mean_scores(scores: Sequence[int]) -> dict[str, float]:
     """{"all": mean with negative scores as 0, "valid": mean of the scores >= 0}; NaN where nothing is averaged."""
-    return {"all": _mean([max(score, 0) for score in scores]), "valid": _mean([score for score in scores if score >= 0])}
+    all_scores = [max(score, 0) for score in scores]
+    return {"all": _mean(all_scores), "valid": _mean([score for score in scores if score >= 0])}
 
 
 def mmbench_video_dimension_ratings(
