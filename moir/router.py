@@ -32,13 +32,16 @@ visual sequence of length L_A; F_B~ is B *aligned* to A's tokens:
   - `align="attend"`: for each token of A, the softmax(a b^T / sqrt(D)) mix of B's valid tokens
     (parameter-free similarity routing).
 With `rms_match`, the source is rescaled to the destination's RMS on the routed channels: projected image
-tokens and text embeddings differ in scale by orders of magnitude.
+tokens and text embeddings differ in scale by orders of magnitude. Both mean squares are taken over the
+destination's valid tokens (for "attend", the aligned source's rows are weighted by them too).
 
 Decisions the paper leaves open (see docs/design.md, section 1): scores per example (`scope="sample"`) so that a
 prediction never depends on which examples share its batch (`scope="batch"` is the paper's literal reshape of
 all B*L_A tokens into one matrix); only valid tokens count (padding and, on the text side, anything but prompt
-text is masked out by the caller); scores are computed in float32 whatever the input dtype. Channels not chosen
-and tokens whose mask is False come out bit-for-bit unchanged.
+text is masked out by the caller); the router computes in float32 whatever the input dtype, with autocast
+disabled, so that training under bf16 autocast and evaluation route with the same numerics. Channels not chosen
+and tokens whose mask is False come out bit-for-bit unchanged, and with `scope="sample"` an example's output does
+not depend on the other examples of its batch or on their padding.
 """
 
 from __future__ import annotations
@@ -279,11 +282,17 @@ def route(
 
     routed_source = _align_source(dest, source, source_weights, channels, config.align)  # (B, Ld or 1, k)
     if config.rms_match:
+        # Both mean squares run over the destination's valid tokens only: with align="attend" the source has one
+        # row per destination token, and a padded row must not move the scale (a prediction would then depend on
+        # how much padding its batch neighbours force on it).
+        dest_count = dest_weights.sum(1).clamp_min(1.0) * channels.shape[-1]  # (B,)
         with torch.no_grad():
             dest_channels = dest.gather(-1, index).float()
-            dest_count = dest_weights.sum(1).clamp_min(1.0) * channels.shape[-1]
             dest_mean_square = torch.einsum("bl,blk->b", dest_weights, dest_channels.square()) / dest_count
-        source_mean_square = routed_source.square().mean(dim=(1, 2))
+        if routed_source.shape[1] == 1:  # pool: one row shared by every destination token
+            source_mean_square = routed_source.square().mean(dim=(1, 2))
+        else:  # attend: one row per destination token, weighted by the valid ones
+            source_mean_square = torch.einsum("bl,blk->b", dest_weights, routed_source.square()) / dest_count
         scale = ((dest_mean_square + _MEAN_SQUARE_FLOOR) / (source_mean_square + _MEAN_SQUARE_FLOOR)).sqrt()
         routed_source = routed_source * scale[:, None, None]
 
@@ -342,8 +351,13 @@ class MoIRRouter(nn.Module):
             raise ValueError(f"a and b must share the batch size, got {a.shape[0]} and {b.shape[0]}")
         route_a = self.config.directions in ("both", "a")
         route_b = self.config.directions in ("both", "b")
-        a_out = route(a, b, a_mask, b_mask, self.logit_a, self.config) if route_a else a
-        b_out = route(b, a, b_mask, a_mask, self.logit_b, self.config) if route_b else b
+        # The router runs in float32 with autocast disabled, in training (under bf16 autocast) as in evaluation, so
+        # that both route with the same numerics; the outputs are cast back to the input dtypes. The float32 copy
+        # is exact, so unchosen channels and masked tokens still come out bit-for-bit unchanged.
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            a32, b32 = a.float(), b.float()
+            a_out = route(a32, b32, a_mask, b_mask, self.logit_a, self.config).to(a.dtype) if route_a else a
+            b_out = route(b32, a32, b_mask, a_mask, self.logit_b, self.config).to(b.dtype) if route_b else b
         return a_out, b_out
 
     @torch.no_grad()

@@ -7,15 +7,28 @@ import pytest
 import torch
 
 from moir.metrics import (
+    MMBENCH_VIDEO_DIMENSIONS,
+    binomial_interval,
     effective_rank,
     exact_match,
+    implied_sample_size,
+    implied_sample_sizes,
+    judged_correct_share,
     layer_groups,
+    mmbench_video_dimension_ratings,
+    mmbench_video_mean_scores,
     modality_dominance,
     normalize_answer,
+    normalize_vizwiz_answer,
+    paper_percentage_interval,
     parse_option_letter,
     robustness_summary,
     unchanged_rate,
     vision_irrelevant_split,
+    vizwiz_accuracy,
+    vizwiz_accuracy_by_answer_type,
+    vizwiz_predicts_unanswerable,
+    vizwiz_unanswerability,
     vqa_accuracy,
     vqa_correct,
 )
@@ -57,18 +70,87 @@ def test_vqa_accuracy_leave_one_out():
     assert vqa_accuracy("maybe", ["yes"] * 10) == 0.0
 
 
-def test_vqa_accuracy_normalises_prediction_and_answers():
+def test_vqa_accuracy_normalises_as_the_vqa_v2_script():
     answers = ["Two", "2", "two.", "2 ", "three", "3", "3", "3", "3", "3"]
-    assert vqa_accuracy("2", answers) == pytest.approx(1.0)  # 4 matches: every subset keeps >= 3
-    assert vqa_accuracy("The three.", answers) == pytest.approx(1.0)
+    # answers that differ get the punctuation step only: "two." -> "two", "2 " stays "2 "; the prediction "2"
+    # matches only "2": one annotator, 0 when left out, 1/3 otherwise
+    assert vqa_accuracy("2", answers) == pytest.approx(0.9 * (1 / 3))
+    assert vqa_accuracy("The three.", answers) == pytest.approx(1.0)  # "3": 5 matches, >= 4 in every subset
+    assert vqa_accuracy("two", answers) == pytest.approx(0.3)  # "2"; the answers "Two", "two." stay words
     assert vqa_accuracy("Unanswerable", ["unanswerable"] * 3 + ["blue"] * 7) == pytest.approx(0.9)
+    assert vqa_accuracy("dog", ["Dog"] * 10) == 0.0  # identical answers are not normalised at all
+    assert vqa_accuracy("dog", ["Dog!"] * 9 + ["dog"]) == pytest.approx(0.3)  # "Dog!" -> "Dog": only "dog" matches
 
 
 def test_vqa_accuracy_single_answer_and_errors():
-    assert vqa_accuracy("Red.", ["red"]) == 1.0
-    assert vqa_accuracy("blue", ["red"]) == 0.0
+    assert vqa_accuracy("Red.", ["red"]) == 0.0  # no other annotator to agree: the script gives 0
+    assert vqa_accuracy("red", ["red"] * 4) == 1.0
     with pytest.raises(ValueError):
         vqa_accuracy("red", [])
+
+
+def test_vizwiz_accuracy_compares_with_the_answers_as_released():
+    # the example: "the dog"/"a dog" are not normalised to "dog" in VizWiz's evaluation
+    assert vizwiz_accuracy("dog", ["the dog"] * 3 + ["a dog"] * 3 + ["cat"] * 4) == 0.0
+    assert vizwiz_accuracy("The Dog.", ["dog"] * 4 + ["cat"] * 6) == pytest.approx(1.0)
+    assert vizwiz_accuracy("dont", ["don\u2019t"] * 3 + ["don't"] * 7) == pytest.approx(0.9)  # typographic table
+    assert normalize_vizwiz_answer("Whats that") == "what\u2019s that"
+    assert vizwiz_predicts_unanswerable("Unanswerable.") and not vizwiz_predicts_unanswerable("unanswerable car")
+
+
+def test_vizwiz_per_type_and_unanswerability_by_hand():
+    assert vizwiz_accuracy_by_answer_type([1.0, 0.0, 0.5], ["other", "number", "other"]) == {
+        "other": 0.75, "number": 0.0}
+    # unanswerable = 1 - answerable; score = 1 - predicted answerable
+    # labels (1, 0, 1, 0), scores (1, 1, 0, 0): at threshold 1, tp 1 fp 1 (P 1/2, R 1/2); at 0, tp 2 fp 2 (P 1/2, R 1)
+    result = vizwiz_unanswerability([0, 1, 0, 1], [0.0, 0.0, 1.0, 1.0])
+    assert result == {"average_precision": pytest.approx(0.5), "f1_score": pytest.approx(0.5)}
+    perfect = vizwiz_unanswerability([0, 1, 1], [0.0, 1.0, 1.0])
+    assert perfect == {"average_precision": 1.0, "f1_score": 1.0}
+    assert vizwiz_unanswerability([1, 1], [1.0, 0.0]) == {"average_precision": 0.0, "f1_score": 0.0}
+    with pytest.raises(ValueError, match="answerable"):
+        vizwiz_unanswerability([2], [1.0])
+
+
+def test_mmbench_video_means_dimensions_and_correct_share():
+    scores = [3, 2, -1, 0, 7]
+    assert mmbench_video_mean_scores(scores) == {"all": pytest.approx(12 / 5), "valid": pytest.approx(12 / 4)}
+    ratings = mmbench_video_dimension_ratings(
+        scores, [["OCR"], ["OCR", "Hallucination"], ["Causal Reasoning"], ["Video Topic"], ["Counting"]])
+    assert ratings["fine_all"]["OCR"] == pytest.approx(2.5)
+    assert ratings["coarse_all"]["FP-S"] == pytest.approx((3 + 2 + 7) / 3)
+    assert ratings["coarse_valid"]["Reasoning"] != ratings["coarse_valid"]["Reasoning"]  # NaN: only a -1
+    assert ratings["coarse_all"]["Reasoning"] == 0.0
+    assert ratings["coarse_all"]["Perception"] == pytest.approx(12 / 4)
+    assert math.isnan(ratings["fine_all"]["Social Relation"])
+    assert set(ratings["coarse_all"]) == set(MMBENCH_VIDEO_DIMENSIONS) and len(ratings["fine_all"]) == 26
+    with pytest.raises(ValueError, match="question 0: unknown MMBench-Video dimension"):
+        mmbench_video_dimension_ratings([1], [["Smell"]])
+    assert judged_correct_share(scores) == pytest.approx(3 / 5)  # 3, 2 and 7 are >= 2
+    assert judged_correct_share(scores, threshold=3) == pytest.approx(2 / 5)
+
+
+def test_paper_percentages_imply_sample_sizes_and_intervals():
+    assert implied_sample_size(42.86) == (7, 3)  # 3/7 = 42.857...; 9/21 comes later
+    assert (21, 9) in implied_sample_sizes(42.86) and (23, 14) in implied_sample_sizes(60.87)
+    assert implied_sample_size(52.38) == (21, 11)
+    assert implied_sample_size(69.57) == (23, 16)
+    assert implied_sample_size(100.0) == (1, 1)
+    assert implied_sample_size(33.3333, decimals=4) == (3, 1)
+    assert implied_sample_size(0.01, max_n=100) is None
+    # Wilson 95% for 1/2: centre 1/2, half width z/(1 + z^2/2) * sqrt(1/8 + z^2/16)
+    z = 1.959963984540054
+    half = z / (1 + z * z / 2) * math.sqrt(1 / 8 + z * z / 16)
+    assert binomial_interval(1, 2) == pytest.approx((0.5 - half, 0.5 + half))
+    # Clopper-Pearson with k = 0: upper = 1 - (alpha/2)^(1/n); symmetric for k = n
+    assert binomial_interval(0, 10, method="exact") == pytest.approx((0.0, 1 - 0.025 ** 0.1))
+    assert binomial_interval(10, 10, method="exact") == pytest.approx((0.025 ** 0.1, 1.0))
+    low, high = binomial_interval(14, 23, method="exact")
+    assert low < 14 / 23 < high and binomial_interval(14, 23, method="wilson")[1] < high  # exact is wider
+    interval = paper_percentage_interval(60.87)
+    assert interval["n"] == 23 and interval["k"] == 14 and interval["low"] < 60.87 < interval["high"]
+    with pytest.raises(ValueError, match="method"):
+        binomial_interval(1, 2, method="normal")
 
 
 def test_vqa_correct():
@@ -83,7 +165,10 @@ def test_vqa_correct():
     [
         ("A", 4, 0),
         ("C", 3, 2),
-        (" B\n", 2, 1),  # the reply is stripped, as LLaVA's generation does
+        (" B\n", 2, None),  # taken as given, as LLaVA's parser does (generation strips replies first)
+        ("D. The answer is A.", 3, None),  # the "X. " branch takes D, outside three options: failed
+        ("F. The answer is A.", 6, 0),  # F is not one of LLaVA's A-E: the regex branch
+        ("F", 6, None),  # LLaVA's options stop at E
         ("B. a cat", 3, 1),
         ("The answer is C.", 4, 2),
         ("I think The answer is B, clearly", 4, 1),

@@ -263,3 +263,76 @@ def test_config_rejects_bad_values_with_the_field_name():
     with pytest.raises(ValueError, match="must be \\(B, L, 10\\)"):
         MoIRRouter(10)(torch.zeros(1, 2, 9), torch.zeros(1, 2, 10))
     assert math.isclose(MoIRRouter.from_config(4, RouterConfig(ratio=0.5)).ratio, 0.5)
+
+
+# ------------------------------------------------------------------------------ batch independence and numerics
+
+SAMPLE_SCOPE_OPTIONS = [
+    dict(scope="sample", align=align, rms_match=rms, directions=directions, rank=rank, center=center)
+    for align in ("pool", "attend")
+    for rms in (True, False)
+    for directions in ("both", "a", "b")
+    for rank in (None, 2)
+    for center in (False, True)
+]
+
+
+def _padded_batch(lengths_a=(5, 3, 6), lengths_b=(2, 4, 3), dim=10, seed=3):
+    """Three examples of different lengths, right-padded with large junk values in the padding."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = len(lengths_a)
+    a = torch.full((batch, max(lengths_a), dim), 1e3)
+    b = torch.full((batch, max(lengths_b), dim), -1e3)
+    a_mask = torch.zeros(batch, max(lengths_a), dtype=torch.bool)
+    b_mask = torch.zeros(batch, max(lengths_b), dtype=torch.bool)
+    for i, (len_a, len_b) in enumerate(zip(lengths_a, lengths_b)):
+        a[i, :len_a] = torch.randn(len_a, dim, generator=generator) * 5
+        b[i, :len_b] = torch.randn(len_b, dim, generator=generator) * 0.01
+        a_mask[i, :len_a] = True
+        b_mask[i, :len_b] = True
+    return a, b, a_mask, b_mask
+
+
+@pytest.mark.parametrize("options", SAMPLE_SCOPE_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_example_routed_alone_equals_it_routed_in_a_padded_batch(options):
+    a, b, a_mask, b_mask = _padded_batch()
+    router = MoIRRouter(a.shape[-1], 0.3, **options)
+    with torch.no_grad():  # distinct gates, so that a wrong channel choice shows
+        router.logit_a.copy_(torch.linspace(-2.0, 2.0, a.shape[-1]))
+        router.logit_b.copy_(torch.linspace(1.5, -1.5, a.shape[-1]))
+    a_out, b_out = router(a, b, a_mask, b_mask)
+    for i in range(a.shape[0]):
+        len_a, len_b = int(a_mask[i].sum()), int(b_mask[i].sum())
+        a_alone, b_alone = router(a[i : i + 1, :len_a], b[i : i + 1, :len_b])  # no padding, no mask
+        torch.testing.assert_close(a_out[i, :len_a], a_alone[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b_out[i, :len_b], b_alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_attend_rms_match_ignores_padded_destination_rows():
+    """The regression of the padded mean square: the padding rows of the destination used to enter the source's RMS."""
+    a, b, a_mask, b_mask = _padded_batch()
+    router = MoIRRouter(a.shape[-1], 0.3, align="attend", rms_match=True, directions="a")
+    a_out, _ = router(a, b, a_mask, b_mask)
+    more_padding = torch.cat([a, torch.full((a.shape[0], 4, a.shape[-1]), 7.0)], dim=1)
+    more_mask = torch.cat([a_mask, torch.zeros(a.shape[0], 4, dtype=torch.bool)], dim=1)
+    a_out_padded, _ = router(more_padding, b, more_mask, b_mask)
+    torch.testing.assert_close(a_out_padded[:, : a.shape[1]][a_mask], a_out[a_mask], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("align", ["pool", "attend"])
+@pytest.mark.parametrize("rank", [None, 2])
+def test_training_autocast_routes_like_evaluation(align, rank):
+    """Under CPU bf16 autocast (training) the router computes in float32 as in evaluation: bf16 inputs give the
+    same output with and without autocast, and that output is the float32 route rounded to bf16."""
+    a, b, a_mask, b_mask = _inputs(dtype=torch.bfloat16)
+    router = MoIRRouter(a.shape[-1], 0.3, align=align, rank=rank)
+    a_eval, b_eval = router(a, b, a_mask, b_mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a_train, b_train = router(a, b, a_mask, b_mask)
+    assert a_train.dtype == b_train.dtype == torch.bfloat16
+    assert torch.equal(a_train, a_eval) and torch.equal(b_train, b_eval)
+    a32, b32 = router(a.float(), b.float(), a_mask, b_mask)  # the float32 path on the same (bf16-exact) values
+    assert torch.equal(a_train, a32.to(torch.bfloat16)) and torch.equal(b_train, b32.to(torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inputs stay float32 under autocast
+        a32_autocast, _ = router(a.float(), b.float(), a_mask, b_mask)
+    assert a32_autocast.dtype == torch.float32 and torch.equal(a32_autocast, a32)

@@ -299,8 +299,8 @@ def score_predictions(rows: list[dict], predictions: list[str], judge, judge_cac
             [_answers(rows[i])[0] for i in open_ended], [predictions[i] for i in open_ended],
         )
         for i, (reply, score) in zip(open_ended, replies):
-            scored[i].update(judge_reply=reply, score=None if score is None else float(score),
-                             correct=score is not None and score >= JUDGE_CORRECT_SCORE)
+            scored[i].update(judge_reply=reply, score=None if score < 0 else float(score),  # < 0: failed judgement
+                             correct=score >= JUDGE_CORRECT_SCORE)
     for row, text, item in zip(rows, predictions, scored):
         kind = item["protocol"]
         if kind == "multiple_choice":

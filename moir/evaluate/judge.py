@@ -2,8 +2,8 @@
 
 The prompt is the benchmark's own (VLMEvalKit's MMBench-Video evaluation): a system prompt that defines the 0-3
 scale by semantic similarity and a user turn "Question: ...\\nGroundtruth answer: ...\\nCandidate answer: ...\\nYour
-response: ". As in VLMEvalKit, a reply counts only when it is a bare integer (here: 0, 1, 2 or 3); anything else is
-a failed judgement, scored 0 in the "all" mean and left out of the "valid" mean.
+response: ". As in VLMEvalKit, a reply counts when it is an integer, of any value (`parse_judge_score`); anything else
+is a failed judgement (-1), scored 0 in the "all" mean and left out of the "valid" mean.
 
 Two judges, chosen by the caller:
 - `OpenAIJudge`: any OpenAI-compatible chat-completions endpoint (a vLLM server on the cluster, a hosted API),
@@ -56,13 +56,34 @@ def judge_prompt(question: str, answer: str, prediction: str) -> str:
     return f"Question: {question}\nGroundtruth answer: {answer}\nCandidate answer: {prediction}\nYour response: "
 
 
-def parse_judge_score(reply: str) -> int | None:
-    """The score in a judge reply (a bare integer 0-3), or None for a failed judgement."""
-    match = re.fullmatch(r"\s*([0-9]+)\s*", reply)
+# VLMEvalKit scores a reply with `int(x) if istype(x, int) else -1`, where istype evaluates the reply as Python:
+# a reply counts when it is a Python int literal (ASCII decimal, no leading zeros but "0", "00", ..., underscores
+# between digits) with an optional sign, surrounded only by whitespace Python's tokenizer accepts there: before it,
+# spaces and tabs (eval strips them) and whole lines ending in a line break or form feed (the number's line must
+# not be indented); after it, spaces, tabs and form feeds, or anything ending in a line break or form feed (an
+# indented last line is a syntax error).
+_JUDGE_SCORE = re.compile(
+    r"[ \t]*(?:[ \t\n\r\f]*[\n\r\f])?([+-]?(?:0+(?:_?0)*|[1-9](?:_?[0-9])*))(?:[ \t\f]*|[ \t\n\r\f]*[\n\r\f])",
+    re.ASCII,
+)
+FAILED_SCORE = -1
+
+
+def parse_judge_score(reply: str) -> int:
+    """The score in a judge reply, exactly as VLMEvalKit's MMBench-Video evaluation parses it: any integer
+    ("+2" is 2, "7" is 7, "-2" is -2; "01", "2.", "Score: 2" are not integers), FAILED_SCORE (-1) for a reply
+    that is not one. A negative score is a failed judgement: 0 in the "all" mean, left out of the "valid" one.
+
+    Agrees with VLMEvalKit on every reply it does not crash on (it crashes on replies such as "True", "(2)" or
+    "- 2", which Python evaluates to an int but int() rejects); tested against it in
+    tests/test_official_protocols.py."""
+    match = _JUDGE_SCORE.fullmatch(reply)
     if match is None:
-        return None
-    score = int(match.group(1))
-    return score if 0 <= score <= MAX_SCORE else None
+        return FAILED_SCORE
+    try:
+        return int(match.group(1))
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits); Python's eval refuses too
+        return FAILED_SCORE
 
 
 class OpenAIJudge:

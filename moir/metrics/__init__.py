@@ -5,19 +5,55 @@ The names exported here are called by checks outside this repository; keep them 
 
 from moir.metrics.accuracy import exact_match, normalize_answer, parse_option_letter, vqa_accuracy, vqa_correct
 from moir.metrics.dominance import layer_groups, modality_dominance
+from moir.metrics.intervals import (
+    binomial_interval,
+    implied_sample_size,
+    implied_sample_sizes,
+    paper_percentage_interval,
+)
+from moir.metrics.mmbench_video import (
+    FINE_DIMENSIONS,
+    JUDGED_CORRECT_THRESHOLD,
+    MMBENCH_VIDEO_DIMENSIONS,
+    judged_correct_share,
+    mmbench_video_dimension_ratings,
+    mmbench_video_mean_scores,
+)
 from moir.metrics.rank import effective_rank
 from moir.metrics.robustness import robustness_summary, unchanged_rate, vision_irrelevant_split
+from moir.metrics.vizwiz import (
+    normalize_vizwiz_answer,
+    vizwiz_accuracy,
+    vizwiz_accuracy_by_answer_type,
+    vizwiz_predicts_unanswerable,
+    vizwiz_unanswerability,
+)
 
 __all__ = [
+    "FINE_DIMENSIONS",
+    "JUDGED_CORRECT_THRESHOLD",
+    "MMBENCH_VIDEO_DIMENSIONS",
+    "binomial_interval",
     "effective_rank",
     "exact_match",
+    "implied_sample_size",
+    "implied_sample_sizes",
+    "judged_correct_share",
     "layer_groups",
+    "mmbench_video_dimension_ratings",
+    "mmbench_video_mean_scores",
     "modality_dominance",
     "normalize_answer",
+    "normalize_vizwiz_answer",
+    "paper_percentage_interval",
     "parse_option_letter",
     "robustness_summary",
     "unchanged_rate",
     "vision_irrelevant_split",
+    "vizwiz_accuracy",
+    "vizwiz_accuracy_by_answer_type",
+    "vizwiz_predicts_unanswerable",
+    "vizwiz_unanswerability",
     "vqa_accuracy",
     "vqa_correct",
 ]

@@ -1,19 +1,30 @@
-"""Answer scoring by each benchmark's reference protocol.
+"""Answer scoring by each benchmark's reference protocol, as its official evaluation code computes it.
 
-- VQA answer normalisation (`normalize_answer`) and VQA accuracy (`vqa_accuracy`) follow the official VQA / VizWiz
-  evaluation script (`vqaEval.py`): newlines and tabs become spaces, punctuation is stripped or replaced by a space
+Each function below is tested against the official code's outputs on hundreds of hand-picked and random inputs
+(tests/test_official_protocols.py; the fixtures under tests/fixtures/official/ name the code and its commit).
+
+- VQA answer normalisation (`normalize_answer`) follows the official VQA evaluation script (GT-Vision-Lab/VQA,
+  `vqaEval.py`): newlines and tabs become spaces, punctuation is stripped or replaced by a space
   (`_process_punctuation`), words are lower-cased, number words become digits, articles are dropped and
   apostrophe-less contractions get their apostrophe back (`_process_digit_article`). The script's quirks are kept
   on purpose so that our numbers match the evaluation server's: the period regex `(?!<=\\d)(\\.)(?!\\d)` (which
   removes every period not followed by a digit) and the `re.UNICODE` flag passed where `re.sub` expects its
   `count` (so at most 32 periods are removed).
-- VQA accuracy is the leave-one-out form: for each of the annotators' answers, drop it and score
-  min(#matches among the others / 3, 1); average over the subsets. With 10 answers this is the mean over the 10
-  choose 9 subsets. The prediction is always normalised (as VizWiz's evaluation does); the annotators' answers are
-  normalised the same way, so formatting differences in the annotation files never decide a match.
-- ScienceQA option parsing (`parse_option_letter`) follows LLaVA's `eval_science_qa.py` (LLaVA-1.5): the stripped
-  reply is a bare letter, or starts with "X. ", or contains exactly one "The answer is X" followed by a character;
-  anything else, or a letter outside the question's options, is unparseable (LLaVA counts it wrong).
+- VQA v2 accuracy (`vqa_accuracy`) is that script's: the prediction is normalised in full; the annotators'
+  answers only get the punctuation step, and only when they are not all identical; then, for each annotator,
+  min(#matches among the other annotators / 3, 1), averaged over the annotators (with 10 answers: the 10
+  leave-one-out subsets). A single reference answer leaves no other annotator, so it scores 0.
+- VizWiz accuracy (`vizwiz_accuracy`) is the official VizWiz `VQAEval` (Qing Li): the prediction is normalised
+  (punctuation, then digits/articles with VizWiz's contraction table, whose apostrophes are mostly the
+  typographic one, U+2019) and compared with the annotators' answers exactly as released; same leave-one-out
+  average. VizWiz also reports accuracy per answer type (`vizwiz_accuracy_by_answer_type`) and how well
+  unanswerable questions are recognised (`vizwiz_unanswerability`: sklearn's average precision and F1 with
+  "unanswerable" as the positive class, here computed without sklearn).
+- ScienceQA option parsing (`parse_option_letter`) is LLaVA-1.5's `llava/eval/eval_science_qa.py`: the reply is
+  exactly one of the letters A-E, or starts with "X. " for a letter X in A-E, or else contains exactly one match
+  of `The answer is ([A-Z]).`; the letter must then be among the question's options, or the parse fails (LLaVA
+  counts a failed parse wrong). The reply is taken as given: LLaVA's generation strips it, and so does ours
+  (`VLMWrapper.generate`).
 - A VQA prediction is "correct" (for the vision-irrelevant split) when it gets full credit by the VQA definition,
   min(#humans who gave it / 3, 1) = 1 (`vqa_correct`).
 - The synthetic benchmark's open questions are scored by exact match of the normalised answer (`exact_match`).
@@ -90,16 +101,23 @@ def normalize_answer(text: str) -> str:
     return _process_digit_article(_process_punctuation(text))
 
 
+def _leave_one_out_accuracy(predicted: str, answers: Sequence[str]) -> float:
+    """Mean over the annotators of min(#other annotators whose answer equals `predicted` / 3, 1)."""
+    matches = [answer == predicted for answer in answers]
+    total = sum(matches)
+    return sum(min((total - match) / 3, 1.0) for match in matches) / len(matches)
+
+
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """VQA accuracy of one prediction against the annotators' answers: leave-one-out min(matches/3, 1), in [0, 1]."""
+    """VQA v2 accuracy of one prediction against the annotators' answers, in [0, 1], as GT-Vision-Lab's
+    `vqaEval.py` computes it: the prediction fully normalised, the answers punctuation-processed only when they
+    are not all identical, then the leave-one-out mean of min(matches/3, 1)."""
     if len(answers) == 0:
         raise ValueError("vqa_accuracy needs at least one reference answer")
     predicted = normalize_answer(prediction)
-    matches = [normalize_answer(answer) == predicted for answer in answers]
-    if len(matches) == 1:  # no annotator to leave out: one reference answer counts as agreeing annotators
-        return float(matches[0])
-    total = sum(matches)
-    return sum(min((total - left_out) / 3, 1.0) for left_out in matches) / len(matches)
+    if len(set(answers)) > 1:
+        answers = [_process_punctuation(answer) for answer in answers]
+    return _leave_one_out_accuracy(predicted, answers)
 
 
 def vqa_correct(prediction: str, answers: Sequence[str]) -> bool:
@@ -111,22 +129,26 @@ def vqa_correct(prediction: str, answers: Sequence[str]) -> bool:
     return sum(normalize_answer(answer) == predicted for answer in answers) >= min(3, len(answers))
 
 
+_LLAVA_OPTIONS = "ABCDE"  # eval_science_qa.py's --options default
+_LLAVA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+
+
 def parse_option_letter(text: str, n_choices: int) -> int | None:
-    """The index of the option a reply chooses, parsed as LLaVA's ScienceQA evaluation does; None if unparseable."""
+    """The index of the option a reply chooses, parsed exactly as LLaVA-1.5's ScienceQA evaluation does; None
+    when LLaVA's parse fails (no letter found, or a letter outside the question's options)."""
     if not 1 <= n_choices <= len(OPTION_LETTERS):
         raise ValueError(f"n_choices must be in 1..{len(OPTION_LETTERS)}, got {n_choices}")
-    text = text.strip()
-    letters = OPTION_LETTERS[:n_choices]
-    if len(text) == 1 and text in letters:
+    if text in _LLAVA_OPTIONS and len(text) == 1:
         letter = text
-    elif len(text) >= 3 and text[0] in letters and text[1:3] == ". ":
-        letter = text[0]
+    elif len(text) >= 3 and text[0] in _LLAVA_OPTIONS and text[1:3] == ". ":
+        letter = text[0]  # any letter A-E is taken here, even one beyond the question's options
     else:
-        found = re.findall(r"The answer is ([A-Z]).", text)
+        found = _LLAVA_ANSWER_IS.findall(text)
         if len(found) != 1:
             return None
         letter = found[0]
-    return letters.index(letter) if letter in letters else None
+    valid = _LLAVA_OPTIONS[:n_choices]
+    return valid.index(letter) if letter in valid else None
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:
