@@ -49,21 +49,14 @@ import torch
 from moir.dataset import load_examples
 from moir.models import load_vlm
 from moir.router import ALIGNS, DIRECTIONS, SCOPES, RouterConfig
+from moir.runtime import fingerprint, package_versions, peak_memory, resolve_device, resolve_dtype, setup_logging
+from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
 from moir.train.loop import (
     LoopConfig,
     TrainingError,
     filter_by_length,
-    input_fingerprint,
-    package_versions,
-    peak_memory,
     remove_checkpoints,
-    resolve_device,
-    resolve_dtype,
     run_training,
-    setup_logging,
-    write_json,
-    write_jsonl,
-    write_output_dir,
 )
 
 log = logging.getLogger("moir.train")
@@ -235,13 +228,13 @@ def train(args: argparse.Namespace) -> Path:
 
     inputs = {
         "model": args.model,
-        "model_fingerprint": input_fingerprint(args.model) if Path(args.model).exists() else None,
+        "model_fingerprint": fingerprint(args.model),
         "revision": args.revision,  # as asked for (--revision)
         "model_revision": getattr(adapter.hf_model.config, "_commit_hash", None),  # as resolved (hub models)
-        **{name: input_fingerprint(getattr(args, name)) for name in (
+        **{name: fingerprint(getattr(args, name)) for name in (
             "train_manifest", "train_cache", "train_transcripts", "val_manifest", "val_cache", "val_transcripts")},
     }
-    fingerprint = {
+    run_fingerprint = {
         "inputs": inputs, "method": args.method, "router": router_config.to_dict() if router_config else None,
         "lora": lora, "dtype": str(dtype), "train_limit": args.train_limit, "val_limit": args.val_limit,
     }
@@ -250,7 +243,7 @@ def train(args: argparse.Namespace) -> Path:
 
     result = run_training(
         adapter, parameters, train_examples, val_examples, loop_config,
-        fingerprint=fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
+        fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
         autocast_dtype=dtype if dtype != torch.float32 else None,
         step_statistics=adapter.router.gate_statistics if adapter.router is not None else None,
         description=f"train {args.out_dir.name}",
@@ -280,12 +273,10 @@ def train(args: argparse.Namespace) -> Path:
         **peak_memory(device),
     }
 
-    def fill(directory: Path) -> None:
+    with atomic_directory(args.out_dir) as directory:
         adapter.save_trainable(directory)  # first: it replaces the directory whole
-        write_jsonl(result.records, directory / "train_metrics.jsonl")
-        write_json(card, directory / "run_card.json")
-
-    write_output_dir(args.out_dir, fill)
+        write_jsonl_atomic(result.records, directory / "train_metrics.jsonl")
+        write_json_atomic(card, directory / "run_card.json")
     log.info("wrote %s (final val loss %.4f, %d steps, %.1f s)", args.out_dir, result.val_losses[-1],
              result.global_step, result.train_time_s)
     if not args.keep_checkpoints:

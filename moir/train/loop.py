@@ -27,20 +27,15 @@ for that step, so the last good checkpoint stays the newest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
-import platform
 import random
-import resource
-import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +44,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
+
+from moir.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +197,10 @@ def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
 def _save_checkpoint(checkpoint_dir: Path, payload: dict) -> Path:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(checkpoint_dir, payload["state"]["global_step"])
-    tmp = checkpoint_dir / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     for old in checkpoint_dir.iterdir():  # older checkpoints and temporary files of killed writes
         if old != path and old.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")):
             old.unlink(missing_ok=True)
@@ -488,107 +480,6 @@ def run_training(
         resumed_from=state.resumed_from,
         val_losses=[r["val_loss"] for r in state.records if r["kind"] == "epoch" and r["val_loss"] is not None],
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Run bookkeeping: devices, fingerprints, run cards, atomic output directories
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" -> bfloat16 on a GPU, float32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def directory_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 over a directory's small JSON files (contents) and every file's relative path and size.
-
-    Cheap for multi-gigabyte caches, and it changes whenever the cache is rebuilt with other settings (meta.json)
-    or other data (file sizes)."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = file.relative_to(root).as_posix()
-        digest.update(f"{relative}\0{file.stat().st_size}\0".encode())
-        if file.suffix == ".json":
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
-def input_fingerprint(path: str | os.PathLike | None) -> str | None:
-    """A file's sha256 or a directory's `directory_fingerprint`; None for no input."""
-    if path is None:
-        return None
-    path = Path(path)
-    return directory_fingerprint(path) if path.is_dir() else file_sha256(path)
-
-
-def package_versions(names: Iterable[str] = ("moir", "torch", "transformers", "peft", "numpy", "pyarrow")) -> dict:
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def peak_memory(device: torch.device) -> dict[str, float | None]:
-    """Peak resident memory of this process (GiB) and, on a GPU, peak allocated device memory (GiB)."""
-    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
-    gpu_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"peak_rss_gib": round(rss_gib, 3), "peak_gpu_allocated_gib": None if gpu_gib is None else round(gpu_gib, 3)}
-
-
-def write_jsonl(records: Iterable[Mapping], path: Path) -> None:
-    with open(path, "w") as handle:
-        for record in records:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def write_json(value: Any, path: Path) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def write_output_dir(out_dir: Path, fill: Callable[[Path], None]) -> Path:
-    """Create `out_dir` atomically: `fill` writes into a temporary sibling directory, which is then renamed."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _canonical(value: Any) -> str:

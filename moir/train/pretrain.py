@@ -41,20 +41,14 @@ from torch.utils.data import ConcatDataset
 from moir.dataset import load_examples
 from moir.models import load_vlm
 from moir.models.tiny import TINY_MODELS, build_tiny_model
+from moir.runtime import fingerprint, package_versions, peak_memory, resolve_device, setup_logging
+from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
 from moir.train.loop import (
     LoopConfig,
     TrainingError,
     filter_by_length,
-    input_fingerprint,
-    package_versions,
-    peak_memory,
     remove_checkpoints,
-    resolve_device,
     run_training,
-    setup_logging,
-    write_json,
-    write_jsonl,
-    write_output_dir,
 )
 
 log = logging.getLogger("moir.train.pretrain")
@@ -133,15 +127,15 @@ def pretrain(args: argparse.Namespace) -> Path:
     if not len(train_examples):
         raise TrainingError(f"no example fits in --max-length {loop_config.max_length}")
 
-    inputs = {str(manifest): {"manifest": input_fingerprint(manifest), "frames": input_fingerprint(frames)}
+    inputs = {str(manifest): {"manifest": fingerprint(manifest), "frames": fingerprint(frames)}
               for manifest, frames in data}
-    fingerprint = {"name": args.name, "inputs": inputs, "limit": args.limit}
+    run_fingerprint = {"name": args.name, "inputs": inputs, "limit": args.limit}
     n_parameters = sum(p.numel() for p in parameters.values())
     log.info("pretraining %s (%d parameters) on %d examples from pixels on %s", args.name, n_parameters,
              len(train_examples), device)
     result = run_training(
         adapter, parameters, train_examples, [], loop_config,
-        fingerprint=fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
+        fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
         description=f"pretrain {args.name}",
     )
     card = {
@@ -164,13 +158,11 @@ def pretrain(args: argparse.Namespace) -> Path:
         **peak_memory(device),
     }
 
-    def fill(directory: Path) -> None:
+    with atomic_directory(args.out_dir) as directory:
         adapter.hf_model.save_pretrained(directory)
         adapter.processor.save_pretrained(directory)
-        write_jsonl(result.records, directory / "pretrain_metrics.jsonl")
-        write_json(card, directory / "run_card.json")
-
-    write_output_dir(args.out_dir, fill)
+        write_jsonl_atomic(result.records, directory / "pretrain_metrics.jsonl")
+        write_json_atomic(card, directory / "run_card.json")
     log.info("wrote %s (final train loss %.4f, %d steps, %.1f s)", args.out_dir, card["final_train_loss"],
              result.global_step, result.train_time_s)
     if args.checkpoint_dir is not None:
