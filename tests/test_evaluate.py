@@ -17,13 +17,9 @@ import torch
 import moir.models.base
 from moir.data.manifest import read_manifest, write_manifest
 from moir.data.synthetic import generate_synth_image, generate_synth_video
-from moir.evaluate.evaluation import (
-    accuracy_metrics,
-    main,
-    noise_like,
-    robustness_metrics,
-    score_predictions,
-)
+from moir.evaluate.evaluation import main
+from moir.evaluate.noise import noise_like
+from moir.evaluate.scoring import accuracy_metrics, robustness_metrics, score_predictions
 from moir.media.extract import extract_media
 from moir.media.frames import FrameSampling
 from moir.metrics import layer_groups, modality_dominance, normalize_answer, parse_option_letter
@@ -48,15 +44,15 @@ def work(tmp_path_factory):
     manifest = write_manifest(rows + [text_only], root / "manifests" / "with-text.parquet", media_root=root / "raw")
     model = build_tiny_model("tiny-llava", root / "tiny-llava", seed=0)
     # a "trained" run: LoRA on attention with random B matrices, and the router
-    adapter = load_vlm(model)
+    vlm = load_vlm(model)
     torch.manual_seed(0)
-    adapter.apply_lora("attn")
-    adapter.attach_router(RouterConfig())
+    vlm.apply_lora("attn")
+    vlm.attach_router(RouterConfig())
     with torch.no_grad():
-        for name, param in adapter.model.named_parameters():
+        for name, param in vlm.model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
-    run = adapter.save_trainable(root / "runs" / "moir-attn")
+    run = vlm.save_trainable(root / "runs" / "moir-attn")
     return {"root": root, "manifest": manifest, "model": model, "run": run}
 
 

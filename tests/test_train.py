@@ -1,6 +1,6 @@
 """`python -m moir.train` on the real tiny LLaVA and a generated synth-image split, read from the token cache.
 
-What is proven here: a run writes its adapter (LoRA + router), metrics and run card, and the saved adapter
+What is proven here: a run writes its vlm (LoRA + router), metrics and run card, and the saved adapter
 reproduces the run's final validation loss; a run killed with SIGKILL part-way and started again ends with
 bit-for-bit the weights (and the same per-step losses) of an uninterrupted run; gradient accumulation gives the
 objective of one large batch; a non-finite loss stops the run naming the step and keeps the last good
@@ -29,7 +29,7 @@ from moir.data.manifest import write_manifest
 from moir.data.synthetic import generate_synth_image
 from moir.dataset import load_examples
 from moir.models import build_tiny_model, load_vlm
-from moir.encoder_cache.cache import dump_for_adapter
+from moir.encoder_cache.cache import dump_for_vlm
 from moir.train.finetune import main as train_main
 from moir.train.loop import LoopConfig, count_targets, epoch_order, latest_checkpoint, validation_loss
 
@@ -43,11 +43,11 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train")
     manifests = generate_synth_image(root / "raw", root / "manifests", {"train": 24, "val": 8}, image_size=32, seed=3)
     base = build_tiny_model("tiny-llava", root / "tiny-llava", seed=0)
-    adapter = load_vlm(base)
+    vlm = load_vlm(base)
     paths = {"root": root, "base": base, "other_base": build_tiny_model("tiny-llava", root / "tiny-llava-1", seed=1)}
     for split, manifest in manifests.items():
         paths[f"{split}_manifest"] = manifest
-        paths[f"{split}_cache"] = dump_for_adapter(manifest, root / "cache" / split, adapter, model=str(base)).parent
+        paths[f"{split}_cache"] = dump_for_vlm(manifest, root / "cache" / split, vlm, model=str(base)).parent
     return paths
 
 
@@ -96,10 +96,10 @@ def test_run_writes_adapter_metrics_and_card(demo, method):
     assert not (demo["root"] / "checkpoints" / method).exists()  # removed once the outputs are written
 
     # The saved adapter is the trained one: loaded onto the base, it gives the run's final validation loss.
-    adapter = load_vlm(demo["base"])
-    adapter.load_trainable(out)
-    val = load_examples(demo["val_manifest"], cache_dir=demo["val_cache"], adapter=adapter)
-    loss = validation_loss(adapter, val, 4, torch.device("cpu"), None)
+    vlm = load_vlm(demo["base"])
+    vlm.load_trainable(out)
+    val = load_examples(demo["val_manifest"], cache_dir=demo["val_cache"], vlm=vlm)
+    loss = validation_loss(vlm, val, 4, torch.device("cpu"), None)
     assert loss == pytest.approx(card["final_val_loss"], rel=1e-5)
 
 

@@ -50,6 +50,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from moir.data.synthetic import VOCABULARY as SYNTHETIC_VOCABULARY
+from moir.runtime import setup_logging
 from moir.storage import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory (a save_pretrained model directory)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial weights")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("INFO")
     build_tiny_model(args.name, args.out, seed=args.seed)
 
 

@@ -245,7 +245,7 @@ def count_targets(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def filter_by_length(adapter, examples: Sequence, max_length: int, chunk_size: int = 64) -> tuple[Sequence, list[str]]:
+def filter_by_length(vlm, examples: Sequence, max_length: int, chunk_size: int = 64) -> tuple[Sequence, list[str]]:
     """Drop the examples whose full sequence (media tokens, prompt, answer) exceeds `max_length` tokens.
 
     Truncating such a sequence would cut visual tokens or the answer, so they are dropped and named instead.
@@ -255,7 +255,7 @@ def filter_by_length(adapter, examples: Sequence, max_length: int, chunk_size: i
     kept, dropped = [], []
     for start in range(0, len(examples), chunk_size):
         chunk = [examples[i] for i in range(start, min(start + chunk_size, len(examples)))]
-        lengths = adapter.collate(chunk, with_answer=True)["attention_mask"].sum(1).tolist()
+        lengths = vlm.collate(chunk, with_answer=True)["attention_mask"].sum(1).tolist()
         for offset, (example, length) in enumerate(zip(chunk, lengths, strict=True)):
             if length <= max_length:
                 kept.append(start + offset)
@@ -271,7 +271,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def optimizer_step(
-    adapter,
+    vlm,
     examples: Sequence,
     micro_batch_size: int,
     optimizer: torch.optim.Optimizer,
@@ -287,7 +287,7 @@ def optimizer_step(
     tokens). Raises NonFiniteLossError before the update when the loss or the gradient norm is not finite.
     """
     batches = [
-        adapter.collate(list(examples[start:start + micro_batch_size]), with_answer=True)
+        vlm.collate(list(examples[start:start + micro_batch_size]), with_answer=True)
         for start in range(0, len(examples), micro_batch_size)
     ]
     batch_targets = max(sum(count_targets(batch["labels"]) for batch in batches), 1)
@@ -296,7 +296,7 @@ def optimizer_step(
     for batch in batches:
         tokens += int(batch["attention_mask"].sum())
         with _autocast(device, autocast_dtype):
-            loss = adapter.forward(batch).loss * (count_targets(batch["labels"]) / batch_targets)
+            loss = vlm.forward(batch).loss * (count_targets(batch["labels"]) / batch_targets)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()})")
         loss.backward()
@@ -308,20 +308,20 @@ def optimizer_step(
     return total_loss, grad_norm, tokens
 
 
-def validation_loss(adapter, examples: Sequence, micro_batch_size: int, device: torch.device,
+def validation_loss(vlm, examples: Sequence, micro_batch_size: int, device: torch.device,
                     autocast_dtype: torch.dtype | None) -> float:
     """Mean cross-entropy over all answer tokens of `examples` (eval mode, no dropout, no gradient)."""
-    model = adapter.model
+    model = vlm.model
     was_training = model.training
     model.eval()
     total_loss, total_targets = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), micro_batch_size):
             chunk = range(start, min(start + micro_batch_size, len(examples)))
-            batch = adapter.collate([examples[i] for i in chunk], with_answer=True)
+            batch = vlm.collate([examples[i] for i in chunk], with_answer=True)
             targets = count_targets(batch["labels"])
             with _autocast(device, autocast_dtype):
-                loss = adapter.forward(batch).loss
+                loss = vlm.forward(batch).loss
             total_loss += float(loss) * targets
             total_targets += targets
     model.train(was_training)
@@ -334,7 +334,7 @@ def validation_loss(adapter, examples: Sequence, micro_batch_size: int, device: 
 
 
 def run_training(
-    adapter,
+    vlm,
     parameters: Mapping[str, nn.Parameter],
     train_examples: Sequence,
     val_examples: Sequence,
@@ -347,7 +347,7 @@ def run_training(
     step_statistics: Callable[[], Mapping[str, float]] | None = None,
     description: str = "train",
 ) -> LoopResult:
-    """Train `parameters` of `adapter.model` on `train_examples` for `config.epochs` epochs; resume when a
+    """Train `parameters` of `vlm.model` on `train_examples` for `config.epochs` epochs; resume when a
     checkpoint of this run (same `fingerprint`) is in `checkpoint_dir`.
 
     `parameters` (name -> parameter, all requiring grad) is what is optimised and checkpointed.
@@ -355,7 +355,7 @@ def run_training(
     """
     if not train_examples:
         raise TrainingError("the training split has no examples")
-    model = adapter.model
+    model = vlm.model
     param_list = list(parameters.values())
     optimizer = torch.optim.AdamW(param_list, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = (
@@ -427,7 +427,7 @@ def run_training(
                 lr = optimizer.param_groups[0]["lr"]
                 try:
                     step_loss, grad_norm, step_tokens = optimizer_step(
-                        adapter, [train_examples[i] for i in indices], micro, optimizer, param_list,
+                        vlm, [train_examples[i] for i in indices], micro, optimizer, param_list,
                         config.max_grad_norm, device, autocast_dtype,
                     )
                 except NonFiniteLossError as error:
@@ -454,7 +454,7 @@ def run_training(
 
             val_loss = None
             if val_examples:
-                val_loss = validation_loss(adapter, val_examples, micro, device, autocast_dtype)
+                val_loss = validation_loss(vlm, val_examples, micro, device, autocast_dtype)
                 if not math.isfinite(val_loss):
                     raise NonFiniteLossError(f"non-finite validation loss ({val_loss}) after epoch {state.epoch + 1}")
                 scheduler.step(val_loss)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from torch.utils.data import ConcatDataset
 from moir.dataset import load_examples
 from moir.models import load_vlm
 from moir.models.tiny import TINY_MODELS, build_tiny_model
-from moir.runtime import fingerprint, package_versions, peak_memory, resolve_device, setup_logging
+from moir.runtime import cli, fingerprint, package_versions, peak_memory, resolve_device, setup_logging
 from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
 from moir.train.loop import (
     LoopConfig,
@@ -108,19 +107,19 @@ def pretrain(args: argparse.Namespace) -> Path:
     args.out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.out_dir.name}.init-", dir=args.out_dir.parent) as init_dir:
         build_tiny_model(args.name, init_dir, seed=args.seed)
-        adapter = load_vlm(init_dir, device=device, dtype=torch.float32)  # full fine-tune: fp32 weights
-        adapter.name = args.name
+        vlm = load_vlm(init_dir, device=device, dtype=torch.float32)  # full fine-tune: fp32 weights
+        vlm.name = args.name
 
-    parameters = dict(adapter.hf_model.named_parameters())
+    parameters = dict(vlm.hf_model.named_parameters())
     for param in parameters.values():
         param.requires_grad_(True)
     splits = []
     for manifest, frames in data:
-        examples = load_examples(manifest, frames_path=frames, adapter=adapter, with_answer=True, limit=args.limit)
+        examples = load_examples(manifest, frames_path=frames, vlm=vlm, with_answer=True, limit=args.limit)
         if not len(examples):
             raise TrainingError(f"{manifest}: the split has no examples")
         splits.append(examples)
-    train_examples, dropped = filter_by_length(adapter, ConcatDataset(splits), loop_config.max_length)
+    train_examples, dropped = filter_by_length(vlm, ConcatDataset(splits), loop_config.max_length)
     if dropped:
         log.warning("dropped %d example(s) longer than %d tokens: %s", len(dropped), loop_config.max_length,
                     ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
@@ -134,7 +133,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     log.info("pretraining %s (%d parameters) on %d examples from pixels on %s", args.name, n_parameters,
              len(train_examples), device)
     result = run_training(
-        adapter, parameters, train_examples, [], loop_config,
+        vlm, parameters, train_examples, [], loop_config,
         fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
         description=f"pretrain {args.name}",
     )
@@ -146,7 +145,7 @@ def pretrain(args: argparse.Namespace) -> Path:
         "versions": package_versions(),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "family": adapter.family,
+        "family": vlm.family,
         "parameters": n_parameters,
         "examples": len(train_examples),
         "dropped_too_long": dropped,
@@ -159,8 +158,8 @@ def pretrain(args: argparse.Namespace) -> Path:
     }
 
     with atomic_directory(args.out_dir) as directory:
-        adapter.hf_model.save_pretrained(directory)
-        adapter.processor.save_pretrained(directory)
+        vlm.hf_model.save_pretrained(directory)
+        vlm.processor.save_pretrained(directory)
         write_jsonl_atomic(result.records, directory / "pretrain_metrics.jsonl")
         write_json_atomic(card, directory / "run_card.json")
     log.info("wrote %s (final train loss %.4f, %d steps, %.1f s)", args.out_dir, card["final_train_loss"],
@@ -182,4 +181,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)
