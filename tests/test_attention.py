@@ -6,15 +6,13 @@ import pytest
 import torch
 
 from moir.evaluate.attention import decoder_attention_modules, record_group_attention
-from moir.models import Example, build_tiny_model, load_vlm
+from moir.models import Example, load_vlm
 from moir.router import RouterConfig
 
 
 @pytest.fixture(scope="module")
-def vlms(tmp_path_factory):
-    root = tmp_path_factory.mktemp("attention")
-    names = ("tiny-llava", "tiny-qwen2.5-vl")
-    return {name: load_vlm(build_tiny_model(name, root / name, seed=0)) for name in names}
+def vlms(tiny_dirs):
+    return {name: load_vlm(directory) for name, directory in tiny_dirs.items()}
 
 
 def _examples(family: str) -> list[Example]:
@@ -79,8 +77,8 @@ def test_hook_equals_eager_attention(vlms, name, padded):
         assert (record.mass[2, :, 1] == 0).all()  # the text-only example has no visual tokens
 
 
-def test_hook_sees_through_lora_and_router(tmp_path):
-    vlm = load_vlm(build_tiny_model("tiny-llava", tmp_path / "model", seed=0))
+def test_hook_sees_through_lora_and_router(tiny_dirs):
+    vlm = load_vlm(tiny_dirs["tiny-llava"])
     vlm.apply_lora("attn")
     vlm.attach_router(RouterConfig())
     batch = vlm.collate(_examples("tiny-llava")[:2], with_answer=True)

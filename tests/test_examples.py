@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from moir.data.manifest import read_manifest, write_manifest
-from moir.data.synthetic import generate_synth_image, generate_synth_video
+from moir.data.synthetic import generate_synth_video
 from moir.dataset import load_examples
 from moir.media.extract import extract_media
 from moir.media.frames import FrameSampling
@@ -34,23 +34,19 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llava(work):
-    build_tiny_model("tiny-llava", work / "tiny-llava", seed=0)
-    return load_vlm(work / "tiny-llava")
+def llava(tiny_dirs):
+    return load_vlm(tiny_dirs["tiny-llava"])
 
 
 @pytest.fixture(scope="module")
-def qwen(work):
-    build_tiny_model("tiny-qwen2.5-vl", work / "tiny-qwen", seed=0)
-    return load_vlm(work / "tiny-qwen")
+def qwen(tiny_dirs):
+    return load_vlm(tiny_dirs["tiny-qwen2.5-vl"])
 
 
 @pytest.fixture(scope="module")
-def images(work):
+def images(work, synth_images):
     """A synth-image test split of 5 questions."""
-    return generate_synth_image(work / "raw-image", work / "manifests-image", {"test": 5}, image_size=32, seed=1)[
-        "test"
-    ]
+    return synth_images(work / "image", {"test": 5}, seed=1)["test"]
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +85,9 @@ def test_examples_carry_prompt_target_and_pixels(images, llava):
         load_examples(images)
 
 
-def test_llava_logits_from_the_cache_equal_those_from_pixels(images, llava, work):
-    exact = dump(images, work / "tiny-llava", work / "cache-llava-f32", "--dtype", "float32", "--shard-size", "2")
-    half = dump(images, work / "tiny-llava", work / "cache-llava-f16")
+def test_llava_logits_from_the_cache_equal_those_from_pixels(images, llava, work, tiny_dirs):
+    exact = dump(images, tiny_dirs["tiny-llava"], work / "cache-llava-f32", "--dtype", "float32", "--shard-size", "2")
+    half = dump(images, tiny_dirs["tiny-llava"], work / "cache-llava-f16")
     from_pixels = logits(llava, load_examples(images, vlm=llava))
     from_cache = load_examples(images, cache_dir=exact, vlm=llava)
     assert all(ex.pixels is None and ex.media.features.shape == (64, 32) for ex in from_cache)
@@ -101,9 +97,9 @@ def test_llava_logits_from_the_cache_equal_those_from_pixels(images, llava, work
     )
 
 
-def test_qwen_video_logits_from_the_cache_equal_those_from_pixels(videos, qwen, work, caplog):
+def test_qwen_video_logits_from_the_cache_equal_those_from_pixels(videos, qwen, work, caplog, tiny_dirs):
     frames = work / "media-video" / "frames.parquet"
-    cache = dump(videos, work / "tiny-qwen", work / "cache-qwen", "--frames", str(frames), "--dtype", "float32")
+    cache = dump(videos, tiny_dirs["tiny-qwen2.5-vl"], work / "cache-qwen", "--frames", str(frames), "--dtype", "float32")
     assert EncoderCache(cache, encoder=qwen.encoder_signature()).meta["missing"] == ["test/corrupt.mp4"]
     with caplog.at_level(logging.WARNING, logger="moir.dataset"):
         from_pixels = load_examples(videos, frames_path=frames, vlm=qwen)
@@ -120,8 +116,8 @@ def test_qwen_video_logits_from_the_cache_equal_those_from_pixels(videos, qwen, 
         load_examples(videos, vlm=qwen)
 
 
-def test_a_cache_is_refused_for_another_encoder(images, llava, qwen, work):
-    cache = dump(images, work / "tiny-llava", work / "cache-llava-refuse")
+def test_a_cache_is_refused_for_another_encoder(images, llava, qwen, work, tiny_dirs):
+    cache = dump(images, tiny_dirs["tiny-llava"], work / "cache-llava-refuse")
     with pytest.raises(CacheMismatchError, match=r"'encoder\.family'.*'llava', expected 'qwen2_5_vl'"):
         load_examples(images, cache_dir=cache, vlm=qwen)
     build_tiny_model("tiny-llava", work / "tiny-llava-seed1", seed=1)
@@ -146,8 +142,8 @@ def test_transcripts_join_the_prompt_per_video(videos, qwen, work):
     assert examples[1].prompt == build_prompt(rows[1])  # no audio: no transcript line
 
 
-def test_dataloader_batches_with_the_adapter_collate(images, llava, work):
-    cache = dump(images, work / "tiny-llava", work / "cache-llava-loader")
+def test_dataloader_batches_with_the_wrapper_collate(images, llava, work, tiny_dirs):
+    cache = dump(images, tiny_dirs["tiny-llava"], work / "cache-llava-loader")
     dataset = load_examples(images, cache_dir=cache, vlm=llava)
     dataset[0]  # opens a shard in this process; the workers must open their own
     collate = functools.partial(llava.collate, with_answer=True)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from models_fixtures import image_examples, load, randomize_lora, tiny_dirs  # noqa: F401  (fixture)
+from model_helpers import image_examples, load, randomize_lora
 from torch import nn
 
 from moir.models.hub_configs import build_architecture
@@ -34,7 +34,7 @@ def expected_modules(family: str, placement: str, names: list[str]) -> list[str]
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
 @pytest.mark.parametrize("placement", ["attn", "mlp", "proj"])
-def test_placement_wraps_only_the_intended_modules(tiny_dirs, name, placement):  # noqa: F811
+def test_placement_wraps_only_the_intended_modules(tiny_dirs, name, placement):
     vlm = load(tiny_dirs, name)
     n_layers = vlm.hf_model.config.text_config.num_hidden_layers
     linear_names = [n for n, m in vlm.hf_model.named_modules() if isinstance(m, nn.Linear)]
@@ -73,7 +73,7 @@ def test_placements_on_the_real_architectures(model_id, family, n_layers):
     assert lora_target_modules(model, family, "proj") == PROJECTOR[family]
 
 
-def test_unknown_placement_or_second_lora_is_an_error(tiny_dirs):  # noqa: F811
+def test_unknown_placement_or_second_lora_is_an_error(tiny_dirs):
     vlm = load(tiny_dirs, "tiny-llava")
     with pytest.raises(ValueError, match="unknown LoRA placement 'qkv'"):
         vlm.apply_lora("qkv")
@@ -82,13 +82,13 @@ def test_unknown_placement_or_second_lora_is_an_error(tiny_dirs):  # noqa: F811
         vlm.apply_lora("mlp")
 
 
-def test_reloading_into_another_placement_is_an_error(tiny_dirs, tmp_path):  # noqa: F811
+def test_reloading_into_another_placement_is_an_error(tiny_dirs, tmp_path):
     saved = load(tiny_dirs, "tiny-llava")
     saved.apply_lora("attn")
     saved.save_trainable(tmp_path / "run")
     other = load(tiny_dirs, "tiny-llava")
     other.apply_lora("mlp")
-    with pytest.raises(ValueError, match="LoRA placement 'attn', but this vlm has 'mlp'"):
+    with pytest.raises(ValueError, match="LoRA placement 'attn', but this model has 'mlp'"):
         other.load_trainable(tmp_path / "run")
     qwen = load(tiny_dirs, "tiny-qwen2.5-vl")
     with pytest.raises(ValueError, match="field 'family' is 'llava', but the model is 'qwen2_5_vl'"):
@@ -96,7 +96,7 @@ def test_reloading_into_another_placement_is_an_error(tiny_dirs, tmp_path):  # n
 
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
-def test_activation_checkpointing_gives_the_same_gradients(tiny_dirs, name):  # noqa: F811
+def test_activation_checkpointing_gives_the_same_gradients(tiny_dirs, name):
     gradients = []
     for checkpointing in (False, True):
         vlm = load(tiny_dirs, name)

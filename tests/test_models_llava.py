@@ -6,14 +6,13 @@ import shutil
 
 import pytest
 import torch
-from models_fixtures import (
+from model_helpers import (
     cached,
     image_examples,
     load,
     randomize_lora,
     reference_inputs,
     reference_model,
-    tiny_dirs,  # noqa: F401  (fixture)
     video,
 )
 
@@ -24,12 +23,12 @@ NAME = "tiny-llava"
 
 
 @pytest.fixture(scope="module")
-def vlm(tiny_dirs):  # noqa: F811
+def vlm(tiny_dirs):
     return load(tiny_dirs, NAME)
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_dirs):  # noqa: F811
+def reference(tiny_dirs):
     return reference_model(tiny_dirs[NAME])
 
 
@@ -120,7 +119,7 @@ def test_answer_tokens_do_not_change_routed_visual_tokens(vlm, align):
     assert not torch.equal(visual[0], unrouted)  # the router did act on them
 
 
-def test_save_and_reload_give_the_same_outputs(tiny_dirs, tmp_path):  # noqa: F811
+def test_save_and_reload_give_the_same_outputs(tiny_dirs, tmp_path):
     trained = load(tiny_dirs, NAME)
     trained.attach_router(RouterConfig(ratio=0.25, align="attend"))
     trained.apply_lora("mlp")
@@ -150,7 +149,7 @@ def test_wrong_number_of_visual_tokens_is_a_clear_error(vlm):
         vlm.forward(batch)
 
 
-def test_cache_from_another_family_or_setting_is_a_clear_error(vlm, tiny_dirs):  # noqa: F811
+def test_cache_from_another_family_or_setting_is_a_clear_error(vlm, tiny_dirs):
     qwen = load(tiny_dirs, "tiny-qwen2.5-vl")
     qwen_cached = cached(qwen, image_examples()[:1])[0]
     with pytest.raises(ValueError, match="grid_thw.*qwen2_5_vl cache"):
@@ -163,7 +162,7 @@ def test_cache_from_another_family_or_setting_is_a_clear_error(vlm, tiny_dirs): 
     vlm.check_encoder_signature(vlm.encoder_signature(), "cache.json")
 
 
-def test_bad_input_is_a_clear_error(vlm, tiny_dirs, tmp_path):  # noqa: F811
+def test_bad_input_is_a_clear_error(vlm, tiny_dirs, tmp_path):
     broken = tmp_path / "no-processor"
     shutil.copytree(tiny_dirs[NAME], broken)
     (broken / "processor_config.json").unlink()
@@ -184,7 +183,7 @@ def test_bad_input_is_a_clear_error(vlm, tiny_dirs, tmp_path):  # noqa: F811
         vlm.load_media("image", tmp_path / "corrupt.png")
 
 
-def test_revision_reaches_every_from_pretrained(vlm, tiny_dirs, monkeypatch):  # noqa: F811
+def test_revision_reaches_every_from_pretrained(vlm, tiny_dirs, monkeypatch):
     """A hub revision pins config, processor and weights alike; a local directory loads the same with one."""
     import moir.models
 

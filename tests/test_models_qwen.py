@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models_fixtures import (
+from model_helpers import (
     cached,
     image_examples,
     load,
     randomize_lora,
     reference_inputs,
     reference_model,
-    tiny_dirs,  # noqa: F401  (fixture)
     video_examples,
 )
 
@@ -27,12 +26,12 @@ def mixed_examples() -> list[Example]:
 
 
 @pytest.fixture(scope="module")
-def vlm(tiny_dirs):  # noqa: F811
+def vlm(tiny_dirs):
     return load(tiny_dirs, NAME)
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_dirs):  # noqa: F811
+def reference(tiny_dirs):
     return reference_model(tiny_dirs[NAME])
 
 
@@ -139,7 +138,7 @@ def test_frame_rate_sets_temporal_positions(vlm):
     assert torch.equal(positions[0][1:], positions[1][1:])  # height and width rows
 
 
-def test_save_and_reload_give_the_same_outputs(tiny_dirs, tmp_path):  # noqa: F811
+def test_save_and_reload_give_the_same_outputs(tiny_dirs, tmp_path):
     trained = load(tiny_dirs, NAME)
     trained.attach_router(RouterConfig(ratio=0.1, directions="a"))
     trained.apply_lora("proj")
@@ -152,7 +151,7 @@ def test_save_and_reload_give_the_same_outputs(tiny_dirs, tmp_path):  # noqa: F8
         torch.testing.assert_close(reloaded.forward(batch).logits, trained.forward(batch).logits, rtol=0, atol=0)
 
 
-def test_bad_cache_is_a_clear_error(vlm, tiny_dirs):  # noqa: F811
+def test_bad_cache_is_a_clear_error(vlm, tiny_dirs):
     video = cached(vlm, video_examples()[:1])[0]
     media = video.media
     video.media = EncodedMedia(media.features[:100], media.grid_thw, "video")
@@ -173,7 +172,7 @@ def test_bad_cache_is_a_clear_error(vlm, tiny_dirs):  # noqa: F811
         vlm.collate(mixed)
 
 
-def test_signature_fingerprints_the_encoder_before_the_cache_point(tiny_dirs):  # noqa: F811
+def test_signature_fingerprints_the_encoder_before_the_cache_point(tiny_dirs):
     vlm = load(tiny_dirs, NAME)
     signature = vlm.encoder_signature()
     with torch.no_grad():

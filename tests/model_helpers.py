@@ -1,4 +1,4 @@
-"""Shared helpers of the model-adapter tests: tiny models on disk, examples, and the unmodified reference.
+"""Plain helpers of the model-wrapper tests (the fixtures are in conftest.py): examples, and the unmodified reference.
 
 The reference is what a user of plain Hugging Face code gets: the family's processor applied to the chat-templated
 prompt and the media, then the model's own forward/generate. The wrapper must reproduce it when MoIR is off.
@@ -10,19 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from moir.models import Example, VLMWrapper, build_tiny_model, load_vlm
-
-FAMILY_OF = {"tiny-llava": "llava", "tiny-qwen2.5-vl": "qwen2_5_vl"}
-
-
-@pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {name: build_tiny_model(name, root / name, seed=0) for name in FAMILY_OF}
+from moir.models import Example, VLMWrapper, load_vlm
 
 
 def image(seed: int, height: int = 32, width: int = 32) -> PIL.Image.Image:
