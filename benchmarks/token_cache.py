@@ -1,4 +1,4 @@
-"""Examples per second reading the encoder-token cache against running the vision encoder on pixels.
+"""Examples per second reading the encoder cache against running the vision encoder on pixels.
 
     python benchmarks/token_cache.py                  # tiny-llava, tiny-qwen2.5-vl, LLaVA-1.5 shapes
     python benchmarks/token_cache.py --quick          # fewer images (a smoke run)

@@ -2,7 +2,7 @@
 
 An Example (moir.models) carries the prompt text (`moir.prompts.build_prompt`, with the video's ASR transcript
 when a transcripts table is given), the target (`moir.prompts.target_answer`, or None for generation) and the
-media, either as encoder output read from the token cache (`cache_dir`, the normal path: the vision tower is
+media, either as encoder output read from the encoder cache (`cache_dir`, the normal path: the vision tower is
 frozen) or as raw pixels for the model wrapper to encode (images from the manifest's media root, video frames from the
 frames table of `moir.media extract`). The trainer and the evaluator both call `load_examples`, so a model is
 evaluated on exactly the inputs it was trained on.
@@ -93,7 +93,7 @@ class ExampleDataset(torch.utils.data.Dataset):
             return True
         if media_path in self.cache.missing:
             return False
-        raise ValueError(f"{self.cache.dir}: the token cache has no entry for {media_path!r} of {self.manifest_path}")
+        raise ValueError(f"{self.cache.dir}: the encoder cache has no entry for {media_path!r} of {self.manifest_path}")
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -46,7 +46,7 @@ def video_examples() -> list[Example]:
 
 
 def cached(vlm: VLMWrapper, examples: list[Example]) -> list[Example]:
-    """The same examples reading the encoder output, as the token cache would give it, instead of the pixels."""
+    """The same examples reading the encoder output, as the encoder cache would give it, instead of the pixels."""
     encoded = vlm.encode(examples)
     return [Example(ex.id, ex.prompt, ex.answer, ex.media_kind, media=media, fps=ex.fps)
             for ex, media in zip(examples, encoded)]

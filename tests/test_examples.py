@@ -1,4 +1,4 @@
-"""Manifest -> Examples on the tiny models: prompts and targets, pixels, transcripts, and the token cache.
+"""Manifest -> Examples on the tiny models: prompts and targets, pixels, transcripts, and the encoder cache.
 
 The cache's contract is that a model fed from it computes what it computes from pixels: the logits are compared
 for both families (LLaVA on images, Qwen2.5-VL on videos, whose frame rate must survive the cache).

@@ -44,7 +44,7 @@ def test_placement_wraps_only_the_intended_modules(tiny_dirs, name, placement):
     vlm.attach_router(RouterConfig())
     signature = vlm.encoder_signature()
     count = vlm.apply_lora(placement, r=4, alpha=8, dropout=0.0)
-    assert vlm.encoder_signature() == signature  # the token cache stays valid whatever LoRA wraps
+    assert vlm.encoder_signature() == signature  # the encoder cache stays valid whatever LoRA wraps
     wrapped = sorted(n.removeprefix("base_model.model.") for n, m in vlm.model.named_modules()
                      if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict))
     assert wrapped == sorted(expected)

@@ -1,4 +1,4 @@
-"""`python -m moir.train` on the real tiny LLaVA and a generated synth-image split, read from the token cache.
+"""`python -m moir.train` on the real tiny LLaVA and a generated synth-image split, read from the encoder cache.
 
 What is proven here: a run writes its vlm (LoRA + router), metrics and run card, and the saved adapter
 reproduces the run's final validation loss; a run killed with SIGKILL part-way and started again ends with

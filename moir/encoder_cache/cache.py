@@ -1,4 +1,4 @@
-"""The encoder-token cache: the frozen vision encoder's output, computed once and stored as sharded Parquet.
+"""The encoder cache: the frozen vision encoder's output, computed once and stored as sharded Parquet.
 
 Why. The vision tower is frozen in every run (DESIGN.md section 4), so its output for a given image or video is
 the same in every training step, every epoch, every run of the grid and every evaluation. Running it once per
@@ -223,7 +223,7 @@ def dump_cache(
 
     torch_dtype = STORAGE_DTYPES[dtype]
     shards = []
-    for index in tqdm(range(n_shards), desc=f"token cache {out_dir.name}", unit="shard"):
+    for index in tqdm(range(n_shards), desc=f"encoder cache {out_dir.name}", unit="shard"):
         shard_items = items[index * shard_size : (index + 1) * shard_size]
         path = out_dir / shard_name(index)
         if path.exists():  # stamped with this plan (the others were deleted above): complete
@@ -287,13 +287,13 @@ class EncoderCache:
         meta_path = self.dir / "meta.json"
         if not meta_path.is_file():
             unfinished = " (plan.json present: the dump did not finish)" if (self.dir / "plan.json").exists() else ""
-            raise CacheMismatchError(f"{meta_path}: no token cache here{unfinished}")
+            raise CacheMismatchError(f"{meta_path}: no encoder cache here{unfinished}")
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != CACHE_FORMAT:
             raise CacheMismatchError(
                 f"{meta_path}: field 'format' is {self.meta.get('format')!r}, expected {CACHE_FORMAT}"
             )
-        check_fields({"encoder": dict(encoder)}, self.meta, str(meta_path), what="token cache")
+        check_fields({"encoder": dict(encoder)}, self.meta, str(meta_path), what="encoder cache")
         self.dtype = STORAGE_DTYPES[self.meta["dtype"]]
         self.missing = frozenset(self.meta["missing"])
         self._location: dict[str, tuple[int, int]] = {}

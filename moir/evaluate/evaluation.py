@@ -1,10 +1,10 @@
 """Evaluate a trained run (or a base model) on one manifest: predictions, accuracy, MDI/AEI, effective rank,
 robustness.
 
-Predictions are greedy generations through the model adapter with each benchmark's reference prompt
+Predictions are greedy generations through the model wrapper (`moir.models`) with each benchmark's reference prompt
 (`moir.prompts`, via `moir.dataset.load_examples`, exactly as in training). Three modes:
 
-    clean      the inputs as they are (token cache or pixels). Also, unless --no-analysis: one teacher-forced
+    clean      the inputs as they are (encoder cache or pixels). Also, unless --no-analysis: one teacher-forced
                forward pass over the model's own answer that records (i) per layer, the attention mass from the
                answer tokens to the prompt's text tokens T and visual tokens O (heads averaged; `moir.evaluate.attention`,
                SDPA stays on) and (ii) the effective rank of the visual and the text hidden states of each example
@@ -13,7 +13,7 @@ Predictions are greedy generations through the model adapter with each benchmark
     noise      every image, and every frame of every video, replaced by Gaussian noise of the same size
                (N(127.5, 64^2) per pixel and channel, clipped to 0..255, uint8), drawn from a stream seeded by
                (--noise-seed, sha256 of the example id), so it does not depend on batching or order. Needs pixels
-               (images from the manifest's media root, video frames from --frames), never the token cache. With
+               (images from the manifest's media root, video frames from --frames), never the encoder cache. With
                --clean-eval (this run's clean evaluation) and --vision-split: the robustness metric, the rate of
                unchanged normalised predictions for all, vision-dependent and vision-irrelevant questions (over
                the questions that have an image or video: a text-only question has nothing to replace).
@@ -102,7 +102,6 @@ from moir.storage import write_table_atomic, write_text_atomic
 log = logging.getLogger("moir.evaluate")
 
 MODES = ("clean", "noise", "no-image")
-
 
 __all__ = ["EvaluationError", "build_parser", "evaluate", "main", "predict", "summary"]
 

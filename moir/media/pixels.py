@@ -4,7 +4,7 @@ frames from the frames table that `moir.media extract` wrote (videos are never d
 A video's frames are read when its pixels are asked for (the frames table is sorted by video, so the read touches
 one row group): memory holds one example's media, whatever the size of the dataset.
 
-Used by `moir.dataset` (training/evaluation on pixels) and by `moir.encoder_cache.cache` (the encoder-token dump).
+Used by `moir.dataset` (training/evaluation on pixels) and by `moir.encoder_cache.cache` (the encoder cache dump).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model adapters: the layer between Hugging Face vision-language models and the rest of the pipeline.
+"""Model wrappers: the layer between Hugging Face vision-language models and the rest of the pipeline.
 
     from moir.models import load_vlm, EncodedMedia, Example
     vlm = load_vlm("llava-hf/llava-1.5-7b-hf", device="cuda", revision="main")  # or a local directory
@@ -14,7 +14,7 @@ encoder output) or `pixel_values` / `pixel_values_videos` (processed pixels), pl
 
 `attach_router(RouterConfig(...))` turns MoIR on; `apply_lora(placement)` wraps "attn", "mlp" or "proj";
 `save_trainable(dir)` / `load_trainable(dir)` write and read the LoRA adapter and the router together;
-`encode(examples)` is the token cache's input; `encoder_signature()` what a cache must match.
+`encode(examples)` is the encoder cache's input; `encoder_signature()` what a cache must match.
 See base.py for the seam and the masks, llava.py / qwen2_5_vl.py for each family, tiny.py for the tiny models.
 """
 

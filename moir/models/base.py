@@ -1,10 +1,10 @@
-"""The model adapter: one interface over LLaVA-1.5 and Qwen2.5-VL for training, evaluation and the token cache.
+"""The model wrapper (`VLMWrapper`): one interface over LLaVA-1.5 and Qwen2.5-VL for training, evaluation and the encoder cache.
 
-Why an adapter. MoIR sits at the fusion seam of a vision-language model, between the projector that turns the
+Why a wrapper. MoIR sits at the fusion seam of a vision-language model, between the projector that turns the
 vision encoder's output into language-model tokens and the language model itself, where Hugging Face code gives
-no hook. The adapter rebuilds that seam from the model's own parts, in the model's own order:
+no hook. The wrapper rebuilds that seam from the model's own parts, in the model's own order:
 
-    pixels --vision tower (frozen)--> encoder features          <- what the token cache stores (`encode`)
+    pixels --vision tower (frozen)--> encoder features          <- what the encoder cache stores (`encode`)
     encoder features --projector--> visual tokens F_A           (LLaVA: multi_modal_projector; Qwen: visual.merger)
     input_ids --embed_tokens--> text embeddings F_B
     (F_A, F_B) --MoIR router--> routed tokens                   (only when a router is attached; each modality's
@@ -126,7 +126,7 @@ class VLMWrapper:
         raise NotImplementedError
 
     def encode(self, examples: Sequence[Example]) -> list[EncodedMedia | None]:
-        """Run the frozen vision encoder on each example's pixels (no grad): what the token cache stores.
+        """Run the frozen vision encoder on each example's pixels (no grad): what the encoder cache stores.
 
         Returns one entry per example (None for an example without media), features float32 on the CPU.
         """
@@ -160,7 +160,7 @@ class VLMWrapper:
         return self.hf_model.dtype
 
     def encoder_signature(self) -> dict[str, str | int]:
-        """What a token cache must match to be read for this model: family, vision config and weights, encoder
+        """What an encoder cache must match to be read for this model: family, vision config and weights, encoder
         settings (feature layer, select strategy, image size or pixel budget) and the features' dtype."""
         config_json = json.dumps(self.vision_tower.config.to_dict(), sort_keys=True, default=str)
         weights = hashlib.sha256()

@@ -1,6 +1,6 @@
 """Train one run: LoRA fine-tuning of a vision-language model, with (`moir`) or without (`ft`) the router.
 
-A run reads a dataset's manifests and their encoder-token caches (never the raw media: the vision tower is frozen
+A run reads a dataset's manifests and their encoder caches (never the raw media: the vision tower is frozen
 and its output was cached once by `moir.encoder_cache.cache`), builds prompts and labels with the model wrapper, and trains
 LoRA (plus the router's gates when the method is `moir`). The defaults are the paper's settings (Section 4.1):
 10 epochs, AdamW lr 2e-4 without weight decay, batch 8, ReduceLROnPlateau on the validation loss, LoRA r=16

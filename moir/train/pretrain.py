@@ -3,7 +3,7 @@
 The demo suite cannot download LLaVA-1.5 or Qwen2.5-VL, so it makes its own bases: `build_tiny_model` draws the
 random weights of a narrow, shallow model of the real architecture (moir/models/tiny.py), and this stage trains
 every weight of it, vision tower included, from raw pixels on the synthetic benchmark's `pretrain` split. The
-result is written with `save_pretrained` (model, tokenizer, processor), so the LoRA runs and the token cache load
+result is written with `save_pretrained` (model, tokenizer, processor), so the LoRA runs and the encoder cache load
 it through exactly the code path of a hub model. It uses the same loop as `moir.train` (moir/training_loop.py):
 same loss, same checkpoints and resume, same metrics file. There is no validation split, hence no plateau
 scheduler: the learning rate is constant.
