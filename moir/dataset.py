@@ -58,7 +58,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         rows = manifest.to_pylist()
         needs_media = any(row["media_kind"] != "none" for row in rows)
         if needs_media and vlm is None:
-            raise ValueError(f"{manifest_path}: the examples have media; pass the model (`load_vlm`) that will read them")
+            raise ValueError(f"{manifest_path}: the examples have media; pass the model that will read them")
         self.cache = (
             EncoderCache(cache_dir, encoder=vlm.encoder_signature())
             if cache_dir is not None and needs_media

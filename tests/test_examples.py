@@ -99,7 +99,8 @@ def test_llava_logits_from_the_cache_equal_those_from_pixels(images, llava, work
 
 def test_qwen_video_logits_from_the_cache_equal_those_from_pixels(videos, qwen, work, caplog, tiny_dirs):
     frames = work / "media-video" / "frames.parquet"
-    cache = dump(videos, tiny_dirs["tiny-qwen2.5-vl"], work / "cache-qwen", "--frames", str(frames), "--dtype", "float32")
+    cache = dump(videos, tiny_dirs["tiny-qwen2.5-vl"], work / "cache-qwen", "--frames", str(frames),
+                 "--dtype", "float32")
     assert EncoderCache(cache, encoder=qwen.encoder_signature()).meta["missing"] == ["test/corrupt.mp4"]
     with caplog.at_level(logging.WARNING, logger="moir.dataset"):
         from_pixels = load_examples(videos, frames_path=frames, vlm=qwen)

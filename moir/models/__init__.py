@@ -3,7 +3,7 @@
     from moir.models import load_vlm, EncodedMedia, Example
     vlm = load_vlm("llava-hf/llava-1.5-7b-hf", device="cuda", revision="main")  # or a local directory
     batch = vlm.collate(examples, with_answer=True)
-    out = vlm.forward(batch)                          # .loss (answer tokens only), .logits
+    out = vlm.forward(batch)                              # .loss (answer tokens only), .logits
     texts = vlm.generate(vlm.collate(examples, with_answer=False), max_new_tokens=16)
 
 `collate` returns a dict of tensors: input_ids, attention_mask, labels (-100 except answer tokens; only with
@@ -15,7 +15,9 @@ encoder output) or `pixel_values` / `pixel_values_videos` (processed pixels), pl
 `attach_router(RouterConfig(...))` turns MoIR on; `apply_lora(placement)` wraps "attn", "mlp" or "proj";
 `save_trainable(dir)` / `load_trainable(dir)` write and read the LoRA adapter and the router together;
 `encode(examples)` is the encoder cache's input; `encoder_signature()` what a cache must match.
-See base.py for the seam and the masks, llava.py / qwen2_5_vl.py for each family, tiny.py for the tiny models.
+By concern: base.py (the wrapper and the fusion seam, where the router sits), inputs.py (Example, EncodedMedia,
+media checks), batching.py (prompt rendering, tokenisation, masks, collation), lora.py (placements, apply_lora),
+saving.py (save/load of LoRA + router), llava.py / qwen2_5_vl.py (each family), tiny.py (the tiny models).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The model wrapper (`VLMWrapper`): one interface over LLaVA-1.5 and Qwen2.5-VL for training, evaluation and the encoder cache.
+"""The model wrapper (`VLMWrapper`): one interface over LLaVA-1.5 and Qwen2.5-VL for training, evaluation and
+the encoder cache.
 
 Why a wrapper. MoIR sits at the fusion seam of a vision-language model, between the projector that turns the
 vision encoder's output into language-model tokens and the language model itself, where Hugging Face code gives
@@ -68,7 +69,6 @@ def _pack(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     valid = torch.arange(int(counts.max()), device=mask.device) < counts[:, None]
     packed = tokens.new_zeros(*valid.shape, tokens.shape[-1])
     return packed.masked_scatter(valid[..., None], tokens[mask]), valid
-
 
 
 class VLMWrapper:
