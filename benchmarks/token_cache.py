@@ -1,19 +1,19 @@
-"""Examples per second reading the encoder-token cache against running the vision encoder on pixels.
+"""Examples per second reading the encoder cache against running the vision encoder on pixels.
 
     python benchmarks/token_cache.py                  # tiny-llava, tiny-qwen2.5-vl, LLaVA-1.5 shapes
     python benchmarks/token_cache.py --quick          # fewer images (a smoke run)
 
 What is timed, per model, on the same images in one run:
     encode   what a run without the cache does for every example of every epoch: read the image file, the model's
-             image processor, the frozen vision tower (`load_examples(..., adapter=...)` + `adapter.encode`, in
+             image processor, the frozen vision tower (`load_examples(..., vlm=...)` + `vlm.encode`, in
              batches of --batch-size).
     read     what a run with the cache does: `load_examples(..., cache_dir=...)`, one example at a time, which
              reads its features from the shard (one row group) into an Example.
     ratio    read examples/s over encode examples/s. Target: >= 10x at LLaVA-1.5 shapes.
-The one-off dump (`moir.encoder_cache.cache.dump_for_adapter`) and the cache's open time are printed too.
+The one-off dump (`moir.encoder_cache.cache.dump_for_vlm`) and the cache's open time are printed too.
 
 Models: the tiny models of the test suite, and LLaVA-1.5's encoder shapes: the real CLIP ViT-L/14-336 vision
-tower (config from moir.models.hub_configs, random weights) behind the LLaVA adapter with a tiny language model,
+tower (config from moir.models.hub_configs, random weights) behind the LLaVA wrapper with a tiny language model,
 giving 576 x 1024 features per image. Images are 640x480 JPEGs (the size of typical VizWiz/ScienceQA photos).
 The cache is read right after it is written, so from the page cache: on a cold disk, reading 1.2 MB per LLaVA
 example is bounded by disk bandwidth instead. Timings are from the CPU this runs on (threads: torch's default).
@@ -38,7 +38,7 @@ from moir.models import build_tiny_model, load_vlm
 from moir.models.hub_configs import hub_config
 from moir.models.llava import LlavaWrapper
 from moir.models.tiny import build_tiny_llava
-from moir.encoder_cache.cache import dump_for_adapter
+from moir.encoder_cache.cache import dump_for_vlm
 
 
 def write_images(directory: Path, n: int, seed: int = 0) -> Path:
@@ -60,7 +60,7 @@ def write_images(directory: Path, n: int, seed: int = 0) -> Path:
 
 
 def llava_1_5_shapes(seed: int = 0) -> LlavaWrapper:
-    """The LLaVA adapter over CLIP ViT-L/14-336 (random weights) and the tiny language model: 576 x 1024 features."""
+    """The LLaVA wrapper over CLIP ViT-L/14-336 (random weights) and the tiny language model: 576 x 1024 features."""
     tiny_model, processor = build_tiny_llava(seed)
     config = LlavaConfig(
         vision_config=hub_config("llava-hf/llava-1.5-7b-hf").vision_config.to_dict(),
@@ -78,20 +78,20 @@ def llava_1_5_shapes(seed: int = 0) -> LlavaWrapper:
     return LlavaWrapper(model, processor, "llava-1.5-shapes (CLIP ViT-L/14-336, random weights)")
 
 
-def encode_rate(manifest: Path, adapter, batch_size: int) -> float:
+def encode_rate(manifest: Path, vlm, batch_size: int) -> float:
     """Examples/s of the pixel path: image file -> processor -> vision tower."""
-    examples = load_examples(manifest, adapter=adapter)
-    adapter.encode(examples[:1])  # warm-up: first-call allocations and kernel selection
+    examples = load_examples(manifest, vlm=vlm)
+    vlm.encode(examples[:1])  # warm-up: first-call allocations and kernel selection
     start = time.perf_counter()
     for begin in range(0, len(examples), batch_size):
-        adapter.encode(examples[begin : begin + batch_size])
+        vlm.encode(examples[begin : begin + batch_size])
     return len(examples) / (time.perf_counter() - start)
 
 
-def read_rate(manifest: Path, cache: Path, adapter, repeats: int) -> tuple[float, float]:
+def read_rate(manifest: Path, cache: Path, vlm, repeats: int) -> tuple[float, float]:
     """(examples/s of the cache path, seconds to open the cache), the rate the median of `repeats` passes."""
     start = time.perf_counter()
-    examples = load_examples(manifest, cache_dir=cache, adapter=adapter)
+    examples = load_examples(manifest, cache_dir=cache, vlm=vlm)
     open_s = time.perf_counter() - start
     rates = []
     for _ in range(repeats):
@@ -101,16 +101,16 @@ def read_rate(manifest: Path, cache: Path, adapter, repeats: int) -> tuple[float
     return float(np.median(rates)), open_s
 
 
-def run(name: str, adapter, n_images: int, batch_size: int, workdir: Path) -> float:
+def run(name: str, vlm, n_images: int, batch_size: int, workdir: Path) -> float:
     directory = workdir / name
     manifest = write_images(directory, n_images)
-    encode = encode_rate(manifest, adapter, batch_size)
+    encode = encode_rate(manifest, vlm, batch_size)
     start = time.perf_counter()
-    dump_for_adapter(manifest, directory / "cache", adapter, model=name, batch_size=batch_size)
+    dump_for_vlm(manifest, directory / "cache", vlm, model=name, batch_size=batch_size)
     dump_s = time.perf_counter() - start
-    read, open_s = read_rate(manifest, directory / "cache", adapter, repeats=5)
+    read, open_s = read_rate(manifest, directory / "cache", vlm, repeats=5)
     shape = tuple(
-        load_examples(manifest, cache_dir=directory / "cache", adapter=adapter, limit=1)[0].media.features.shape
+        load_examples(manifest, cache_dir=directory / "cache", vlm=vlm, limit=1)[0].media.features.shape
     )
     print(
         f"{name:<22} {str(shape):>12} {n_images:>6} {encode:>12.2f} {read:>12.1f} {read / encode:>9.1f}x"

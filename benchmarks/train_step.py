@@ -1,4 +1,4 @@
-"""Training step time: with MoIR against without (the router's overhead), and from the encoder-token cache against
+"""Training step time: with MoIR against without (the router's overhead), and from the encoder cache against
 from pixels, measured in one run on the same batches with the training loop's own step function.
 
     python benchmarks/train_step.py                 # tiny-llava, tiny-qwen2.5-vl, LLaVA-1.5-7B widths

@@ -2,18 +2,18 @@
 
 An Example (moir.models) carries the prompt text (`moir.prompts.build_prompt`, with the video's ASR transcript
 when a transcripts table is given), the target (`moir.prompts.target_answer`, or None for generation) and the
-media, either as encoder output read from the token cache (`cache_dir`, the normal path: the vision tower is
-frozen) or as raw pixels for the adapter to encode (images from the manifest's media root, video frames from the
+media, either as encoder output read from the encoder cache (`cache_dir`, the normal path: the vision tower is
+frozen) or as raw pixels for the model wrapper to encode (images from the manifest's media root, video frames from the
 frames table of `moir.media extract`). The trainer and the evaluator both call `load_examples`, so a model is
 evaluated on exactly the inputs it was trained on.
 
 `load_examples` returns an `ExampleDataset`: a lazy sequence (a torch map-style Dataset) that reads an example's
 cached features or decodes its pixels when it is indexed, so memory holds the manifest, not the media. Batches
-come from `adapter.collate`:
+come from `vlm.collate`:
 
-    examples = load_examples(manifest, cache_dir=cache, adapter=adapter)
+    examples = load_examples(manifest, cache_dir=cache, vlm=vlm)
     loader = DataLoader(examples, batch_size=8, shuffle=True,
-                        collate_fn=functools.partial(adapter.collate, with_answer=True))
+                        collate_fn=functools.partial(vlm.collate, with_answer=True))
 
 Videos the extraction stage could not decode (listed in its errors table, so absent from the frames table and
 from the cache) are left out with a warning that names them; any other media without frames or cache entry is an
@@ -49,7 +49,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         cache_dir: str | os.PathLike | None = None,
         frames_path: str | os.PathLike | None = None,
         transcripts_path: str | os.PathLike | None = None,
-        adapter=None,
+        vlm=None,
         with_answer: bool = True,
         limit: int | None = None,
     ) -> None:
@@ -57,14 +57,14 @@ class ExampleDataset(torch.utils.data.Dataset):
         manifest = read_manifest(manifest_path)
         rows = manifest.to_pylist()
         needs_media = any(row["media_kind"] != "none" for row in rows)
-        if needs_media and adapter is None:
-            raise ValueError(f"{manifest_path}: the examples have media; pass the model adapter that will read them")
+        if needs_media and vlm is None:
+            raise ValueError(f"{manifest_path}: the examples have media; pass the model that will read them")
         self.cache = (
-            EncoderCache(cache_dir, encoder=adapter.encoder_signature())
+            EncoderCache(cache_dir, encoder=vlm.encoder_signature())
             if cache_dir is not None and needs_media
             else None
         )
-        self.media = None if self.cache is not None or not needs_media else MediaLoader(manifest, frames_path, adapter)
+        self.media = None if self.cache is not None or not needs_media else MediaLoader(manifest, frames_path, vlm)
         self.transcripts = read_transcripts(transcripts_path) if transcripts_path is not None else None
         self.with_answer = with_answer
 
@@ -93,7 +93,7 @@ class ExampleDataset(torch.utils.data.Dataset):
             return True
         if media_path in self.cache.missing:
             return False
-        raise ValueError(f"{self.cache.dir}: the token cache has no entry for {media_path!r} of {self.manifest_path}")
+        raise ValueError(f"{self.cache.dir}: the encoder cache has no entry for {media_path!r} of {self.manifest_path}")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -134,13 +134,13 @@ def load_examples(
     cache_dir: str | os.PathLike | None = None,
     frames_path: str | os.PathLike | None = None,
     transcripts_path: str | os.PathLike | None = None,
-    adapter=None,
+    vlm=None,
     with_answer: bool = True,
     limit: int | None = None,
 ) -> ExampleDataset:
     """The Examples of a manifest (module docstring): cached encoder output when `cache_dir` is given, else pixels.
 
-    `adapter` is required when the examples have media: the cache is checked against its encoder signature, and
+    `vlm` is required when the examples have media: the cache is checked against its encoder signature, and
     pixels are loaded with its `load_media`. `limit` keeps the first N examples (smoke runs).
     """
     return ExampleDataset(
@@ -148,7 +148,7 @@ def load_examples(
         cache_dir=cache_dir,
         frames_path=frames_path,
         transcripts_path=transcripts_path,
-        adapter=adapter,
+        vlm=vlm,
         with_answer=with_answer,
         limit=limit,
     )

@@ -1,6 +1,6 @@
 """Prompt text and target answers, one protocol per benchmark, shared by training and evaluation.
 
-The text built here is the user's turn without media placeholders: each model adapter places the image or
+The text built here is the user's turn without media placeholders: each model wrapper places the image or
 video placeholder and applies its family's chat template. Training and evaluation call the same functions, so
 a model is evaluated with exactly the prompt it was trained on.
 

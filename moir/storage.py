@@ -1,16 +1,23 @@
-"""Atomic output: every file this package writes appears complete or not at all.
+"""Atomic output: every file and directory this package writes appears complete or not at all.
 
 A stage that dies half way (killed job, full disk, a raised error) must never leave a file that looks finished:
-Snakemake and the resume logic of the token cache both take an existing file as done. So every writer here
-writes to a hidden temporary file in the destination directory and renames it into place (`os.replace`, atomic
-on POSIX) only after the last row group is closed.
+Snakemake and the resume logic of the encoder cache both take an existing file as done. So every writer here
+writes to a hidden temporary sibling in the destination directory and renames it into place (`os.replace`,
+atomic on POSIX) only once it is complete:
+
+    write_text_atomic(path, text), write_bytes_atomic(path, data), write_json_atomic(data, path),
+    write_jsonl_atomic(records, path), write_table_atomic(table, path), ParquetStreamWriter(path, schema)
+    with atomic_path(path) as tmp: <anything that writes a file at tmp>         (torch.save, PIL, av, ...)
+    with atomic_directory(out_dir) as tmp: <fill the directory tmp>             (a whole output directory)
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +27,37 @@ import pyarrow.parquet as pq
 def temporary_path(path: Path) -> Path:
     """A hidden sibling of `path`, unique to this process, for writing before the final rename."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of `path` to write the file at; renamed to `path` when the block exits normally, removed
+    when it raises."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling directory to fill; when the block exits normally it replaces `path` (an existing
+    directory there is removed first), when it raises it is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class ParquetStreamWriter:
@@ -70,16 +108,23 @@ def write_table_atomic(
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_json_atomic(data: Mapping, path: str | os.PathLike) -> Path:
     """Write `data` as indented, key-sorted JSON, atomically."""
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl_atomic(records: Iterable[Mapping], path: str | os.PathLike) -> Path:
+    """Write one key-sorted JSON object per line, atomically."""
+    return write_text_atomic(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in records))

@@ -6,15 +6,13 @@ import pytest
 import torch
 
 from moir.evaluate.attention import decoder_attention_modules, record_group_attention
-from moir.models import Example, build_tiny_model, load_vlm
+from moir.models import Example, load_vlm
 from moir.router import RouterConfig
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory):
-    root = tmp_path_factory.mktemp("attention")
-    names = ("tiny-llava", "tiny-qwen2.5-vl")
-    return {name: load_vlm(build_tiny_model(name, root / name, seed=0)) for name in names}
+def vlms(tiny_dirs):
+    return {name: load_vlm(directory) for name, directory in tiny_dirs.items()}
 
 
 def _examples(family: str) -> list[Example]:
@@ -35,16 +33,16 @@ def _examples(family: str) -> list[Example]:
     return examples
 
 
-def _eager_masses(adapter, batch) -> torch.Tensor:
+def _eager_masses(vlm, batch) -> torch.Tensor:
     """The same quantity from the attention maps that eager attention returns (B, layers, 2)."""
-    model = adapter.hf_model
+    model = vlm.hf_model
     maps = []
     hooks = [module.register_forward_hook(lambda m, args, out: maps.append(out[1].float()))
              for module in decoder_attention_modules(model)]
     model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
-            adapter.forward(batch)
+            vlm.forward(batch)
     finally:
         model.set_attn_implementation("sdpa")
         for hook in hooks:
@@ -61,49 +59,49 @@ def _eager_masses(adapter, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
 @pytest.mark.parametrize("padded", [True, False], ids=["padded-batch", "single-example"])
-def test_hook_equals_eager_attention(adapters, name, padded):
-    adapter = adapters[name]
+def test_hook_equals_eager_attention(vlms, name, padded):
+    vlm = vlms[name]
     examples = _examples(name) if padded else _examples(name)[:1]  # one example: SDPA runs without a mask
-    batch = adapter.collate(examples, with_answer=True)
+    batch = vlm.collate(examples, with_answer=True)
     groups = {"text": batch["text_mask"], "visual": batch["visual_mask"]}
-    with torch.no_grad(), record_group_attention(adapter.hf_model, batch["answer_mask"], groups) as record:
-        hooked = adapter.forward(batch)
+    with torch.no_grad(), record_group_attention(vlm.hf_model, batch["answer_mask"], groups) as record:
+        hooked = vlm.forward(batch)
     with torch.no_grad():
-        plain = adapter.forward(batch)
+        plain = vlm.forward(batch)
     torch.testing.assert_close(hooked.logits, plain.logits, rtol=0, atol=0)  # the hook leaves the output alone
     assert record.group_names == ["text", "visual"]
-    assert record.mass.shape == (len(examples), len(decoder_attention_modules(adapter.hf_model)), 2)
-    torch.testing.assert_close(record.mass, _eager_masses(adapter, batch), rtol=1e-5, atol=1e-6)
+    assert record.mass.shape == (len(examples), len(decoder_attention_modules(vlm.hf_model)), 2)
+    torch.testing.assert_close(record.mass, _eager_masses(vlm, batch), rtol=1e-5, atol=1e-6)
     assert (record.mass[:, :, 0] > 0).all()
     if padded:
         assert (record.mass[2, :, 1] == 0).all()  # the text-only example has no visual tokens
 
 
-def test_hook_sees_through_lora_and_router(tmp_path):
-    adapter = load_vlm(build_tiny_model("tiny-llava", tmp_path / "model", seed=0))
-    adapter.apply_lora("attn")
-    adapter.attach_router(RouterConfig())
-    batch = adapter.collate(_examples("tiny-llava")[:2], with_answer=True)
+def test_hook_sees_through_lora_and_router(tiny_dirs):
+    vlm = load_vlm(tiny_dirs["tiny-llava"])
+    vlm.apply_lora("attn")
+    vlm.attach_router(RouterConfig())
+    batch = vlm.collate(_examples("tiny-llava")[:2], with_answer=True)
     groups = {"text": batch["text_mask"], "visual": batch["visual_mask"]}
-    with torch.no_grad(), record_group_attention(adapter.model, batch["answer_mask"], groups) as record:
-        adapter.forward(batch)
-    torch.testing.assert_close(record.mass, _eager_masses(adapter, batch), rtol=1e-5, atol=1e-6)
+    with torch.no_grad(), record_group_attention(vlm.model, batch["answer_mask"], groups) as record:
+        vlm.forward(batch)
+    torch.testing.assert_close(record.mass, _eager_masses(vlm, batch), rtol=1e-5, atol=1e-6)
 
 
-def test_hook_refuses_eager_models_and_nesting(adapters):
-    adapter = adapters["tiny-llava"]
-    batch = adapter.collate(_examples("tiny-llava")[:1], with_answer=True)
+def test_hook_refuses_eager_models_and_nesting(vlms):
+    vlm = vlms["tiny-llava"]
+    batch = vlm.collate(_examples("tiny-llava")[:1], with_answer=True)
     groups = {"text": batch["text_mask"]}
-    adapter.hf_model.set_attn_implementation("eager")
+    vlm.hf_model.set_attn_implementation("eager")
     try:
         with pytest.raises(ValueError, match="needs the decoder on 'sdpa'"):
-            with record_group_attention(adapter.hf_model, batch["answer_mask"], groups):
+            with record_group_attention(vlm.hf_model, batch["answer_mask"], groups):
                 pass
     finally:
-        adapter.hf_model.set_attn_implementation("sdpa")
-    with record_group_attention(adapter.hf_model, batch["answer_mask"], groups):
+        vlm.hf_model.set_attn_implementation("sdpa")
+    with record_group_attention(vlm.hf_model, batch["answer_mask"], groups):
         with pytest.raises(RuntimeError, match="nested"):
-            with record_group_attention(adapter.hf_model, batch["answer_mask"], groups):
+            with record_group_attention(vlm.hf_model, batch["answer_mask"], groups):
                 pass
         with torch.no_grad():
-            adapter.forward(batch)
+            vlm.forward(batch)

@@ -16,18 +16,11 @@ import torch
 
 import moir.models.base
 from moir.data.manifest import read_manifest, write_manifest
-from moir.data.synthetic import generate_synth_image, generate_synth_video
-from moir.evaluate.evaluation import (
-    accuracy_metrics,
-    main,
-    noise_like,
-    robustness_metrics,
-    score_predictions,
-)
-from moir.media.extract import extract_media
-from moir.media.frames import FrameSampling
+from moir.evaluate.evaluation import main
+from moir.evaluate.noise import noise_like
+from moir.evaluate.scoring import accuracy_metrics, robustness_metrics, score_predictions
 from moir.metrics import layer_groups, modality_dominance, normalize_answer, parse_option_letter
-from moir.models import build_tiny_model, load_vlm
+from moir.models import load_vlm
 from moir.router import RouterConfig
 
 
@@ -39,24 +32,24 @@ def _row(i, **fields):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tmp_path_factory, tiny_dirs, synth_images):
     root = tmp_path_factory.mktemp("evaluate")
-    manifest = generate_synth_image(root / "raw", root / "manifests", {"test": 8}, image_size=32, seed=1)["test"]
+    manifest = synth_images(root, {"test": 8}, seed=1)["test"]
     rows = read_manifest(manifest).to_pylist()
     text_only = {**rows[0], "id": "synth-image/test/text-only", "media_kind": "none", "media_path": None,
                  "has_image": False}
     manifest = write_manifest(rows + [text_only], root / "manifests" / "with-text.parquet", media_root=root / "raw")
-    model = build_tiny_model("tiny-llava", root / "tiny-llava", seed=0)
+    model = tiny_dirs["tiny-llava"]
     # a "trained" run: LoRA on attention with random B matrices, and the router
-    adapter = load_vlm(model)
+    vlm = load_vlm(model)
     torch.manual_seed(0)
-    adapter.apply_lora("attn")
-    adapter.attach_router(RouterConfig())
+    vlm.apply_lora("attn")
+    vlm.attach_router(RouterConfig())
     with torch.no_grad():
-        for name, param in adapter.model.named_parameters():
+        for name, param in vlm.model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
-    run = adapter.save_trainable(root / "runs" / "moir-attn")
+    run = vlm.save_trainable(root / "runs" / "moir-attn")
     return {"root": root, "manifest": manifest, "model": model, "run": run}
 
 
@@ -317,12 +310,9 @@ def test_robustness_on_hand_made_predictions(tmp_path):
                                            noisy)["vision_irrelevant"]["unchanged_rate"], 100 / 3)
 
 
-def test_videos_on_qwen_clean_noise_and_no_image(tmp_path):
-    manifest = generate_synth_video(tmp_path / "raw", tmp_path / "manifests", {"test": 3}, frames=8, frame_size=32,
-                                    seed=3)["test"]
-    extract_media(manifest, tmp_path / "media", FrameSampling(num_frames=8))
-    model = build_tiny_model("tiny-qwen2.5-vl", tmp_path / "tiny-qwen", seed=0)
-    frames = tmp_path / "media" / "frames.parquet"
+def test_videos_on_qwen_clean_noise_and_no_image(tmp_path, tiny_dirs, synth_videos):
+    manifest, frames = synth_videos(tmp_path, "test", 3, seed=3)
+    model = tiny_dirs["tiny-qwen2.5-vl"]
     common = ["--model", str(model), "--manifest", str(manifest), "--frames", str(frames), "--max-new-tokens", "3",
               "--device", "cpu"]
     clean, no_image, noise = tmp_path / "clean", tmp_path / "no-image", tmp_path / "noise"

@@ -1,4 +1,4 @@
-"""Manifest -> Examples on the tiny models: prompts and targets, pixels, transcripts, and the token cache.
+"""Manifest -> Examples on the tiny models: prompts and targets, pixels, transcripts, and the encoder cache.
 
 The cache's contract is that a model fed from it computes what it computes from pixels: the logits are compared
 for both families (LLaVA on images, Qwen2.5-VL on videos, whose frame rate must survive the cache).
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from moir.data.manifest import read_manifest, write_manifest
-from moir.data.synthetic import generate_synth_image, generate_synth_video
+from moir.data.synthetic import generate_synth_video
 from moir.dataset import load_examples
 from moir.media.extract import extract_media
 from moir.media.frames import FrameSampling
@@ -34,23 +34,19 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llava(work):
-    build_tiny_model("tiny-llava", work / "tiny-llava", seed=0)
-    return load_vlm(work / "tiny-llava")
+def llava(tiny_dirs):
+    return load_vlm(tiny_dirs["tiny-llava"])
 
 
 @pytest.fixture(scope="module")
-def qwen(work):
-    build_tiny_model("tiny-qwen2.5-vl", work / "tiny-qwen", seed=0)
-    return load_vlm(work / "tiny-qwen")
+def qwen(tiny_dirs):
+    return load_vlm(tiny_dirs["tiny-qwen2.5-vl"])
 
 
 @pytest.fixture(scope="module")
-def images(work):
+def images(work, synth_images):
     """A synth-image test split of 5 questions."""
-    return generate_synth_image(work / "raw-image", work / "manifests-image", {"test": 5}, image_size=32, seed=1)[
-        "test"
-    ]
+    return synth_images(work / "image", {"test": 5}, seed=1)["test"]
 
 
 @pytest.fixture(scope="module")
@@ -71,43 +67,44 @@ def dump(manifest, model_dir, out, *extra):
     return out
 
 
-def logits(adapter, examples):
+def logits(vlm, examples):
     with torch.no_grad():
-        return adapter.forward(adapter.collate(list(examples), with_answer=True)).logits
+        return vlm.forward(vlm.collate(list(examples), with_answer=True)).logits
 
 
 def test_examples_carry_prompt_target_and_pixels(images, llava):
     rows = read_manifest(images).to_pylist()
-    examples = load_examples(images, adapter=llava)
+    examples = load_examples(images, vlm=llava)
     assert len(examples) == 5
     for row, example in zip(rows, examples):
         assert (example.id, example.media_kind) == (row["id"], "image")
         assert example.prompt == build_prompt(row) and example.answer == target_answer(row)
         assert isinstance(example.pixels, Image.Image) and example.media is None
-    assert [ex.answer for ex in load_examples(images, adapter=llava, with_answer=False, limit=2)] == [None, None]
-    with pytest.raises(ValueError, match="adapter"):
+    assert [ex.answer for ex in load_examples(images, vlm=llava, with_answer=False, limit=2)] == [None, None]
+    with pytest.raises(ValueError, match="pass the model"):
         load_examples(images)
 
 
-def test_llava_logits_from_the_cache_equal_those_from_pixels(images, llava, work):
-    exact = dump(images, work / "tiny-llava", work / "cache-llava-f32", "--dtype", "float32", "--shard-size", "2")
-    half = dump(images, work / "tiny-llava", work / "cache-llava-f16")
-    from_pixels = logits(llava, load_examples(images, adapter=llava))
-    from_cache = load_examples(images, cache_dir=exact, adapter=llava)
+def test_llava_logits_from_the_cache_equal_those_from_pixels(images, llava, work, tiny_dirs):
+    exact = dump(images, tiny_dirs["tiny-llava"], work / "cache-llava-f32", "--dtype", "float32", "--shard-size", "2")
+    half = dump(images, tiny_dirs["tiny-llava"], work / "cache-llava-f16")
+    from_pixels = logits(llava, load_examples(images, vlm=llava))
+    from_cache = load_examples(images, cache_dir=exact, vlm=llava)
     assert all(ex.pixels is None and ex.media.features.shape == (64, 32) for ex in from_cache)
     torch.testing.assert_close(logits(llava, from_cache), from_pixels, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(
-        logits(llava, load_examples(images, cache_dir=half, adapter=llava)), from_pixels, rtol=0, atol=1e-2
+        logits(llava, load_examples(images, cache_dir=half, vlm=llava)), from_pixels, rtol=0, atol=1e-2
     )
 
 
-def test_qwen_video_logits_from_the_cache_equal_those_from_pixels(videos, qwen, work, caplog):
+def test_qwen_video_logits_from_the_cache_equal_those_from_pixels(videos, qwen, work, caplog, tiny_dirs):
     frames = work / "media-video" / "frames.parquet"
-    cache = dump(videos, work / "tiny-qwen", work / "cache-qwen", "--frames", str(frames), "--dtype", "float32")
+    cache = dump(videos, tiny_dirs["tiny-qwen2.5-vl"], work / "cache-qwen", "--frames", str(frames),
+                 "--dtype", "float32")
     assert EncoderCache(cache, encoder=qwen.encoder_signature()).meta["missing"] == ["test/corrupt.mp4"]
     with caplog.at_level(logging.WARNING, logger="moir.dataset"):
-        from_pixels = load_examples(videos, frames_path=frames, adapter=qwen)
-        from_cache = load_examples(videos, cache_dir=cache, adapter=qwen)
+        from_pixels = load_examples(videos, frames_path=frames, vlm=qwen)
+        from_cache = load_examples(videos, cache_dir=cache, vlm=qwen)
     assert caplog.text.count("synth-video/test/corrupt") == 2  # left out, and named, on both paths
     assert len(from_pixels) == len(from_cache) == 4
     for pixel_example, cached_example in zip(from_pixels, from_cache):
@@ -117,16 +114,16 @@ def test_qwen_video_logits_from_the_cache_equal_those_from_pixels(videos, qwen, 
     torch.testing.assert_close(logits(qwen, from_cache), logits(qwen, from_pixels), rtol=1e-5, atol=1e-5)
 
     with pytest.raises(ValueError, match="frames table"):
-        load_examples(videos, adapter=qwen)
+        load_examples(videos, vlm=qwen)
 
 
-def test_a_cache_is_refused_for_another_encoder(images, llava, qwen, work):
-    cache = dump(images, work / "tiny-llava", work / "cache-llava-refuse")
+def test_a_cache_is_refused_for_another_encoder(images, llava, qwen, work, tiny_dirs):
+    cache = dump(images, tiny_dirs["tiny-llava"], work / "cache-llava-refuse")
     with pytest.raises(CacheMismatchError, match=r"'encoder\.family'.*'llava', expected 'qwen2_5_vl'"):
-        load_examples(images, cache_dir=cache, adapter=qwen)
+        load_examples(images, cache_dir=cache, vlm=qwen)
     build_tiny_model("tiny-llava", work / "tiny-llava-seed1", seed=1)
     with pytest.raises(CacheMismatchError, match=r"'encoder\.vision_weights'"):
-        load_examples(images, cache_dir=cache, adapter=load_vlm(work / "tiny-llava-seed1"))
+        load_examples(images, cache_dir=cache, vlm=load_vlm(work / "tiny-llava-seed1"))
 
 
 def test_transcripts_join_the_prompt_per_video(videos, qwen, work):
@@ -139,16 +136,16 @@ def test_transcripts_join_the_prompt_per_video(videos, qwen, work):
     )
     transcripts = write_table_atomic(table, work / "transcripts.parquet")
     examples = load_examples(
-        videos, frames_path=work / "media-video" / "frames.parquet", transcripts_path=transcripts, adapter=qwen
+        videos, frames_path=work / "media-video" / "frames.parquet", transcripts_path=transcripts, vlm=qwen
     )
     assert examples[0].prompt == build_prompt(rows[0], transcript="a tone number 0")
     assert "Audio transcript: a tone number 0" in examples[0].prompt
     assert examples[1].prompt == build_prompt(rows[1])  # no audio: no transcript line
 
 
-def test_dataloader_batches_with_the_adapter_collate(images, llava, work):
-    cache = dump(images, work / "tiny-llava", work / "cache-llava-loader")
-    dataset = load_examples(images, cache_dir=cache, adapter=llava)
+def test_dataloader_batches_with_the_wrapper_collate(images, llava, work, tiny_dirs):
+    cache = dump(images, tiny_dirs["tiny-llava"], work / "cache-llava-loader")
+    dataset = load_examples(images, cache_dir=cache, vlm=llava)
     dataset[0]  # opens a shard in this process; the workers must open their own
     collate = functools.partial(llava.collate, with_answer=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, collate_fn=collate, num_workers=2)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from models_fixtures import image_examples, load, randomize_lora, tiny_dirs  # noqa: F401  (fixture)
+from model_helpers import image_examples, load, randomize_lora
 from torch import nn
 
 from moir.models.hub_configs import build_architecture
@@ -34,26 +34,26 @@ def expected_modules(family: str, placement: str, names: list[str]) -> list[str]
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
 @pytest.mark.parametrize("placement", ["attn", "mlp", "proj"])
-def test_placement_wraps_only_the_intended_modules(tiny_dirs, name, placement):  # noqa: F811
-    adapter = load(tiny_dirs, name)
-    n_layers = adapter.hf_model.config.text_config.num_hidden_layers
-    linear_names = [n for n, m in adapter.hf_model.named_modules() if isinstance(m, nn.Linear)]
-    expected = expected_modules(adapter.family, placement, linear_names)
+def test_placement_wraps_only_the_intended_modules(tiny_dirs, name, placement):
+    vlm = load(tiny_dirs, name)
+    n_layers = vlm.hf_model.config.text_config.num_hidden_layers
+    linear_names = [n for n, m in vlm.hf_model.named_modules() if isinstance(m, nn.Linear)]
+    expected = expected_modules(vlm.family, placement, linear_names)
     assert len(expected) == (2 if placement == "proj" else PER_LAYER[placement] * n_layers)
 
-    adapter.attach_router(RouterConfig())
-    signature = adapter.encoder_signature()
-    count = adapter.apply_lora(placement, r=4, alpha=8, dropout=0.0)
-    assert adapter.encoder_signature() == signature  # the token cache stays valid whatever LoRA wraps
-    wrapped = sorted(n.removeprefix("base_model.model.") for n, m in adapter.model.named_modules()
+    vlm.attach_router(RouterConfig())
+    signature = vlm.encoder_signature()
+    count = vlm.apply_lora(placement, r=4, alpha=8, dropout=0.0)
+    assert vlm.encoder_signature() == signature  # the encoder cache stays valid whatever LoRA wraps
+    wrapped = sorted(n.removeprefix("base_model.model.") for n, m in vlm.model.named_modules()
                      if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict))
     assert wrapped == sorted(expected)
-    assert not any(n.startswith(VISION_TOWER[adapter.family]) for n in wrapped)
+    assert not any(n.startswith(VISION_TOWER[vlm.family]) for n in wrapped)
 
-    modules = dict(adapter.hf_model.named_modules())
+    modules = dict(vlm.hf_model.named_modules())
     lora_params = sum(4 * (modules[n].base_layer.in_features + modules[n].base_layer.out_features) for n in wrapped)
-    assert count == lora_params + 2 * adapter.hidden_size  # LoRA A and B, plus both router gates
-    trainable = {n for n, p in adapter.model.named_parameters() if p.requires_grad}
+    assert count == lora_params + 2 * vlm.hidden_size  # LoRA A and B, plus both router gates
+    trainable = {n for n, p in vlm.model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
 
 
@@ -73,22 +73,22 @@ def test_placements_on_the_real_architectures(model_id, family, n_layers):
     assert lora_target_modules(model, family, "proj") == PROJECTOR[family]
 
 
-def test_unknown_placement_or_second_lora_is_an_error(tiny_dirs):  # noqa: F811
-    adapter = load(tiny_dirs, "tiny-llava")
+def test_unknown_placement_or_second_lora_is_an_error(tiny_dirs):
+    vlm = load(tiny_dirs, "tiny-llava")
     with pytest.raises(ValueError, match="unknown LoRA placement 'qkv'"):
-        adapter.apply_lora("qkv")
-    adapter.apply_lora("attn")
+        vlm.apply_lora("qkv")
+    vlm.apply_lora("attn")
     with pytest.raises(ValueError, match="LoRA is already applied"):
-        adapter.apply_lora("mlp")
+        vlm.apply_lora("mlp")
 
 
-def test_reloading_into_another_placement_is_an_error(tiny_dirs, tmp_path):  # noqa: F811
+def test_reloading_into_another_placement_is_an_error(tiny_dirs, tmp_path):
     saved = load(tiny_dirs, "tiny-llava")
     saved.apply_lora("attn")
     saved.save_trainable(tmp_path / "run")
     other = load(tiny_dirs, "tiny-llava")
     other.apply_lora("mlp")
-    with pytest.raises(ValueError, match="LoRA placement 'attn', but this adapter has 'mlp'"):
+    with pytest.raises(ValueError, match="LoRA placement 'attn', but this model has 'mlp'"):
         other.load_trainable(tmp_path / "run")
     qwen = load(tiny_dirs, "tiny-qwen2.5-vl")
     with pytest.raises(ValueError, match="field 'family' is 'llava', but the model is 'qwen2_5_vl'"):
@@ -96,19 +96,19 @@ def test_reloading_into_another_placement_is_an_error(tiny_dirs, tmp_path):  # n
 
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
-def test_activation_checkpointing_gives_the_same_gradients(tiny_dirs, name):  # noqa: F811
+def test_activation_checkpointing_gives_the_same_gradients(tiny_dirs, name):
     gradients = []
     for checkpointing in (False, True):
-        adapter = load(tiny_dirs, name)
-        adapter.attach_router(RouterConfig(ratio=0.25))
-        adapter.apply_lora("attn", dropout=0.0)
-        randomize_lora(adapter, seed=3)
+        vlm = load(tiny_dirs, name)
+        vlm.attach_router(RouterConfig(ratio=0.25))
+        vlm.apply_lora("attn", dropout=0.0)
+        randomize_lora(vlm, seed=3)
         if checkpointing:
-            adapter.enable_gradient_checkpointing()
-            assert adapter.hf_model.is_activation_checkpointing
-        adapter.model.train()
-        adapter.forward(adapter.collate(image_examples())).loss.backward()
-        gradients.append([p.grad.clone() for p in adapter.trainable_parameters()])
+            vlm.enable_gradient_checkpointing()
+            assert vlm.hf_model.is_activation_checkpointing
+        vlm.model.train()
+        vlm.forward(vlm.collate(image_examples())).loss.backward()
+        gradients.append([p.grad.clone() for p in vlm.trainable_parameters()])
     assert all(g.abs().sum() > 0 for g in gradients[0])  # the gates and every LoRA matrix learn
     for plain, checkpointed in zip(*gradients):
         torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-7)

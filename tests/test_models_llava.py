@@ -1,4 +1,4 @@
-"""The LLaVA adapter on tiny-llava: batches, the seam against the unmodified model, the cache, saving, bad input."""
+"""The LLaVA wrapper on tiny-llava: batches, the seam against the unmodified model, the cache, saving, bad input."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import shutil
 
 import pytest
 import torch
-from models_fixtures import (
+from model_helpers import (
     cached,
     image_examples,
     load,
     randomize_lora,
     reference_inputs,
     reference_model,
-    tiny_dirs,  # noqa: F401  (fixture)
     video,
 )
 
@@ -24,25 +23,25 @@ NAME = "tiny-llava"
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_dirs):  # noqa: F811
+def vlm(tiny_dirs):
     return load(tiny_dirs, NAME)
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_dirs):  # noqa: F811
+def reference(tiny_dirs):
     return reference_model(tiny_dirs[NAME])
 
 
-def test_collate_matches_processor_and_masks(adapter):
+def test_collate_matches_processor_and_masks(vlm):
     examples = image_examples()
-    batch = adapter.collate(examples, with_answer=False)
-    inputs = reference_inputs(adapter, examples)
+    batch = vlm.collate(examples, with_answer=False)
+    inputs = reference_inputs(vlm, examples)
     assert torch.equal(batch["input_ids"], inputs["input_ids"])
     assert torch.equal(batch["attention_mask"], inputs["attention_mask"])
     assert batch["attention_mask"][2, 0] == 0  # left padding for generation
 
-    batch = adapter.collate(examples, with_answer=True)
-    decode = adapter.tokenizer.decode
+    batch = vlm.collate(examples, with_answer=True)
+    decode = vlm.tokenizer.decode
     for row, example in enumerate(examples):
         ids = batch["input_ids"][row]
         # a token may carry the template's space before the prompt's first word (" Is"): strip it
@@ -59,68 +58,68 @@ def test_collate_matches_processor_and_masks(adapter):
 
 
 @pytest.mark.parametrize("ratio", [None, 0.0])
-def test_equals_unmodified_model_when_moir_is_off(adapter, reference, ratio):
+def test_equals_unmodified_model_when_moir_is_off(vlm, reference, ratio):
     examples = image_examples()
-    adapter.router = None if ratio is None else adapter.attach_router(RouterConfig(ratio=ratio))
-    inputs = reference_inputs(adapter, examples)
-    batch = adapter.collate(examples, with_answer=False)
+    vlm.router = None if ratio is None else vlm.attach_router(RouterConfig(ratio=ratio))
+    inputs = reference_inputs(vlm, examples)
+    batch = vlm.collate(examples, with_answer=False)
     with torch.no_grad():
         expected = reference(**inputs).logits
-        got = adapter.forward(batch).logits
+        got = vlm.forward(batch).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     expected_ids = reference.generate(**inputs, max_new_tokens=6, do_sample=False)[:, inputs["input_ids"].shape[1]:]
-    expected_texts = [t.strip() for t in adapter.tokenizer.batch_decode(expected_ids, skip_special_tokens=True)]
-    assert adapter.generate(batch, max_new_tokens=6) == expected_texts
-    adapter.router = None
+    expected_texts = [t.strip() for t in vlm.tokenizer.batch_decode(expected_ids, skip_special_tokens=True)]
+    assert vlm.generate(batch, max_new_tokens=6) == expected_texts
+    vlm.router = None
 
 
-def test_training_loss_is_the_unmodified_models(adapter, reference):
-    batch = adapter.collate(image_examples(), with_answer=True)
+def test_training_loss_is_the_unmodified_models(vlm, reference):
+    batch = vlm.collate(image_examples(), with_answer=True)
     pixels = {"pixel_values": batch["pixel_values"]}
     with torch.no_grad():
         expected = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              labels=batch["labels"], **pixels).loss
-        assert torch.allclose(adapter.forward(batch).loss, expected, atol=1e-6)
+        assert torch.allclose(vlm.forward(batch).loss, expected, atol=1e-6)
 
 
-def test_moir_changes_the_output(adapter):
-    batch = adapter.collate(image_examples(), with_answer=True)
+def test_moir_changes_the_output(vlm):
+    batch = vlm.collate(image_examples(), with_answer=True)
     with torch.no_grad():
-        plain = adapter.forward(batch).logits
-        adapter.attach_router(RouterConfig(ratio=0.25))
-        routed = adapter.forward(batch).logits
-    adapter.router = None
+        plain = vlm.forward(batch).logits
+        vlm.attach_router(RouterConfig(ratio=0.25))
+        routed = vlm.forward(batch).logits
+    vlm.router = None
     assert not torch.allclose(plain, routed)
 
 
-def test_cache_gives_the_logits_of_pixels(adapter):
+def test_cache_gives_the_logits_of_pixels(vlm):
     examples = image_examples()
-    from_cache = cached(adapter, examples)
+    from_cache = cached(vlm, examples)
     assert from_cache[0].media.features.shape == (64, 32) and from_cache[2].media is None
-    adapter.attach_router(RouterConfig(ratio=0.25))
+    vlm.attach_router(RouterConfig(ratio=0.25))
     with torch.no_grad():
-        from_pixels = adapter.forward(adapter.collate(examples)).logits
-        from_features = adapter.forward(adapter.collate(from_cache)).logits
-    adapter.router = None
+        from_pixels = vlm.forward(vlm.collate(examples)).logits
+        from_features = vlm.forward(vlm.collate(from_cache)).logits
+    vlm.router = None
     torch.testing.assert_close(from_features, from_pixels, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("align", ["pool", "attend"])
-def test_answer_tokens_do_not_change_routed_visual_tokens(adapter, align):
-    adapter.attach_router(RouterConfig(ratio=0.25, align=align))
+def test_answer_tokens_do_not_change_routed_visual_tokens(vlm, align):
+    vlm.attach_router(RouterConfig(ratio=0.25, align=align))
     first = image_examples()
     second = [Example(ex.id, ex.prompt, "a much longer and different answer", ex.media_kind, pixels=ex.pixels)
               for ex in first]
-    batches = [adapter.collate(examples) for examples in (first, second)]
+    batches = [vlm.collate(examples) for examples in (first, second)]
     with torch.no_grad():
-        visual = [adapter.input_embeddings(batch)[batch["visual_mask"]] for batch in batches]
-        adapter.router = None
-        unrouted = adapter.input_embeddings(batches[0])[batches[0]["visual_mask"]]
+        visual = [vlm.input_embeddings(batch)[batch["visual_mask"]] for batch in batches]
+        vlm.router = None
+        unrouted = vlm.input_embeddings(batches[0])[batches[0]["visual_mask"]]
     assert torch.equal(visual[0], visual[1])
     assert not torch.equal(visual[0], unrouted)  # the router did act on them
 
 
-def test_save_and_reload_give_the_same_outputs(tiny_dirs, tmp_path):  # noqa: F811
+def test_save_and_reload_give_the_same_outputs(tiny_dirs, tmp_path):
     trained = load(tiny_dirs, NAME)
     trained.attach_router(RouterConfig(ratio=0.25, align="attend"))
     trained.apply_lora("mlp")
@@ -139,52 +138,52 @@ def test_save_and_reload_give_the_same_outputs(tiny_dirs, tmp_path):  # noqa: F8
     assert reloaded.router.config == trained.router.config and reloaded.placement == "mlp"
 
 
-def test_wrong_number_of_visual_tokens_is_a_clear_error(adapter):
-    example = cached(adapter, image_examples()[:1])[0]
+def test_wrong_number_of_visual_tokens_is_a_clear_error(vlm):
+    example = cached(vlm, image_examples()[:1])[0]
     example.media = EncodedMedia(example.media.features[:60], None, "image")
     with pytest.raises(ValueError, match=r"img-0.*\(60, 32\).*\(64, 32\)"):
-        adapter.collate([example])
-    batch = adapter.collate(cached(adapter, image_examples()[:1]))
+        vlm.collate([example])
+    batch = vlm.collate(cached(vlm, image_examples()[:1]))
     batch["image_features"] = batch["image_features"][:60]
     with pytest.raises(ValueError, match="64 image placeholder tokens but its image media give 60"):
-        adapter.forward(batch)
+        vlm.forward(batch)
 
 
-def test_cache_from_another_family_or_setting_is_a_clear_error(adapter, tiny_dirs):  # noqa: F811
+def test_cache_from_another_family_or_setting_is_a_clear_error(vlm, tiny_dirs):
     qwen = load(tiny_dirs, "tiny-qwen2.5-vl")
     qwen_cached = cached(qwen, image_examples()[:1])[0]
     with pytest.raises(ValueError, match="grid_thw.*qwen2_5_vl cache"):
-        adapter.collate([qwen_cached])
+        vlm.collate([qwen_cached])
     with pytest.raises(ValueError, match=r"family: cache.json has 'qwen2_5_vl', the model needs 'llava'"):
-        adapter.check_encoder_signature(qwen.encoder_signature(), "cache.json")
-    other_layer = {**adapter.encoder_signature(), "feature_layer": "-1"}
+        vlm.check_encoder_signature(qwen.encoder_signature(), "cache.json")
+    other_layer = {**vlm.encoder_signature(), "feature_layer": "-1"}
     with pytest.raises(ValueError, match=r"feature_layer: cache.json has '-1', the model needs '-2'"):
-        adapter.check_encoder_signature(other_layer, "cache.json")
-    adapter.check_encoder_signature(adapter.encoder_signature(), "cache.json")
+        vlm.check_encoder_signature(other_layer, "cache.json")
+    vlm.check_encoder_signature(vlm.encoder_signature(), "cache.json")
 
 
-def test_bad_input_is_a_clear_error(adapter, tiny_dirs, tmp_path):  # noqa: F811
+def test_bad_input_is_a_clear_error(vlm, tiny_dirs, tmp_path):
     broken = tmp_path / "no-processor"
     shutil.copytree(tiny_dirs[NAME], broken)
     (broken / "processor_config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"no-processor: no processor config \(processor_config.json"):
         load_vlm(broken)
     with pytest.raises(ValueError, match="vid: llava takes images only"):
-        adapter.collate([Example("vid", "Which way?", "left", "video", pixels=video(0))])
+        vlm.collate([Example("vid", "Which way?", "left", "video", pixels=video(0))])
     with pytest.raises(ValueError, match="q1: media_kind is 'image' but it has neither"):
-        adapter.collate([Example("q1", "What?", "red", "image")])
+        vlm.collate([Example("q1", "What?", "red", "image")])
     with pytest.raises(ValueError, match="q2: no answer to train on"):
-        adapter.collate([Example("q2", "What?", None, "none")], with_answer=True)
+        vlm.collate([Example("q2", "What?", None, "none")], with_answer=True)
     with pytest.raises(ValueError, match="q3: the prompt contains the image placeholder"):
-        adapter.collate([Example("q3", "What is <image>?", "x", "none")])
+        vlm.collate([Example("q3", "What is <image>?", "x", "none")])
     with pytest.raises(FileNotFoundError, match="missing.png: image file not found"):
-        adapter.load_media("image", tmp_path / "missing.png")
+        vlm.load_media("image", tmp_path / "missing.png")
     (tmp_path / "corrupt.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="corrupt.png: not a readable image"):
-        adapter.load_media("image", tmp_path / "corrupt.png")
+        vlm.load_media("image", tmp_path / "corrupt.png")
 
 
-def test_revision_reaches_every_from_pretrained(adapter, tiny_dirs, monkeypatch):  # noqa: F811
+def test_revision_reaches_every_from_pretrained(vlm, tiny_dirs, monkeypatch):
     """A hub revision pins config, processor and weights alike; a local directory loads the same with one."""
     import moir.models
 
@@ -198,4 +197,4 @@ def test_revision_reaches_every_from_pretrained(adapter, tiny_dirs, monkeypatch)
         monkeypatch.setattr(target, "from_pretrained", spy)
     pinned = load_vlm(tiny_dirs[NAME], revision="v1.0")
     assert revisions == {"config": "v1.0", "processor": "v1.0", "model": "v1.0"}
-    assert pinned.encoder_signature() == adapter.encoder_signature()
+    assert pinned.encoder_signature() == vlm.encoder_signature()

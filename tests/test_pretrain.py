@@ -13,22 +13,16 @@ import logging
 import pytest
 import torch
 
-from moir.data.synthetic import generate_synth_image, generate_synth_video
-from moir.media.extract import extract_media
-from moir.media.frames import FrameSampling
-from moir.models import build_tiny_model, load_vlm
+from moir.models import load_vlm
 from moir.train.pretrain import main as pretrain_main
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, synth_images, synth_videos):
     root = tmp_path_factory.mktemp("pretrain")
-    images = generate_synth_image(root / "raw-image", root / "manifests-image", {"pretrain": 48}, image_size=32,
-                                  seed=5)["pretrain"]
-    videos = generate_synth_video(root / "raw-video", root / "manifests-video", {"pretrain": 4}, frames=8,
-                                  frame_size=32, seed=6)["pretrain"]
-    extract_media(videos, root / "media-video", FrameSampling(num_frames=8))
-    return {"root": root, "images": images, "videos": videos, "frames": root / "media-video" / "frames.parquet"}
+    images = synth_images(root / "image", {"pretrain": 48}, seed=5)["pretrain"]
+    videos, frames = synth_videos(root / "video", "pretrain", 4, seed=6)
+    return {"root": root, "images": images, "videos": videos, "frames": frames}
 
 
 def pretrain_args(data, name: str, out: str, *extra: str) -> list[str]:
@@ -40,13 +34,13 @@ def state(model) -> dict[str, torch.Tensor]:
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
-def test_pretrained_llava_loads_like_a_hub_model_and_learnt(data):
+def test_pretrained_llava_loads_like_a_hub_model_and_learnt(data, tiny_dirs):
     args = pretrain_args(data, "tiny-llava", "llava", "--data", str(data["images"]), "--epochs", "3",
                          "--checkpoint-dir", str(data["root"] / "checkpoints"), "--checkpoint-every", "2")
     assert pretrain_main(args) == 0
     out = data["root"] / "llava"
     pretrained = load_vlm(out)
-    initial = build_tiny_model("tiny-llava", data["root"] / "init", seed=0)
+    initial = tiny_dirs["tiny-llava"]  # what pretraining starts from: the same architecture and seed
     before, after = state(load_vlm(initial).hf_model), state(pretrained.hf_model)
     assert before.keys() == after.keys()
     unchanged = {name for name in before if torch.equal(before[name], after[name])}

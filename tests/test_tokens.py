@@ -1,7 +1,7 @@
-"""The encoder-token cache's storage: round trip, half precision, streaming, resume and the metadata check.
+"""The encoder cache's storage: round trip, half precision, streaming, resume and the metadata check.
 
 The storage takes any function from media keys to EncodedMedia, so these tests feed it plain tensors; the path
-through a real model adapter (pixels -> adapter.encode -> cache -> same logits) is tested in test_examples.py.
+through a real model wrapper (pixels -> vlm.encode -> cache -> same logits) is tested in test_examples.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""`python -m moir.train` on the real tiny LLaVA and a generated synth-image split, read from the token cache.
+"""`python -m moir.train` on the real tiny LLaVA and a generated synth-image split, read from the encoder cache.
 
-What is proven here: a run writes its adapter (LoRA + router), metrics and run card, and the saved adapter
+What is proven here: a run writes its vlm (LoRA + router), metrics and run card, and the saved adapter
 reproduces the run's final validation loss; a run killed with SIGKILL part-way and started again ends with
 bit-for-bit the weights (and the same per-step losses) of an uninterrupted run; gradient accumulation gives the
 objective of one large batch; a non-finite loss stops the run naming the step and keeps the last good
@@ -10,6 +10,7 @@ training starts, leaving no output behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,10 +27,9 @@ import torch
 from safetensors.torch import load_file
 
 from moir.data.manifest import write_manifest
-from moir.data.synthetic import generate_synth_image
 from moir.dataset import load_examples
 from moir.models import build_tiny_model, load_vlm
-from moir.encoder_cache.cache import dump_for_adapter
+from moir.encoder_cache.cache import dump_for_vlm
 from moir.train.finetune import main as train_main
 from moir.train.loop import LoopConfig, count_targets, epoch_order, latest_checkpoint, validation_loss
 
@@ -38,16 +38,16 @@ TIMING_FIELDS = {"step_time_s", "tokens_per_s"}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict[str, Path]:
+def demo(tmp_path_factory, tiny_dirs, synth_images) -> dict[str, Path]:
     """tiny-llava (seed 0) and a second one with other weights (seed 1); synth-image train 24 / val 8, cached."""
     root = tmp_path_factory.mktemp("train")
-    manifests = generate_synth_image(root / "raw", root / "manifests", {"train": 24, "val": 8}, image_size=32, seed=3)
-    base = build_tiny_model("tiny-llava", root / "tiny-llava", seed=0)
-    adapter = load_vlm(base)
+    manifests = synth_images(root, {"train": 24, "val": 8}, seed=3)
+    base = tiny_dirs["tiny-llava"]
+    vlm = load_vlm(base)
     paths = {"root": root, "base": base, "other_base": build_tiny_model("tiny-llava", root / "tiny-llava-1", seed=1)}
     for split, manifest in manifests.items():
         paths[f"{split}_manifest"] = manifest
-        paths[f"{split}_cache"] = dump_for_adapter(manifest, root / "cache" / split, adapter, model=str(base)).parent
+        paths[f"{split}_cache"] = dump_for_vlm(manifest, root / "cache" / split, vlm, model=str(base)).parent
     return paths
 
 
@@ -96,10 +96,10 @@ def test_run_writes_adapter_metrics_and_card(demo, method):
     assert not (demo["root"] / "checkpoints" / method).exists()  # removed once the outputs are written
 
     # The saved adapter is the trained one: loaded onto the base, it gives the run's final validation loss.
-    adapter = load_vlm(demo["base"])
-    adapter.load_trainable(out)
-    val = load_examples(demo["val_manifest"], cache_dir=demo["val_cache"], adapter=adapter)
-    loss = validation_loss(adapter, val, 4, torch.device("cpu"), None)
+    vlm = load_vlm(demo["base"])
+    vlm.load_trainable(out)
+    val = load_examples(demo["val_manifest"], cache_dir=demo["val_cache"], vlm=vlm)
+    loss = validation_loss(vlm, val, 4, torch.device("cpu"), None)
     assert loss == pytest.approx(card["final_val_loss"], rel=1e-5)
 
 
@@ -223,8 +223,8 @@ def test_loop_helpers():
     assert sorted(epoch_order(10, seed=3, epoch=0)) == list(range(10))
     labels = torch.tensor([[-100, -100, 5, 6], [7, -100, -100, 8]])
     assert count_targets(labels) == 3  # position 0 is never a target (labels shift by one)
-    assert "checkpoint_every" not in LoopConfig().fingerprint()
-    assert LoopConfig().fingerprint() == {
-        "epochs": 10, "batch_size": 8, "grad_accum": 1, "lr": 2e-4, "weight_decay": 0.0, "max_grad_norm": 1.0,
-        "plateau_factor": 0.5, "plateau_patience": 1, "max_length": 2048, "seed": 0,
-    }
+    # The fingerprint holds every setting that changes the weights, and checkpoint_every (which does not) is out.
+    settings = {field.name for field in dataclasses.fields(LoopConfig)} - {"checkpoint_every"}
+    assert set(LoopConfig().fingerprint()) == settings
+    assert LoopConfig(checkpoint_every=1).fingerprint() == LoopConfig().fingerprint()
+    assert LoopConfig(lr=1e-3).fingerprint() != LoopConfig().fingerprint()

@@ -26,10 +26,9 @@ Convert to manifests:
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 from moir.data import download, mmbench_video, scienceqa, synthetic, vizwiz
+from moir.runtime import cli, setup_logging
 
 
 def _fraction(text: str) -> float:
@@ -103,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(args.log_level)
     if args.command == "synth":
         hints = synthetic.HintSettings(args.hint_accuracy, args.eval_hint_accuracy, args.pretrain_hint_accuracy, args.choice_share)
         sizes = {split: getattr(args, split) for split in synthetic.SPLITS}
@@ -129,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)

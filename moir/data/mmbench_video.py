@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from moir.data.manifest import write_manifest
 from moir.data.safe_pickle import load_bytes_mapping
+from moir.storage import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,7 @@ def unpack_videos(pickle_dir: str | os.PathLike, video_dir: str | os.PathLike) -
             count += 1
             if target.exists() and target.stat().st_size == len(data):
                 continue
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_bytes_atomic(target, data)
         log.info("%s: unpacked, %d videos so far", chunk, count)
     return count
 

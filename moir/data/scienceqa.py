@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from moir.data.manifest import write_manifest
+from moir.storage import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
     if path.exists() and path.stat().st_size == len(data):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
 
 
 def _hf_problems(raw_dir: Path, split: str) -> Iterator[tuple[str, dict, str]]:

@@ -42,6 +42,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from moir.data.manifest import write_manifest
+from moir.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -219,33 +220,27 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None
     reproducibility: libx264 gave different bytes for the same frames in about 1 run in 30, while ffmpeg's own
     MPEG-4 encoder, single-threaded, gives identical files. decord reads both like any camera video.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            video = container.add_stream("mpeg4", rate=fps)
-            video.width, video.height = frames.shape[2], frames.shape[1]
-            video.pix_fmt = "yuv420p"
-            video.bit_rate = VIDEO_BIT_RATE
-            video.codec_context.thread_count = 1
-            sound = None
-            if audio is not None:
-                sound = container.add_stream("aac", rate=sample_rate)
-                sound.layout = "mono"
-                sound.options = {"aac_coder": "fast"}  # the default two-loop search is ~3x slower
-            for frame in frames:
-                picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
-                container.mux(video.encode(picture))
-            container.mux(video.encode())
-            if sound is not None:
-                track = av.AudioFrame.from_ndarray(audio[None, :].astype(np.float32), format="fltp", layout="mono")
-                track.sample_rate = sample_rate
-                track.pts = 0
-                container.mux(sound.encode(track))
-                container.mux(sound.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        video = container.add_stream("mpeg4", rate=fps)
+        video.width, video.height = frames.shape[2], frames.shape[1]
+        video.pix_fmt = "yuv420p"
+        video.bit_rate = VIDEO_BIT_RATE
+        video.codec_context.thread_count = 1
+        sound = None
+        if audio is not None:
+            sound = container.add_stream("aac", rate=sample_rate)
+            sound.layout = "mono"
+            sound.options = {"aac_coder": "fast"}  # the default two-loop search is ~3x slower
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            container.mux(video.encode(picture))
+        container.mux(video.encode())
+        if sound is not None:
+            track = av.AudioFrame.from_ndarray(audio[None, :].astype(np.float32), format="fltp", layout="mono")
+            track.sample_rate = sample_rate
+            track.pts = 0
+            container.mux(sound.encode(track))
+            container.mux(sound.encode())
 
 
 def video_example(
@@ -353,10 +348,8 @@ def generate_synth_image(
     def make(rng: np.random.Generator, split: str, index: int, root: Path) -> tuple[str, str, Question]:
         image, question = image_example(rng, image_size)
         media_path = f"{split}/{index:06d}.png"
-        target = root / media_path
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        image.save(tmp, format="PNG")
-        os.replace(tmp, target)
+        with atomic_path(root / media_path) as tmp:
+            image.save(tmp, format="PNG")
         return "image", media_path, question
 
     return _generate(dataset, sizes, Path(raw_dir), Path(manifest_dir), make, hints, seed)

@@ -1,17 +1,17 @@
-"""The encoder-token cache: the frozen vision encoder's output, computed once and stored as sharded Parquet.
+"""The encoder cache: the frozen vision encoder's output, computed once and stored as sharded Parquet.
 
 Why. The vision tower is frozen in every run (docs/design.md section 4), so its output for a given image or video is
 the same in every training step, every epoch, every run of the grid and every evaluation. Running it once per
 (dataset, split, model family, encoder settings) and reading the result back is the largest saving of the
 pipeline: a 576 x 1024 LLaVA-1.5 feature map is a 1.2 MB read instead of a ViT-L/14 forward pass. What is cached
-is exactly what `adapter.encode` returns (LLaVA: the selected layer's features before the projector; Qwen2.5-VL:
+is exactly what `vlm.encode` returns (LLaVA: the selected layer's features before the projector; Qwen2.5-VL:
 what enters the merger, with its grid_thw), so a model fed from the cache computes what it computes from pixels.
 
 Layout of a cache directory (data/cache/<dataset>/<split>/<encoder>/):
     shard-00000.parquet ...  one row per distinct media file of the manifest (key = its `media_path`; questions
                              sharing an image or video share its row), `shard_size` rows per shard, in sorted
                              key order; one row group per row, so reading one example reads one example.
-    meta.json                written last: format, `encoder` (the adapter's encoder_signature()), model id and
+    meta.json                written last: format, `encoder` (the model wrapper's encoder_signature()), model id and
                              revision, storage dtype, n_examples, shard_size, shards [{file, n}], keys_sha256,
                              `missing` (media without frames: the extraction stage could not decode them).
     plan.json                present only while a dump is unfinished: the plan the shards are being written for.
@@ -32,7 +32,7 @@ atomically, and only shards of the same plan are kept. A dump whose plan differs
 encoder, storage dtype, shard size or example list) deletes them and starts over: the caller decided the cache is
 stale. A *finished* cache (meta.json present) of another plan is refused instead, naming the field.
 
-The reader, `EncoderCache`, refuses a cache whose encoder signature differs from the adapter it is read for and
+The reader, `EncoderCache`, refuses a cache whose encoder signature differs from the model it is read for and
 names the field.
 
 CLI:
@@ -48,7 +48,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -59,6 +58,7 @@ from tqdm import tqdm
 
 from moir.data.manifest import read_manifest
 from moir.media.pixels import MediaLoader
+from moir.runtime import cli, setup_logging
 from moir.storage import write_json_atomic, write_table_atomic
 from moir.models import EncodedMedia, Example, load_vlm
 
@@ -181,7 +181,7 @@ def dump_cache(
 ) -> Path:
     """Encode `items` ((key, kind) pairs, keys unique) into a cache directory, shard by shard; returns meta.json.
 
-    `encode_batch` maps a list of items to their EncodedMedia (in the CLI: load pixels, `adapter.encode`).
+    `encode_batch` maps a list of items to their EncodedMedia (in the CLI: load pixels, `vlm.encode`).
     `encoder` is the encoder signature the cache will be checked against. Shards stamped with the same plan are
     kept (resume); shards of any other plan are deleted and rewritten. A finished cache (meta.json) of another
     plan is refused, naming the field.
@@ -223,7 +223,7 @@ def dump_cache(
 
     torch_dtype = STORAGE_DTYPES[dtype]
     shards = []
-    for index in tqdm(range(n_shards), desc=f"token cache {out_dir.name}", unit="shard"):
+    for index in tqdm(range(n_shards), desc=f"encoder cache {out_dir.name}", unit="shard"):
         shard_items = items[index * shard_size : (index + 1) * shard_size]
         path = out_dir / shard_name(index)
         if path.exists():  # stamped with this plan (the others were deleted above): complete
@@ -277,7 +277,7 @@ def check_fields(expected: Mapping, found: Mapping, source: str, *, what: str) -
 class EncoderCache:
     """Random access to a finished cache: `cache.get(media_path) -> EncodedMedia`.
 
-    `encoder` is the signature of the adapter the cache is read for (`adapter.encoder_signature()`); a cache
+    `encoder` is the signature of the model the cache is read for (`vlm.encoder_signature()`); a cache
     written by another encoder (family, vision weights, layer, select strategy, resolution, dtype) is refused,
     naming the field that differs.
     """
@@ -287,13 +287,13 @@ class EncoderCache:
         meta_path = self.dir / "meta.json"
         if not meta_path.is_file():
             unfinished = " (plan.json present: the dump did not finish)" if (self.dir / "plan.json").exists() else ""
-            raise CacheMismatchError(f"{meta_path}: no token cache here{unfinished}")
+            raise CacheMismatchError(f"{meta_path}: no encoder cache here{unfinished}")
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != CACHE_FORMAT:
             raise CacheMismatchError(
                 f"{meta_path}: field 'format' is {self.meta.get('format')!r}, expected {CACHE_FORMAT}"
             )
-        check_fields({"encoder": dict(encoder)}, self.meta, str(meta_path), what="token cache")
+        check_fields({"encoder": dict(encoder)}, self.meta, str(meta_path), what="encoder cache")
         self.dtype = STORAGE_DTYPES[self.meta["dtype"]]
         self.missing = frozenset(self.meta["missing"])
         self._location: dict[str, tuple[int, int]] = {}
@@ -363,10 +363,10 @@ class EncoderCache:
 # ----------------------------------------------------------------------------------------------- the stage
 
 
-def dump_for_adapter(
+def dump_for_vlm(
     manifest_path: str | os.PathLike,
     out_dir: str | os.PathLike,
-    adapter,
+    vlm,
     *,
     model: str,
     revision: str | None = None,
@@ -375,11 +375,11 @@ def dump_for_adapter(
     shard_size: int = 256,
     batch_size: int = 16,
 ) -> Path:
-    """Cache `adapter.encode` of every distinct media file of a manifest (videos: their extracted frames)."""
+    """Cache `vlm.encode` of every distinct media file of a manifest (videos: their extracted frames)."""
     manifest = read_manifest(manifest_path)
     kinds, paths = manifest.column("media_kind").to_pylist(), manifest.column("media_path").to_pylist()
     items = sorted({(path, kind) for kind, path in zip(kinds, paths) if kind != "none"})
-    loader = MediaLoader(manifest, frames_path, adapter)
+    loader = MediaLoader(manifest, frames_path, vlm)
     missing = [path for path, kind in items if not loader.available(kind, path)]
     if missing:
         log.warning("%d video(s) without frames (see the extraction's errors table) are not cached", len(missing))
@@ -396,14 +396,14 @@ def dump_for_adapter(
             )
             for path, kind in batch
         ]
-        return adapter.encode(examples)
+        return vlm.encode(examples)
 
     metadata = manifest.schema.metadata
     return dump_cache(
         out_dir,
         [(path, kind) for path, kind in items if loader.available(kind, path)],
         encode_batch,
-        encoder=adapter.encoder_signature(),
+        encoder=vlm.encoder_signature(),
         dtype=dtype,
         shard_size=shard_size,
         batch_size=batch_size,
@@ -441,12 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    adapter = load_vlm(args.model, device=args.device, revision=args.revision)
-    dump_for_adapter(
+    setup_logging("INFO")
+    vlm = load_vlm(args.model, device=args.device, revision=args.revision)
+    dump_for_vlm(
         args.manifest,
         args.out,
-        adapter,
+        vlm,
         model=args.model,
         revision=args.revision,
         frames_path=args.frames,
@@ -458,4 +458,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)

@@ -1,10 +1,10 @@
 """Evaluate a trained run (or a base model) on one manifest: predictions, accuracy, MDI/AEI, effective rank,
 robustness.
 
-Predictions are greedy generations through the model adapter with each benchmark's reference prompt
+Predictions are greedy generations through the model wrapper (`moir.models`) with each benchmark's reference prompt
 (`moir.prompts`, via `moir.dataset.load_examples`, exactly as in training). Three modes:
 
-    clean      the inputs as they are (token cache or pixels). Also, unless --no-analysis: one teacher-forced
+    clean      the inputs as they are (encoder cache or pixels). Also, unless --no-analysis: one teacher-forced
                forward pass over the model's own answer that records (i) per layer, the attention mass from the
                answer tokens to the prompt's text tokens T and visual tokens O (heads averaged; `moir.evaluate.attention`,
                SDPA stays on) and (ii) the effective rank of the visual and the text hidden states of each example
@@ -13,7 +13,7 @@ Predictions are greedy generations through the model adapter with each benchmark
     noise      every image, and every frame of every video, replaced by Gaussian noise of the same size
                (N(127.5, 64^2) per pixel and channel, clipped to 0..255, uint8), drawn from a stream seeded by
                (--noise-seed, sha256 of the example id), so it does not depend on batching or order. Needs pixels
-               (images from the manifest's media root, video frames from --frames), never the token cache. With
+               (images from the manifest's media root, video frames from --frames), never the encoder cache. With
                --clean-eval (this run's clean evaluation) and --vision-split: the robustness metric, the rate of
                unchanged normalised predictions for all, vision-dependent and vision-irrelevant questions (over
                the questions that have an image or video: a text-only question has nothing to replace).
@@ -38,9 +38,9 @@ Usage (one rule per (run, evaluation)):
         [--cache-dir data/cache/synth-image/test/<enc>] [--frames data/media/<ds>/test/frames.parquet] \\
         [--transcripts data/transcripts/<ds>/test.parquet] \\
         --mode clean|noise|no-image --out-dir results/demo/eval/<run>/<evaluation> \\
-        [--base-eval results/demo/eval/<dataset>__<model>__base/clean]          (clean: rank deltas) \\
+        [--base-eval results/demo/eval/base/<evaluation>]                        (clean: rank deltas) \\
         [--clean-eval results/demo/eval/<run>/<clean evaluation>] \\
-        [--vision-split results/demo/eval/<dataset>__<model>__base/no-image/vision_split.parquet]   (noise) \\
+        [--vision-split results/demo/eval/base/<no-image evaluation>/vision_split.parquet]   (noise) \\
         [--judge openai --judge-url http://host:8000/v1 --judge-model NAME [--judge-api-key-env VAR] \\
          | --judge local --judge-model PATH_OR_HUB_ID] [--judge-cache FILE]      (open-ended questions)
 
@@ -64,464 +64,46 @@ malformed input file (named, with the field), a missing split or base evaluation
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
-import hashlib
 import json
 import logging
-import math
-import os
-import shutil
-import statistics
-import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from moir.evaluate.attention import record_group_attention
 from moir.data.manifest import ManifestError, read_manifest
 from moir.dataset import load_examples
-from moir.evaluate.judge import MAX_SCORE, JudgeCache, JudgeError, LocalJudge, OpenAIJudge, judge_predictions
-from moir.metrics import (
-    effective_rank,
-    exact_match,
-    layer_groups,
-    modality_dominance,
-    normalize_answer,
-    parse_option_letter,
-    robustness_summary,
-    vision_irrelevant_split,
-    vqa_accuracy,
-    vqa_correct,
+from moir.evaluate import EvaluationError
+from moir.evaluate.analysis import analyse, dominance_metrics, rank_metrics
+from moir.evaluate.judge import JudgeCache, JudgeError, LocalJudge
+from moir.evaluate.noise import NOISE_MEAN, NOISE_STD, prepare_example
+from moir.evaluate.scoring import accuracy_metrics, make_judge, robustness_metrics, score_predictions
+from moir.evaluate.store import (
+    ANALYSIS_FIELDS,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    PREDICTIONS_SCHEMA,
+    SPLIT_FILE,
+    SPLIT_SCHEMA,
+    PartStore,
+    read_evaluation,
+    read_vision_split,
 )
-from moir.models import Example, load_vlm
-from moir.prompts import OPTION_LETTERS, protocol
+from moir.metrics import vision_irrelevant_split
+from moir.models import load_vlm
+from moir.prompts import protocol
+from moir.runtime import cli, fingerprint, package_versions, resolve_device, resolve_dtype, setup_logging
 from moir.storage import write_table_atomic, write_text_atomic
-from moir.train.loop import package_versions, resolve_device, resolve_dtype, setup_logging
 
 log = logging.getLogger("moir.evaluate")
 
 MODES = ("clean", "noise", "no-image")
-NOISE_MEAN, NOISE_STD = 127.5, 64.0
-JUDGE_CORRECT_SCORE = 2  # "largely correct" on the 0-3 scale
-PREDICTIONS_FILE, METRICS_FILE, SPLIT_FILE, PARTS_DIR = (
-    "predictions.parquet", "metrics.json", "vision_split.parquet", "predictions.parts"
-)
 
-RAW_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("prediction", pa.string(), nullable=False),
-    pa.field("n_text", pa.int32()),
-    pa.field("n_visual", pa.int32()),
-    pa.field("n_answer", pa.int32()),
-    pa.field("attn_text", pa.list_(pa.float64())),
-    pa.field("attn_visual", pa.list_(pa.float64())),
-    pa.field("erank_text", pa.float64()),
-    pa.field("erank_visual", pa.float64()),
-])
-SCORED_FIELDS = [
-    pa.field("protocol", pa.string(), nullable=False),
-    pa.field("normalized", pa.string(), nullable=False),
-    pa.field("score", pa.float64()),
-    pa.field("correct", pa.bool_(), nullable=False),
-    pa.field("judge_reply", pa.string()),
-]
-ANALYSIS_FIELDS = [name for name in RAW_SCHEMA.names if name not in ("id", "prediction")]
-PREDICTIONS_SCHEMA = pa.schema([RAW_SCHEMA.field("id"), *SCORED_FIELDS, *[f for f in RAW_SCHEMA if f.name != "id"]])
-SPLIT_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("no_image_correct", pa.bool_(), nullable=False),
-    pa.field("vision_split", pa.string(), nullable=False),
-])
-
-
-class EvaluationError(RuntimeError):
-    """A bad input or setting; the message names the file and the field."""
-
-
-# ---------------------------------------------------------------------------------------------- inputs per mode
-
-
-def _stream_seed(seed: int, example_id: str) -> list[int]:
-    return [seed, int.from_bytes(hashlib.sha256(example_id.encode()).digest()[:8], "little")]
-
-
-def noise_like(pixels: PIL.Image.Image | list[np.ndarray], seed: int, example_id: str):
-    """Gaussian noise with the shape of an image (PIL) or of every frame of a video, seeded per example."""
-    rng = np.random.default_rng(_stream_seed(seed, example_id))
-
-    def draw(shape: tuple[int, ...]) -> np.ndarray:
-        return np.clip(np.rint(rng.normal(NOISE_MEAN, NOISE_STD, size=shape)), 0, 255).astype(np.uint8)
-
-    if isinstance(pixels, PIL.Image.Image):
-        return PIL.Image.fromarray(draw((pixels.height, pixels.width, 3)))
-    return [draw(np.asarray(frame).shape) for frame in pixels]
-
-
-def prepare_example(example: Example, mode: str, noise_seed: int) -> Example:
-    """The example as the mode presents it to the model (generation: no answer)."""
-    example = dataclasses.replace(example, answer=None)
-    if mode == "no-image" or example.media_kind == "none":
-        return dataclasses.replace(example, media_kind="none", media=None, pixels=None, fps=None)
-    if mode == "noise":
-        if example.pixels is None:
-            raise EvaluationError(f"example {example.id}: noise mode needs pixels, not cached features")
-        return dataclasses.replace(example, media=None, pixels=noise_like(example.pixels, noise_seed, example.id))
-    return example
-
-
-# ---------------------------------------------------------------------------------------------- the model passes
-
-
-def analyse_batch(adapter, examples: list[Example], predictions: list[str], hidden_index: int) -> list[dict]:
-    """Attention mass per layer (answer tokens -> T and O) and effective ranks, teacher-forcing the predictions."""
-    forced = [dataclasses.replace(example, answer=text) for example, text in zip(examples, predictions)]
-    batch = adapter.collate(forced, with_answer=True)
-    groups = {"text": batch["text_mask"], "visual": batch["visual_mask"]}
-    with torch.no_grad(), record_group_attention(adapter.hf_model, batch["answer_mask"], groups) as record:
-        output = adapter.forward(batch, output_hidden_states=True)
-    hidden = output.hidden_states[hidden_index]
-    results = []
-    for row in range(len(examples)):
-        n_text, n_visual = int(batch["text_mask"][row].sum()), int(batch["visual_mask"][row].sum())
-        n_answer = int(batch["answer_mask"][row].sum())
-        text_tokens = hidden[row][batch["text_mask"][row].to(hidden.device)]
-        visual_tokens = hidden[row][batch["visual_mask"][row].to(hidden.device)]
-        mass = record.mass[row]
-        results.append({
-            "n_text": n_text,
-            "n_visual": n_visual,
-            "n_answer": n_answer,
-            "attn_text": mass[:, 0].tolist() if n_answer else None,
-            "attn_visual": mass[:, 1].tolist() if n_answer else None,
-            "erank_text": effective_rank(text_tokens) if n_text else None,
-            "erank_visual": effective_rank(visual_tokens) if n_visual else None,
-        })
-    return results
-
-
-def analyse(adapter, examples: list[Example], predictions: list[str], hidden_index: int) -> list[dict]:
-    """`analyse_batch`, one example at a time for a batch the tokenizer cannot teacher-force as a whole."""
-    try:
-        return analyse_batch(adapter, examples, predictions, hidden_index)
-    except ValueError as error:
-        if len(examples) == 1:
-            log.warning("example %s: no attention/rank analysis: %s", examples[0].id, error)
-            return [dict.fromkeys(ANALYSIS_FIELDS)]
-        return [result for i in range(len(examples))
-                for result in analyse(adapter, examples[i:i + 1], predictions[i:i + 1], hidden_index)]
-
-
-# ---------------------------------------------------------------------------------------------- resumable store
-
-
-class PartStore:
-    """Predictions written as they are made: Parquet parts in `<out-dir>/predictions.parts/`, tagged with the
-    evaluation's settings so that only a run with identical settings resumes from them."""
-
-    def __init__(self, out_dir: Path, settings: dict) -> None:
-        self.dir = out_dir / PARTS_DIR
-        self.settings = settings
-        settings_file = self.dir / "settings.json"
-        if self.dir.exists():
-            previous = json.loads(settings_file.read_text()) if settings_file.is_file() else None
-            if previous != settings:
-                log.warning("%s: made with other settings; discarded", self.dir)
-                shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(settings_file, json.dumps(settings, indent=2, sort_keys=True) + "\n")
-
-    def rows(self) -> dict[str, dict]:
-        done = {}
-        for part in sorted(self.dir.glob("part-*.parquet")):
-            try:
-                table = pq.read_table(part, schema=RAW_SCHEMA)
-            except (pa.ArrowInvalid, OSError) as error:
-                raise EvaluationError(f"{part}: unreadable prediction part ({error}); delete it to resume") from error
-            done.update((row["id"], row) for row in table.to_pylist())
-        return done
-
-    def write(self, rows: list[dict]) -> None:
-        index = len(list(self.dir.glob("part-*.parquet")))
-        path = self.dir / f"part-{index:06d}.parquet"
-        write_table_atomic(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), path)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _content_fingerprint(path: str | os.PathLike | None, full_hash_limit: int = 256 << 20) -> str | None:
-    """sha256 over a file's or a directory's files: contents up to `full_hash_limit` bytes, else size and mtime."""
-    if path is None or not Path(path).exists():
-        return None  # a hub id: its revision is the identity
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted([root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(root) if file != root else file.name}\0{stat.st_size}\0".encode())
-        if stat.st_size <= full_hash_limit:
-            with open(file, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-        else:
-            digest.update(str(stat.st_mtime_ns).encode())
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- scoring
-
-
-def normalized_prediction(row: dict, prediction: str) -> str:
-    """What the robustness metric compares: the parsed option letter, else the VQA-normalised text."""
-    if row["choices"]:
-        index = parse_option_letter(prediction, len(row["choices"]))
-        if index is not None:
-            return f"option:{OPTION_LETTERS[index]}"
-    return f"text:{normalize_answer(prediction)}"
-
-
-def score_predictions(rows: list[dict], predictions: list[str], judge, judge_cache) -> list[dict]:
-    """protocol, normalized, score (in the protocol's unit), correct and judge_reply for each example."""
-    scored = [{"protocol": protocol(row), "normalized": normalized_prediction(row, text), "judge_reply": None}
-              for row, text in zip(rows, predictions)]
-    open_ended = [i for i, item in enumerate(scored) if item["protocol"] == "open_ended"]
-    if open_ended:
-        replies = judge_predictions(
-            judge, judge_cache, [rows[i]["question"] for i in open_ended],
-            [_answers(rows[i])[0] for i in open_ended], [predictions[i] for i in open_ended],
-        )
-        for i, (reply, score) in zip(open_ended, replies):
-            scored[i].update(judge_reply=reply, score=None if score < 0 else float(score),  # < 0: failed judgement
-                             correct=score >= JUDGE_CORRECT_SCORE)
-    for row, text, item in zip(rows, predictions, scored):
-        kind = item["protocol"]
-        if kind == "multiple_choice":
-            item["score"] = float(parse_option_letter(text, len(row["choices"])) == row["answer_index"])
-            item["correct"] = item["score"] == 1.0
-        elif kind == "vizwiz":
-            answers = _answers(row)
-            item["score"] = vqa_accuracy(text, answers)
-            item["correct"] = vqa_correct(text, answers)
-        elif kind == "short_answer":
-            item["score"] = exact_match(text, _answers(row))
-            item["correct"] = item["score"] == 1.0
-    return scored
-
-
-def _answers(row: dict) -> list[str]:
-    if not row["answers"]:
-        raise EvaluationError(f"example {row['id']}: no reference answers (field 'answers' is empty; "
-                              "a split with private answers cannot be scored)")
-    return row["answers"]
-
-
-def _percent(values: list[float]) -> float | None:
-    return 100.0 * sum(values) / len(values) if values else None
-
-
-def accuracy_metrics(rows: list[dict], scored: list[dict], judge_name: str | None) -> dict:
-    """Accuracy by protocol (see the module docstring) and the headline mean per-example score in percent."""
-    by_protocol: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(scored):
-        by_protocol[item["protocol"]].append(i)
-    result: dict[str, Any] = {}
-    unit_scores = []
-    for kind, indices in sorted(by_protocol.items()):
-        scores = [scored[i]["score"] for i in indices]
-        if kind == "open_ended":
-            valid = [s for s in scores if s is not None]
-            all_scores = [s if s is not None else 0.0 for s in scores]
-            unit_scores += [s / MAX_SCORE for s in all_scores]
-            result[kind] = {
-                "metric": "judge score 0-3 (failed judgements count 0 in mean_score, are left out of "
-                          "mean_score_valid)",
-                "judge": judge_name, "n": len(indices), "n_failed": len(scores) - len(valid),
-                "mean_score": sum(all_scores) / len(all_scores),
-                "mean_score_valid": sum(valid) / len(valid) if valid else None,
-                "accuracy": 100.0 * sum(all_scores) / (MAX_SCORE * len(all_scores)),
-            }
-            continue
-        unit_scores += scores
-        entry: dict[str, Any] = {"n": len(indices), "accuracy": _percent(scores)}
-        if kind == "multiple_choice":
-            entry["metric"] = "option letter (LLaVA ScienceQA parsing)"
-            entry["n_unparsed"] = sum(scored[i]["normalized"].startswith("text:") for i in indices)
-            image = [scored[i]["score"] for i in indices if rows[i]["has_image"]]
-            entry["image_subset"] = {"n": len(image), "accuracy": _percent(image)}
-        elif kind == "vizwiz":
-            entry["metric"] = "VQA accuracy (leave-one-out min(matches/3, 1), official normalisation)"
-            types: dict[str, list[float]] = defaultdict(list)
-            for i in indices:
-                types[rows[i]["answer_type"] or "unknown"].append(scored[i]["score"])
-            entry["by_answer_type"] = {t: {"n": len(v), "accuracy": _percent(v)} for t, v in sorted(types.items())}
-        else:
-            entry["metric"] = "exact match of the normalised answer"
-        categories: dict[str, list[float]] = defaultdict(list)
-        for i in indices:
-            if rows[i]["category"]:
-                categories[rows[i]["category"]].append(scored[i]["score"])
-        if categories:
-            entry["by_category"] = {c: {"n": len(v), "accuracy": _percent(v)} for c, v in sorted(categories.items())}
-        result[kind] = entry
-    return {"value": _percent(unit_scores), "definition": "mean per-example score in percent (option letter and "
-            "exact match 0/1, VQA accuracy, judge score/3)", "n": len(scored), "by_protocol": result}
-
-
-def dominance_metrics(raw: list[dict]) -> dict:
-    """MDI and AEI over all layers and the early/middle/late thirds: per example, the per-layer masses averaged
-    over the range's layers, then MDI/AEI; mean (and median) over the examples with both groups and an answer."""
-    usable = [r for r in raw if r["attn_text"] is not None and r["n_text"] and r["n_visual"]
-              and not any(math.isnan(v) for v in r["attn_text"] + r["attn_visual"])]
-    if not usable:
-        return {"n": 0, "note": "no example with text tokens, visual tokens and answer tokens"}
-    groups = layer_groups(len(usable[0]["attn_text"]))
-    mdi, aei = {}, {}
-    for name, layers in groups.items():
-        if not layers:
-            mdi[name] = aei[name] = None
-            continue
-        values = []
-        for r in usable:
-            a_text = sum(r["attn_text"][layer] for layer in layers) / len(layers)
-            a_visual = sum(r["attn_visual"][layer] for layer in layers) / len(layers)
-            if a_text + a_visual > 0:
-                values.append(modality_dominance(a_text, r["n_text"], a_visual, r["n_visual"]))
-        finite = [v for v in values if math.isfinite(v[0])]
-        mdi[name] = {"mean": statistics.fmean(v[0] for v in finite) if finite else None,
-                     "median": statistics.median(v[0] for v in finite) if finite else None,
-                     "n": len(finite), "n_infinite": len(values) - len(finite)}
-        aei[name] = {"mean": statistics.fmean(v[1] for v in values) if values else None,
-                     "median": statistics.median(v[1] for v in values) if values else None, "n": len(values)}
-    return {
-        "n": len(usable),
-        "answer_tokens": "the model's own greedy answer, teacher-forced (its tokens and the end-of-turn token)",
-        "groups": {"T": "the prompt's text tokens (adapter text_mask)", "O": "visual/video tokens (visual_mask)"},
-        "heads": "averaged",
-        "aggregation": "per example: attention mass averaged over answer tokens, then over the range's layers; "
-                       "MDI/AEI per example; mean and median over examples",
-        "layers": groups,
-        "mdi": mdi,
-        "aei": aei,
-    }
-
-
-def rank_metrics(raw: list[dict], ids: list[str], hidden_index: int, n_hidden: int, base: dict | None) -> dict:
-    """Mean effective rank of the visual and text hidden states; deltas against the base evaluation (`base`, from
-    `read_evaluation`) on the examples both have."""
-    def mean_of(values: dict[str, float | None]) -> dict:
-        present = [v for v in values.values() if v is not None]
-        return {"mean": statistics.fmean(present) if present else None, "n": len(present)}
-
-    ours = {kind: {i: r[f"erank_{kind}"] for i, r in zip(ids, raw)} for kind in ("visual", "text")}
-    result: dict[str, Any] = {
-        "hidden_state_index": hidden_index,
-        "n_hidden_states": n_hidden,
-        "layer": "hidden_states[0] is the embedding output, hidden_states[-1] the last decoder layer's",
-        "definition": "Roy & Vetterli exp(H(sigma/sum sigma)) of each example's (tokens x D) hidden states, "
-                      "uncentered; averaged over examples",
-        "visual": mean_of(ours["visual"]),
-        "text": mean_of(ours["text"]),
-        "delta": None,
-    }
-    if base is None:
-        return result
-    base_rank = base["metrics"]["effective_rank"]
-    if base_rank["hidden_state_index"] != hidden_index or base_rank["n_hidden_states"] != n_hidden:
-        raise EvaluationError(
-            f"{base['directory'] / METRICS_FILE}: field 'effective_rank.hidden_state_index' is "
-            f"{base_rank['hidden_state_index']} of {base_rank['n_hidden_states']}, this evaluation uses "
-            f"{hidden_index} of {n_hidden}")
-    base_rows = {row["id"]: row for row in base["predictions"]}
-    delta = {"base_evaluation": str(base["directory"])}
-    for kind in ("visual", "text"):
-        pairs = [(value, base_rows[i][f"erank_{kind}"]) for i, value in ours[kind].items()
-                 if value is not None and i in base_rows and base_rows[i][f"erank_{kind}"] is not None]
-        delta[kind] = {"mean": statistics.fmean(a - b for a, b in pairs) if pairs else None,
-                       "base_mean": statistics.fmean(b for _, b in pairs) if pairs else None, "n": len(pairs)}
-    result["delta"] = delta
-    return result
-
-
-def robustness_metrics(clean: dict, split: dict[str, str], split_path: Path, rows: list[dict],
-                       scored: list[dict]) -> dict:
-    """Unchanged normalised predictions, clean (this run's clean evaluation, from `read_evaluation`) vs noise
-    (`scored`), over the examples that have media (a question without an image has nothing to replace), split by
-    the shared vision split (`read_vision_split`)."""
-    clean_eval = clean["directory"]
-    ids = [row["id"] for row in rows if row["media_kind"] != "none"]
-    if not ids:
-        raise EvaluationError("robustness: no evaluated example has an image or a video")
-    clean_normalized = {row["id"]: row["normalized"] for row in clean["predictions"]}
-    missing = [i for i in ids if i not in clean_normalized]
-    if missing:
-        raise EvaluationError(f"{clean_eval / PREDICTIONS_FILE}: {len(missing)} example(s) of this evaluation are "
-                              f"missing, e.g. {missing[:5]}")
-    unsplit = [i for i in ids if i not in split]
-    if unsplit:
-        raise EvaluationError(f"{split_path}: {len(unsplit)} evaluated example(s) are not in the split, "
-                              f"e.g. {unsplit[:5]}")
-    noisy = {row["id"]: item["normalized"] for row, item in zip(rows, scored)}
-    return {
-        "clean_evaluation": str(clean_eval), "vision_split": str(split_path),
-        "compared": "normalised predictions (parsed option letter, else VQA-normalised text)",
-        "n_without_media": len(rows) - len(ids),
-        **robustness_summary({i: clean_normalized[i] for i in ids}, {i: noisy[i] for i in ids}, split),
-    }
-
-
-def read_evaluation(directory: Path, *, needs_ranks: bool = False) -> dict:
-    """A finished clean evaluation: its predictions (list of rows), metrics and directory, checked; errors name the
-    file and the field. `needs_ranks`: it must hold effective ranks (clean mode with analysis)."""
-    predictions_path, metrics_path = directory / PREDICTIONS_FILE, directory / METRICS_FILE
-    for path in (predictions_path, metrics_path):
-        if not path.is_file():
-            raise EvaluationError(f"{path}: not found (is {directory} a finished evaluation?)")
-    try:
-        table = pq.read_table(predictions_path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise EvaluationError(f"{predictions_path}: not a readable Parquet file ({error})") from error
-    for field in PREDICTIONS_SCHEMA:
-        if field.name not in table.column_names:
-            raise EvaluationError(f"{predictions_path}: missing column {field.name!r}")
-        if not table.schema.field(field.name).type.equals(field.type):
-            raise EvaluationError(f"{predictions_path}: column {field.name!r} has type "
-                                  f"{table.schema.field(field.name).type}, expected {field.type}")
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except json.JSONDecodeError as error:
-        raise EvaluationError(f"{metrics_path}: not valid JSON ({error})") from error
-    if metrics.get("mode") != "clean":
-        raise EvaluationError(f"{metrics_path}: field 'mode' is {metrics.get('mode')!r}, expected 'clean'")
-    if needs_ranks and not metrics.get("effective_rank"):
-        raise EvaluationError(f"{metrics_path}: field 'effective_rank' is empty (a base evaluation for rank deltas "
-                              "needs clean mode with analysis)")
-    return {"predictions": table.to_pylist(), "metrics": metrics, "directory": directory}
-
-
-def read_vision_split(path: Path) -> dict[str, str]:
-    """id -> "vision_dependent" | "vision_irrelevant" from a no-image evaluation's vision_split.parquet."""
-    if not path.is_file():
-        raise EvaluationError(f"{path}: vision split not found (run the base model's no-image evaluation first)")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise EvaluationError(f"{path}: not a readable Parquet file ({error})") from error
-    for name in ("id", "vision_split"):
-        if name not in table.column_names:
-            raise EvaluationError(f"{path}: missing column {name!r}")
-    split = dict(zip(table.column("id").to_pylist(), table.column("vision_split").to_pylist()))
-    bad = sorted({v for v in split.values()} - {"vision_dependent", "vision_irrelevant"})
-    if bad:
-        raise EvaluationError(f"{path}: column 'vision_split' has unknown value(s) {bad}")
-    return split
+__all__ = ["EvaluationError", "build_parser", "evaluate", "main", "predict", "summary"]
 
 
 # ---------------------------------------------------------------------------------------------- the command
@@ -568,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     system.add_argument("--log-level", default="INFO")
     return parser
 
-
 def check_args(args: argparse.Namespace) -> None:
     """Every argument checked before any model is loaded; EvaluationError names the bad one."""
     for name in ("manifest", "frames", "transcripts"):
@@ -597,57 +178,44 @@ def check_args(args: argparse.Namespace) -> None:
         raise EvaluationError("--judge local needs --judge-model (a path or hub id)")
 
 
-def make_judge(args: argparse.Namespace, needed: bool):
-    """The judge (or None when no question needs one); an OpenAI endpoint is probed before any generation."""
-    if not needed:
-        return None
-    if args.judge is None:
-        raise EvaluationError(f"{args.manifest}: the manifest has open-ended questions; pass --judge openai|local")
-    if args.judge == "openai":
-        judge = OpenAIJudge(args.judge_url, args.judge_model, api_key=os.environ.get(args.judge_api_key_env))
-        judge.check_reachable()
-        return judge
-    return args.judge_model  # a local judge is loaded after generation, when the evaluated model is gone
-
-
 def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     """Load the model, generate (and analyse) every example not yet in the parts; the model is freed on return.
 
     Returns the manifest rows evaluated, their raw prediction rows (RAW_SCHEMA), the adapter's description, the
     hidden-state index of the ranks and the number of hidden states, and the part store."""
-    adapter = load_vlm(args.model, device=str(device), dtype=dtype, revision=args.revision)
+    vlm = load_vlm(args.model, device=str(device), dtype=dtype, revision=args.revision)
     adapter_description = None
     if args.adapter is not None:
         try:
-            adapter.load_trainable(args.adapter)
+            vlm.load_trainable(args.adapter)
         except (FileNotFoundError, KeyError, json.JSONDecodeError) as error:
             raise EvaluationError(f"--adapter {args.adapter}: not a saved run adapter ({error})") from error
         adapter_description = json.loads((args.adapter / "moir_adapter.json").read_text())
-    adapter.model.eval()
-    if adapter.router is not None:
-        adapter.router.eval()
+    vlm.model.eval()
+    if vlm.router is not None:
+        vlm.router.eval()
 
     examples = load_examples(
         args.manifest, cache_dir=None if args.mode == "noise" else args.cache_dir, frames_path=args.frames,
-        transcripts_path=args.transcripts, adapter=adapter, with_answer=False, limit=args.limit,
+        transcripts_path=args.transcripts, vlm=vlm, with_answer=False, limit=args.limit,
     )
     if len(examples) == 0:
         raise EvaluationError(f"{args.manifest}: no examples to evaluate")
     ids = [row["id"] for row in examples.rows]
     analysis = args.mode == "clean" and not args.no_analysis
-    n_hidden = adapter.hf_model.config.get_text_config().num_hidden_layers + 1
+    n_hidden = vlm.hf_model.config.get_text_config().num_hidden_layers + 1
     hidden_index = args.rank_layer if args.rank_layer >= 0 else n_hidden + args.rank_layer
     if not 0 <= hidden_index < n_hidden:
         raise EvaluationError(f"--rank-layer {args.rank_layer} is outside the {n_hidden} hidden states")
 
     settings = {
-        "model": str(args.model), "revision": args.revision, "model_fingerprint": _content_fingerprint(args.model),
+        "model": str(args.model), "revision": args.revision, "model_fingerprint": fingerprint(args.model),
         "adapter": str(args.adapter) if args.adapter else None,
-        "adapter_fingerprint": _content_fingerprint(args.adapter),
-        "manifest_fingerprint": _content_fingerprint(args.manifest),
-        "cache_fingerprint": _content_fingerprint(args.cache_dir) if args.mode != "noise" else None,
-        "frames_fingerprint": _content_fingerprint(args.frames),
-        "transcripts_fingerprint": _content_fingerprint(args.transcripts),
+        "adapter_fingerprint": fingerprint(args.adapter),
+        "manifest_fingerprint": fingerprint(args.manifest),
+        "cache_fingerprint": fingerprint(args.cache_dir) if args.mode != "noise" else None,
+        "frames_fingerprint": fingerprint(args.frames),
+        "transcripts_fingerprint": fingerprint(args.transcripts),
         "mode": args.mode, "noise_seed": args.noise_seed if args.mode == "noise" else None,
         "max_new_tokens": args.max_new_tokens, "analysis": analysis, "hidden_index": hidden_index if analysis else None,
         "dtype": str(dtype), "limit": args.limit,
@@ -662,8 +230,8 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         for start in range(0, len(todo), args.batch_size):
             indices = todo[start:start + args.batch_size]
             batch_examples = [prepare_example(examples[i], args.mode, args.noise_seed) for i in indices]
-            predictions = adapter.generate(adapter.collate(batch_examples, with_answer=False), args.max_new_tokens)
-            details = (analyse(adapter, batch_examples, predictions, hidden_index) if analysis
+            predictions = vlm.generate(vlm.collate(batch_examples, with_answer=False), args.max_new_tokens)
+            details = (analyse(vlm, batch_examples, predictions, hidden_index) if analysis
                        else [dict.fromkeys(ANALYSIS_FIELDS)] * len(indices))
             pending += [{"id": ids[i], "prediction": text, **detail}
                         for i, text, detail in zip(indices, predictions, details)]
@@ -777,7 +345,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     log.info("%s: accuracy %.2f over %d examples", args.out_dir, metrics["accuracy"]["value"], len(rows))
     return metrics
 
-
 def summary(metrics: dict) -> dict:
     """The report's columns (names as in the paper's tables) from the detailed metrics."""
     dominance, rank, robust = metrics["dominance"], metrics["effective_rank"], metrics["robustness"]
@@ -802,7 +369,6 @@ def summary(metrics: dict) -> dict:
         "unchanged_vision_irrelevant": pick(robust, "vision_irrelevant", "unchanged_rate"),
     }
 
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -815,4 +381,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from moir.media.extract import TooManyBadFiles, extract_media
 from moir.media.frames import IMAGE_FORMATS, FrameSampling
 from moir.media.transcripts import CHUNK_LENGTH_S, AsrSettings, transcribe
+from moir.runtime import cli, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging("INFO")
     if args.stage == "extract":
         sampling = FrameSampling(num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames)
         try:
@@ -95,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)

@@ -1,6 +1,6 @@
 """Uniform frame sampling from videos with decord, stored as encoded images in Parquet.
 
-Videos are decoded once, here; every later stage (the token cache, training or evaluation on pixels) reads the
+Videos are decoded once, here; every later stage (the encoder cache, training or evaluation on pixels) reads the
 sampled frames from `frames.parquet` instead of the video file. That keeps the expensive, codec-dependent step
 in one place and makes the frames a model sees identical across runs.
 

@@ -1,10 +1,10 @@
-"""Raw pixels of a manifest's media, as a model adapter loads them: images from the manifest's media root, video
+"""Raw pixels of a manifest's media, as the model wrapper loads them: images from the manifest's media root, video
 frames from the frames table that `moir.media extract` wrote (videos are never decoded twice).
 
 A video's frames are read when its pixels are asked for (the frames table is sorted by video, so the read touches
 one row group): memory holds one example's media, whatever the size of the dataset.
 
-Used by `moir.dataset` (training/evaluation on pixels) and by `moir.encoder_cache.cache` (the encoder-token dump).
+Used by `moir.dataset` (training/evaluation on pixels) and by `moir.encoder_cache.cache` (the encoder cache dump).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from moir.media.frames import decode_image, read_encoded_frames, read_sampled_fp
 class MediaLoader:
     """Raw pixels of a manifest's media: images from its media root, videos from a frames table."""
 
-    def __init__(self, manifest: pa.Table, frames_path: str | os.PathLike | None, adapter) -> None:
+    def __init__(self, manifest: pa.Table, frames_path: str | os.PathLike | None, vlm) -> None:
         self.manifest = manifest
-        self.adapter = adapter
+        self.vlm = vlm
         self.frames_path = frames_path
         has_videos = "video" in manifest.column("media_kind").to_pylist()
         if has_videos and frames_path is None:
@@ -38,12 +38,12 @@ class MediaLoader:
         return self.sampled_fps[media_path]
 
     def pixels(self, kind: str, media_path: str):
-        """A PIL image, or the list of HxWx3 uint8 frames of a video, as the adapter loads them."""
+        """A PIL image, or the list of HxWx3 uint8 frames of a video, as the model wrapper loads them."""
         if kind == "image":
-            return self.adapter.load_media("image", resolve_media(self.manifest, media_path))
+            return self.vlm.load_media("image", resolve_media(self.manifest, media_path))
         if kind == "video":
             frames = read_encoded_frames(self.frames_path, [media_path]).get(media_path)
             if frames is None:
                 raise KeyError(f"{self.frames_path}: no frames for video {media_path!r}")
-            return self.adapter.load_media("video", [decode_image(frame) for frame in frames])
+            return self.vlm.load_media("video", [decode_image(frame) for frame in frames])
         raise ValueError(f"media kind {kind!r} has no pixels")

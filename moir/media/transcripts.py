@@ -34,7 +34,7 @@ from tqdm import tqdm
 from transformers import pipeline
 
 from moir.media.audio import SAMPLE_RATE, iter_audio, to_pcm16
-from moir.storage import temporary_path, write_table_atomic
+from moir.storage import write_table_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class TranscriptCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.dir / "settings.json"
         if not settings_file.exists():
-            settings_file.write_text(json.dumps(asdict(settings), indent=2, sort_keys=True))
+            write_text_atomic(settings_file, json.dumps(asdict(settings), indent=2, sort_keys=True))
 
     @staticmethod
     def audio_key(samples: np.ndarray) -> str:
@@ -88,9 +88,7 @@ class TranscriptCache:
     def put(self, key: str, text: str) -> None:
         path = self._path(key)
         path.parent.mkdir(exist_ok=True)
-        tmp = temporary_path(path)
-        tmp.write_text(json.dumps({"text": text}))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps({"text": text}))
 
 
 def load_asr_pipeline(settings: AsrSettings, *, device: str = "cpu", dtype: str = "float32"):

@@ -1,10 +1,10 @@
-"""Model adapters: the layer between Hugging Face vision-language models and the rest of the pipeline.
+"""Model wrappers: the layer between Hugging Face vision-language models and the rest of the pipeline.
 
     from moir.models import load_vlm, EncodedMedia, Example
-    adapter = load_vlm("llava-hf/llava-1.5-7b-hf", device="cuda", revision="main")  # or a local directory
-    batch = adapter.collate(examples, with_answer=True)
-    out = adapter.forward(batch)                          # .loss (answer tokens only), .logits
-    texts = adapter.generate(adapter.collate(examples, with_answer=False), max_new_tokens=16)
+    vlm = load_vlm("llava-hf/llava-1.5-7b-hf", device="cuda", revision="main")  # or a local directory
+    batch = vlm.collate(examples, with_answer=True)
+    out = vlm.forward(batch)                              # .loss (answer tokens only), .logits
+    texts = vlm.generate(vlm.collate(examples, with_answer=False), max_new_tokens=16)
 
 `collate` returns a dict of tensors: input_ids, attention_mask, labels (-100 except answer tokens; only with
 answers), text_mask (the prompt's text tokens: the router's text mask and MDI's "T" group), visual_mask (the
@@ -14,8 +14,10 @@ encoder output) or `pixel_values` / `pixel_values_videos` (processed pixels), pl
 
 `attach_router(RouterConfig(...))` turns MoIR on; `apply_lora(placement)` wraps "attn", "mlp" or "proj";
 `save_trainable(dir)` / `load_trainable(dir)` write and read the LoRA adapter and the router together;
-`encode(examples)` is the token cache's input; `encoder_signature()` what a cache must match.
-See base.py for the seam and the masks, llava.py / qwen2_5_vl.py for each family, tiny.py for the tiny models.
+`encode(examples)` is the encoder cache's input; `encoder_signature()` what a cache must match.
+By concern: base.py (the wrapper and the fusion seam, where the router sits), inputs.py (Example, EncodedMedia,
+media checks), batching.py (prompt rendering, tokenisation, masks, collation), lora.py (placements, apply_lora),
+saving.py (save/load of LoRA + router), llava.py / qwen2_5_vl.py (each family), tiny.py (the tiny models).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def load_vlm(
     attn_implementation: str = "sdpa",
     revision: str | None = None,
 ) -> VLMWrapper:
-    """Load a model and its processor (hub id or local directory) behind the adapter of its family.
+    """Load a model and its processor (hub id or local directory) behind the wrapper of its family (`VLMWrapper`).
 
     The family comes from the model's config (`model_type`). dtype: bfloat16 on a GPU, float32 on the CPU unless
     given. A local directory must hold the config, tokenizer and processor files; a missing one is named.
@@ -67,7 +69,7 @@ def load_vlm(
     if config.model_type not in FAMILIES:
         raise ValueError(f"{name}: model_type {config.model_type!r} is not supported; "
                          f"supported families: {sorted(FAMILIES)}")
-    adapter_class, model_class = FAMILIES[config.model_type]
+    wrapper_class, model_class = FAMILIES[config.model_type]
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -76,4 +78,4 @@ def load_vlm(
         name, dtype=dtype, attn_implementation=attn_implementation, revision=revision
     ).to(device)
     log.info("loaded %s (%s, %s) on %s", name, config.model_type, dtype, device)
-    return adapter_class(model, processor, name)
+    return wrapper_class(model, processor, name)

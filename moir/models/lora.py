@@ -1,4 +1,5 @@
-"""LoRA placements: which modules of a vision-language model a placement wraps (docs/design.md section 3).
+"""LoRA placements: which modules of a vision-language model a placement wraps (docs/design.md), and
+`apply_lora`, which wraps them (peft).
 
     attn  the language model's attention projections  q_proj, k_proj, v_proj, o_proj   (4 per layer)
     mlp   the language model's MLP projections        gate_proj, up_proj, down_proj    (3 per layer)
@@ -12,7 +13,13 @@ projector's) prefix, never by a suffix alone. The result is the explicit list of
 
 from __future__ import annotations
 
+import logging
+import warnings
+
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 PLACEMENTS = ("attn", "mlp", "proj")
 
@@ -46,3 +53,24 @@ def lora_target_modules(model: nn.Module, family: str, placement: str) -> list[s
     if not targets:
         raise ValueError(f"{family} model has no language-model modules ending in {suffixes}")
     return targets
+
+
+def apply_lora(vlm, placement: str, r: int = 16, alpha: int = 32, dropout: float = 0.05) -> int:
+    """Wrap the placement's modules with LoRA (peft) and freeze everything else of the model.
+
+    Returns the run's trainable parameter count (LoRA, plus the router's gates when one is attached).
+    """
+    if isinstance(vlm.model, PeftModel):
+        raise ValueError(f"LoRA is already applied ({vlm.placement}); load the model afresh for another")
+    targets = lora_target_modules(vlm.hf_model, vlm.family, placement)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    training = vlm.hf_model.training
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        vlm.model = get_peft_model(vlm.hf_model, config)
+    vlm.model.train(training)  # the new LoRA dropout layers follow the model's mode
+    vlm.placement = placement
+    count = vlm.num_trainable_parameters()
+    log.info("LoRA %s (r=%d, alpha=%d) on %d modules: %d trainable parameters%s", placement, r, alpha,
+             len(targets), count, " (with the router's gates)" if vlm.router is not None else "")
+    return count

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -52,6 +50,8 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from moir.data.synthetic import VOCABULARY as SYNTHETIC_VOCABULARY
+from moir.runtime import setup_logging
+from moir.storage import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -258,17 +258,9 @@ def build_tiny_model(name: str, out_dir: str | os.PathLike, seed: int = 0) -> Pa
         raise ValueError(f"unknown tiny model {name!r}; choose one of {TINY_MODELS}")
     out_dir = Path(out_dir)
     model, processor = builders[name](seed)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     n_params = sum(p.numel() for p in model.parameters())
     log.info("wrote %s (%d parameters, seed %d) to %s", name, n_params, seed, out_dir)
     return out_dir
@@ -280,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output directory (a save_pretrained model directory)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initial weights")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("INFO")
     build_tiny_model(args.name, args.out, seed=args.seed)
 
 

@@ -1,7 +1,7 @@
 """Train one run: LoRA fine-tuning of a vision-language model, with (`moir`) or without (`ft`) the router.
 
-A run reads a dataset's manifests and their encoder-token caches (never the raw media: the vision tower is frozen
-and its output was cached once by `moir.encoder_cache.cache`), builds prompts and labels with the model adapter, and trains
+A run reads a dataset's manifests and their encoder caches (never the raw media: the vision tower is frozen
+and its output was cached once by `moir.encoder_cache.cache`), builds prompts and labels with the model wrapper, and trains
 LoRA (plus the router's gates when the method is `moir`). The defaults are the paper's settings (Section 4.1):
 10 epochs, AdamW lr 2e-4 without weight decay, batch 8, ReduceLROnPlateau on the validation loss, LoRA r=16
 alpha=32 dropout=0.05, max length 2048, gates initialised at 0.5, bfloat16 on a GPU (float32 on CPU).
@@ -22,7 +22,7 @@ Usage (one Snakemake rule per run):
 
 Outputs, written only when training has finished, atomically (a temporary directory renamed to --out-dir):
 
-    <out-dir>/                      adapter.save_trainable(): the LoRA adapter and the router's gates
+    <out-dir>/                      vlm.save_trainable(): the LoRA adapter and the router's gates
     <out-dir>/train_metrics.jsonl   one JSON object per optimizer step {"kind": "step", step, epoch, loss, lr,
                                     grad_norm, examples, tokens, step_time_s, tokens_per_s, alpha_{a,b}_{mean,
                                     min,max} (moir)} and per epoch {"kind": "epoch", epoch, step, val_loss, lr}
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -49,21 +48,22 @@ import torch
 from moir.dataset import load_examples
 from moir.models import load_vlm
 from moir.router import ALIGNS, DIRECTIONS, SCOPES, RouterConfig
+from moir.runtime import (
+    cli,
+    fingerprint,
+    package_versions,
+    peak_memory,
+    resolve_device,
+    resolve_dtype,
+    setup_logging,
+)
+from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
 from moir.train.loop import (
     LoopConfig,
     TrainingError,
     filter_by_length,
-    input_fingerprint,
-    package_versions,
-    peak_memory,
     remove_checkpoints,
-    resolve_device,
-    resolve_dtype,
     run_training,
-    setup_logging,
-    write_json,
-    write_jsonl,
-    write_output_dir,
 )
 
 log = logging.getLogger("moir.train")
@@ -181,12 +181,12 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LoopConfig, RouterConfi
     return loop, router, lora
 
 
-def trainable_parameters(adapter) -> dict[str, torch.nn.Parameter]:
+def trainable_parameters(vlm) -> dict[str, torch.nn.Parameter]:
     """LoRA weights and router gates (name -> parameter), in a fixed order; kept in float32 for AdamW."""
-    named = {name: p for name, p in adapter.model.named_parameters() if p.requires_grad}
-    if adapter.router is not None:
+    named = {name: p for name, p in vlm.model.named_parameters() if p.requires_grad}
+    if vlm.router is not None:
         known = {id(p) for p in named.values()}
-        for name, param in adapter.router.named_parameters():
+        for name, param in vlm.router.named_parameters():
             if id(param) not in known:
                 named[f"router.{name}"] = param
     for param in named.values():
@@ -195,8 +195,8 @@ def trainable_parameters(adapter) -> dict[str, torch.nn.Parameter]:
     return named
 
 
-def load_split(name: str, manifest: Path, cache: Path, transcripts: Path | None, adapter, limit: int | None):
-    examples = load_examples(manifest, cache_dir=cache, transcripts_path=transcripts, adapter=adapter,
+def load_split(name: str, manifest: Path, cache: Path, transcripts: Path | None, vlm, limit: int | None):
+    examples = load_examples(manifest, cache_dir=cache, transcripts_path=transcripts, vlm=vlm,
                              with_answer=True, limit=limit)
     if not examples:
         raise TrainingError(f"{manifest}: the {name} split has no examples")
@@ -209,13 +209,13 @@ def train(args: argparse.Namespace) -> Path:
     dtype = resolve_dtype(args.dtype, device)
     started = time.perf_counter()
 
-    adapter = load_vlm(args.model, device=device, dtype=dtype, revision=args.revision)
+    vlm = load_vlm(args.model, device=device, dtype=dtype, revision=args.revision)
     # The splits first: their caches are checked against the encoder as loaded, before LoRA changes the model.
-    train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, adapter,
+    train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, vlm,
                                 args.train_limit)
-    val_examples = load_split("val", args.val_manifest, args.val_cache, args.val_transcripts, adapter, args.val_limit)
-    train_examples, train_dropped = filter_by_length(adapter, train_examples, loop_config.max_length)
-    val_examples, val_dropped = filter_by_length(adapter, val_examples, loop_config.max_length)
+    val_examples = load_split("val", args.val_manifest, args.val_cache, args.val_transcripts, vlm, args.val_limit)
+    train_examples, train_dropped = filter_by_length(vlm, train_examples, loop_config.max_length)
+    val_examples, val_dropped = filter_by_length(vlm, val_examples, loop_config.max_length)
     for split, dropped in (("train", train_dropped), ("val", val_dropped)):
         if dropped:
             log.warning("%s: dropped %d example(s) longer than %d tokens: %s", split, len(dropped),
@@ -225,23 +225,23 @@ def train(args: argparse.Namespace) -> Path:
                             f"({'train' if not train_examples else 'val'} split)")
 
     torch.manual_seed(args.seed)  # LoRA's initialisation
-    adapter.apply_lora(lora["placement"], r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
+    vlm.apply_lora(lora["placement"], r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"])
     if router_config is not None:
-        adapter.attach_router(router_config)
-    parameters = trainable_parameters(adapter)
-    trainable_count = adapter.num_trainable_parameters()
+        vlm.attach_router(router_config)
+    parameters = trainable_parameters(vlm)
+    trainable_count = vlm.num_trainable_parameters()
     if args.gradient_checkpointing:
-        adapter.enable_gradient_checkpointing()
+        vlm.enable_gradient_checkpointing()
 
     inputs = {
         "model": args.model,
-        "model_fingerprint": input_fingerprint(args.model) if Path(args.model).exists() else None,
+        "model_fingerprint": fingerprint(args.model),
         "revision": args.revision,  # as asked for (--revision)
-        "model_revision": getattr(adapter.hf_model.config, "_commit_hash", None),  # as resolved (hub models)
-        **{name: input_fingerprint(getattr(args, name)) for name in (
+        "model_revision": getattr(vlm.hf_model.config, "_commit_hash", None),  # as resolved (hub models)
+        **{name: fingerprint(getattr(args, name)) for name in (
             "train_manifest", "train_cache", "train_transcripts", "val_manifest", "val_cache", "val_transcripts")},
     }
-    fingerprint = {
+    run_fingerprint = {
         "inputs": inputs, "method": args.method, "router": router_config.to_dict() if router_config else None,
         "lora": lora, "dtype": str(dtype), "train_limit": args.train_limit, "val_limit": args.val_limit,
     }
@@ -249,10 +249,10 @@ def train(args: argparse.Namespace) -> Path:
              lora["placement"], args.model, len(train_examples), len(val_examples), trainable_count, dtype, device)
 
     result = run_training(
-        adapter, parameters, train_examples, val_examples, loop_config,
-        fingerprint=fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
+        vlm, parameters, train_examples, val_examples, loop_config,
+        fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
         autocast_dtype=dtype if dtype != torch.float32 else None,
-        step_statistics=adapter.router.gate_statistics if adapter.router is not None else None,
+        step_statistics=vlm.router.gate_statistics if vlm.router is not None else None,
         description=f"train {args.out_dir.name}",
     )
 
@@ -267,7 +267,7 @@ def train(args: argparse.Namespace) -> Path:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "dtype": str(dtype),
         "torch_threads": torch.get_num_threads(),
-        "family": adapter.family,
+        "family": vlm.family,
         "trainable_parameters": trainable_count,
         "examples": {"train": len(train_examples), "val": len(val_examples)},
         "dropped_too_long": {"train": train_dropped, "val": val_dropped},
@@ -280,12 +280,10 @@ def train(args: argparse.Namespace) -> Path:
         **peak_memory(device),
     }
 
-    def fill(directory: Path) -> None:
-        adapter.save_trainable(directory)  # first: it replaces the directory whole
-        write_jsonl(result.records, directory / "train_metrics.jsonl")
-        write_json(card, directory / "run_card.json")
-
-    write_output_dir(args.out_dir, fill)
+    with atomic_directory(args.out_dir) as directory:
+        vlm.write_trainable(directory)
+        write_jsonl_atomic(result.records, directory / "train_metrics.jsonl")
+        write_json_atomic(card, directory / "run_card.json")
     log.info("wrote %s (final val loss %.4f, %d steps, %.1f s)", args.out_dir, result.val_losses[-1],
              result.global_step, result.train_time_s)
     if not args.keep_checkpoints:
@@ -305,4 +303,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)

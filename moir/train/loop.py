@@ -27,20 +27,15 @@ for that step, so the last good checkpoint stays the newest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
-import platform
 import random
-import resource
-import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +44,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
+
+from moir.storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +197,10 @@ def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
 def _save_checkpoint(checkpoint_dir: Path, payload: dict) -> Path:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(checkpoint_dir, payload["state"]["global_step"])
-    tmp = checkpoint_dir / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     for old in checkpoint_dir.iterdir():  # older checkpoints and temporary files of killed writes
         if old != path and old.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")):
             old.unlink(missing_ok=True)
@@ -253,7 +245,7 @@ def count_targets(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def filter_by_length(adapter, examples: Sequence, max_length: int, chunk_size: int = 64) -> tuple[Sequence, list[str]]:
+def filter_by_length(vlm, examples: Sequence, max_length: int, chunk_size: int = 64) -> tuple[Sequence, list[str]]:
     """Drop the examples whose full sequence (media tokens, prompt, answer) exceeds `max_length` tokens.
 
     Truncating such a sequence would cut visual tokens or the answer, so they are dropped and named instead.
@@ -263,7 +255,7 @@ def filter_by_length(adapter, examples: Sequence, max_length: int, chunk_size: i
     kept, dropped = [], []
     for start in range(0, len(examples), chunk_size):
         chunk = [examples[i] for i in range(start, min(start + chunk_size, len(examples)))]
-        lengths = adapter.collate(chunk, with_answer=True)["attention_mask"].sum(1).tolist()
+        lengths = vlm.collate(chunk, with_answer=True)["attention_mask"].sum(1).tolist()
         for offset, (example, length) in enumerate(zip(chunk, lengths, strict=True)):
             if length <= max_length:
                 kept.append(start + offset)
@@ -279,7 +271,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def optimizer_step(
-    adapter,
+    vlm,
     examples: Sequence,
     micro_batch_size: int,
     optimizer: torch.optim.Optimizer,
@@ -295,7 +287,7 @@ def optimizer_step(
     tokens). Raises NonFiniteLossError before the update when the loss or the gradient norm is not finite.
     """
     batches = [
-        adapter.collate(list(examples[start:start + micro_batch_size]), with_answer=True)
+        vlm.collate(list(examples[start:start + micro_batch_size]), with_answer=True)
         for start in range(0, len(examples), micro_batch_size)
     ]
     batch_targets = max(sum(count_targets(batch["labels"]) for batch in batches), 1)
@@ -304,7 +296,7 @@ def optimizer_step(
     for batch in batches:
         tokens += int(batch["attention_mask"].sum())
         with _autocast(device, autocast_dtype):
-            loss = adapter.forward(batch).loss * (count_targets(batch["labels"]) / batch_targets)
+            loss = vlm.forward(batch).loss * (count_targets(batch["labels"]) / batch_targets)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()})")
         loss.backward()
@@ -316,20 +308,20 @@ def optimizer_step(
     return total_loss, grad_norm, tokens
 
 
-def validation_loss(adapter, examples: Sequence, micro_batch_size: int, device: torch.device,
+def validation_loss(vlm, examples: Sequence, micro_batch_size: int, device: torch.device,
                     autocast_dtype: torch.dtype | None) -> float:
     """Mean cross-entropy over all answer tokens of `examples` (eval mode, no dropout, no gradient)."""
-    model = adapter.model
+    model = vlm.model
     was_training = model.training
     model.eval()
     total_loss, total_targets = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), micro_batch_size):
             chunk = range(start, min(start + micro_batch_size, len(examples)))
-            batch = adapter.collate([examples[i] for i in chunk], with_answer=True)
+            batch = vlm.collate([examples[i] for i in chunk], with_answer=True)
             targets = count_targets(batch["labels"])
             with _autocast(device, autocast_dtype):
-                loss = adapter.forward(batch).loss
+                loss = vlm.forward(batch).loss
             total_loss += float(loss) * targets
             total_targets += targets
     model.train(was_training)
@@ -342,7 +334,7 @@ def validation_loss(adapter, examples: Sequence, micro_batch_size: int, device: 
 
 
 def run_training(
-    adapter,
+    vlm,
     parameters: Mapping[str, nn.Parameter],
     train_examples: Sequence,
     val_examples: Sequence,
@@ -355,7 +347,7 @@ def run_training(
     step_statistics: Callable[[], Mapping[str, float]] | None = None,
     description: str = "train",
 ) -> LoopResult:
-    """Train `parameters` of `adapter.model` on `train_examples` for `config.epochs` epochs; resume when a
+    """Train `parameters` of `vlm.model` on `train_examples` for `config.epochs` epochs; resume when a
     checkpoint of this run (same `fingerprint`) is in `checkpoint_dir`.
 
     `parameters` (name -> parameter, all requiring grad) is what is optimised and checkpointed.
@@ -363,7 +355,7 @@ def run_training(
     """
     if not train_examples:
         raise TrainingError("the training split has no examples")
-    model = adapter.model
+    model = vlm.model
     param_list = list(parameters.values())
     optimizer = torch.optim.AdamW(param_list, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = (
@@ -435,7 +427,7 @@ def run_training(
                 lr = optimizer.param_groups[0]["lr"]
                 try:
                     step_loss, grad_norm, step_tokens = optimizer_step(
-                        adapter, [train_examples[i] for i in indices], micro, optimizer, param_list,
+                        vlm, [train_examples[i] for i in indices], micro, optimizer, param_list,
                         config.max_grad_norm, device, autocast_dtype,
                     )
                 except NonFiniteLossError as error:
@@ -462,7 +454,7 @@ def run_training(
 
             val_loss = None
             if val_examples:
-                val_loss = validation_loss(adapter, val_examples, micro, device, autocast_dtype)
+                val_loss = validation_loss(vlm, val_examples, micro, device, autocast_dtype)
                 if not math.isfinite(val_loss):
                     raise NonFiniteLossError(f"non-finite validation loss ({val_loss}) after epoch {state.epoch + 1}")
                 scheduler.step(val_loss)
@@ -488,107 +480,6 @@ def run_training(
         resumed_from=state.resumed_from,
         val_losses=[r["val_loss"] for r in state.records if r["kind"] == "epoch" and r["val_loss"] is not None],
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Run bookkeeping: devices, fingerprints, run cards, atomic output directories
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" -> bfloat16 on a GPU, float32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def directory_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 over a directory's small JSON files (contents) and every file's relative path and size.
-
-    Cheap for multi-gigabyte caches, and it changes whenever the cache is rebuilt with other settings (meta.json)
-    or other data (file sizes)."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = file.relative_to(root).as_posix()
-        digest.update(f"{relative}\0{file.stat().st_size}\0".encode())
-        if file.suffix == ".json":
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
-def input_fingerprint(path: str | os.PathLike | None) -> str | None:
-    """A file's sha256 or a directory's `directory_fingerprint`; None for no input."""
-    if path is None:
-        return None
-    path = Path(path)
-    return directory_fingerprint(path) if path.is_dir() else file_sha256(path)
-
-
-def package_versions(names: Iterable[str] = ("moir", "torch", "transformers", "peft", "numpy", "pyarrow")) -> dict:
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def peak_memory(device: torch.device) -> dict[str, float | None]:
-    """Peak resident memory of this process (GiB) and, on a GPU, peak allocated device memory (GiB)."""
-    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
-    gpu_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"peak_rss_gib": round(rss_gib, 3), "peak_gpu_allocated_gib": None if gpu_gib is None else round(gpu_gib, 3)}
-
-
-def write_jsonl(records: Iterable[Mapping], path: Path) -> None:
-    with open(path, "w") as handle:
-        for record in records:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def write_json(value: Any, path: Path) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def write_output_dir(out_dir: Path, fill: Callable[[Path], None]) -> Path:
-    """Create `out_dir` atomically: `fill` writes into a temporary sibling directory, which is then renamed."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        fill(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _canonical(value: Any) -> str:

@@ -3,7 +3,7 @@
 The demo suite cannot download LLaVA-1.5 or Qwen2.5-VL, so it makes its own bases: `build_tiny_model` draws the
 random weights of a narrow, shallow model of the real architecture (moir/models/tiny.py), and this stage trains
 every weight of it, vision tower included, from raw pixels on the synthetic benchmark's `pretrain` split. The
-result is written with `save_pretrained` (model, tokenizer, processor), so the LoRA runs and the token cache load
+result is written with `save_pretrained` (model, tokenizer, processor), so the LoRA runs and the encoder cache load
 it through exactly the code path of a hub model. It uses the same loop as `moir.train` (moir/train/loop.py):
 same loss, same checkpoints and resume, same metrics file. There is no validation split, hence no plateau
 scheduler: the learning rate is constant.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,20 +40,14 @@ from torch.utils.data import ConcatDataset
 from moir.dataset import load_examples
 from moir.models import load_vlm
 from moir.models.tiny import TINY_MODELS, build_tiny_model
+from moir.runtime import cli, fingerprint, package_versions, peak_memory, resolve_device, setup_logging
+from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
 from moir.train.loop import (
     LoopConfig,
     TrainingError,
     filter_by_length,
-    input_fingerprint,
-    package_versions,
-    peak_memory,
     remove_checkpoints,
-    resolve_device,
     run_training,
-    setup_logging,
-    write_json,
-    write_jsonl,
-    write_output_dir,
 )
 
 log = logging.getLogger("moir.train.pretrain")
@@ -114,34 +107,34 @@ def pretrain(args: argparse.Namespace) -> Path:
     args.out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.out_dir.name}.init-", dir=args.out_dir.parent) as init_dir:
         build_tiny_model(args.name, init_dir, seed=args.seed)
-        adapter = load_vlm(init_dir, device=device, dtype=torch.float32)  # full fine-tune: fp32 weights
-        adapter.name = args.name
+        vlm = load_vlm(init_dir, device=device, dtype=torch.float32)  # full fine-tune: fp32 weights
+        vlm.name = args.name
 
-    parameters = dict(adapter.hf_model.named_parameters())
+    parameters = dict(vlm.hf_model.named_parameters())
     for param in parameters.values():
         param.requires_grad_(True)
     splits = []
     for manifest, frames in data:
-        examples = load_examples(manifest, frames_path=frames, adapter=adapter, with_answer=True, limit=args.limit)
+        examples = load_examples(manifest, frames_path=frames, vlm=vlm, with_answer=True, limit=args.limit)
         if not len(examples):
             raise TrainingError(f"{manifest}: the split has no examples")
         splits.append(examples)
-    train_examples, dropped = filter_by_length(adapter, ConcatDataset(splits), loop_config.max_length)
+    train_examples, dropped = filter_by_length(vlm, ConcatDataset(splits), loop_config.max_length)
     if dropped:
         log.warning("dropped %d example(s) longer than %d tokens: %s", len(dropped), loop_config.max_length,
                     ", ".join(dropped[:10]) + (" ..." if len(dropped) > 10 else ""))
     if not len(train_examples):
         raise TrainingError(f"no example fits in --max-length {loop_config.max_length}")
 
-    inputs = {str(manifest): {"manifest": input_fingerprint(manifest), "frames": input_fingerprint(frames)}
+    inputs = {str(manifest): {"manifest": fingerprint(manifest), "frames": fingerprint(frames)}
               for manifest, frames in data}
-    fingerprint = {"name": args.name, "inputs": inputs, "limit": args.limit}
+    run_fingerprint = {"name": args.name, "inputs": inputs, "limit": args.limit}
     n_parameters = sum(p.numel() for p in parameters.values())
     log.info("pretraining %s (%d parameters) on %d examples from pixels on %s", args.name, n_parameters,
              len(train_examples), device)
     result = run_training(
-        adapter, parameters, train_examples, [], loop_config,
-        fingerprint=fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
+        vlm, parameters, train_examples, [], loop_config,
+        fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
         description=f"pretrain {args.name}",
     )
     card = {
@@ -152,7 +145,7 @@ def pretrain(args: argparse.Namespace) -> Path:
         "versions": package_versions(),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "family": adapter.family,
+        "family": vlm.family,
         "parameters": n_parameters,
         "examples": len(train_examples),
         "dropped_too_long": dropped,
@@ -164,13 +157,11 @@ def pretrain(args: argparse.Namespace) -> Path:
         **peak_memory(device),
     }
 
-    def fill(directory: Path) -> None:
-        adapter.hf_model.save_pretrained(directory)
-        adapter.processor.save_pretrained(directory)
-        write_jsonl(result.records, directory / "pretrain_metrics.jsonl")
-        write_json(card, directory / "run_card.json")
-
-    write_output_dir(args.out_dir, fill)
+    with atomic_directory(args.out_dir) as directory:
+        vlm.hf_model.save_pretrained(directory)
+        vlm.processor.save_pretrained(directory)
+        write_jsonl_atomic(result.records, directory / "pretrain_metrics.jsonl")
+        write_json_atomic(card, directory / "run_card.json")
     log.info("wrote %s (final train loss %.4f, %d steps, %.1f s)", args.out_dir, card["final_train_loss"],
              result.global_step, result.train_time_s)
     if args.checkpoint_dir is not None:
@@ -190,4 +181,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli(main)

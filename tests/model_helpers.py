@@ -1,7 +1,7 @@
-"""Shared helpers of the model-adapter tests: tiny models on disk, examples, and the unmodified reference.
+"""Plain helpers of the model-wrapper tests (the fixtures are in conftest.py): examples, and the unmodified reference.
 
 The reference is what a user of plain Hugging Face code gets: the family's processor applied to the chat-templated
-prompt and the media, then the model's own forward/generate. The adapter must reproduce it when MoIR is off.
+prompt and the media, then the model's own forward/generate. The wrapper must reproduce it when MoIR is off.
 """
 
 from __future__ import annotations
@@ -10,19 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from moir.models import Example, VLMWrapper, build_tiny_model, load_vlm
-
-FAMILY_OF = {"tiny-llava": "llava", "tiny-qwen2.5-vl": "qwen2_5_vl"}
-
-
-@pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {name: build_tiny_model(name, root / name, seed=0) for name in FAMILY_OF}
+from moir.models import Example, VLMWrapper, load_vlm
 
 
 def image(seed: int, height: int = 32, width: int = 32) -> PIL.Image.Image:
@@ -54,19 +45,19 @@ def video_examples() -> list[Example]:
     ]
 
 
-def cached(adapter: VLMWrapper, examples: list[Example]) -> list[Example]:
-    """The same examples reading the encoder output, as the token cache would give it, instead of the pixels."""
-    encoded = adapter.encode(examples)
+def cached(vlm: VLMWrapper, examples: list[Example]) -> list[Example]:
+    """The same examples reading the encoder output, as the encoder cache would give it, instead of the pixels."""
+    encoded = vlm.encode(examples)
     return [Example(ex.id, ex.prompt, ex.answer, ex.media_kind, media=media, fps=ex.fps)
             for ex, media in zip(examples, encoded)]
 
 
-def reference_inputs(adapter: VLMWrapper, examples: list[Example]) -> dict[str, torch.Tensor]:
+def reference_inputs(vlm: VLMWrapper, examples: list[Example]) -> dict[str, torch.Tensor]:
     """The plain processor's inputs for the examples' prompts (left-padded, generation prompt, no answers)."""
     texts = []
     for ex in examples:
         content = ([{"type": ex.media_kind}] if ex.media_kind != "none" else []) + [{"type": "text", "text": ex.prompt}]
-        texts.append(adapter.processor.apply_chat_template(
+        texts.append(vlm.processor.apply_chat_template(
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False))
     media = {}
     images = [ex.pixels for ex in examples if ex.media_kind == "image"]
@@ -77,8 +68,8 @@ def reference_inputs(adapter: VLMWrapper, examples: list[Example]) -> dict[str, 
         media["videos"] = videos
         media["video_metadata"] = [{"total_num_frames": len(ex.pixels), "fps": ex.fps}
                                    for ex in examples if ex.media_kind == "video"]
-    adapter.tokenizer.padding_side = "left"
-    return dict(adapter.processor(text=texts, padding=True, return_tensors="pt", **media))
+    vlm.tokenizer.padding_side = "left"
+    return dict(vlm.processor(text=texts, padding=True, return_tensors="pt", **media))
 
 
 def reference_model(model_dir: Path) -> torch.nn.Module:
@@ -89,9 +80,9 @@ def load(tiny_dirs: dict[str, Path], name: str) -> VLMWrapper:
     return load_vlm(tiny_dirs[name])
 
 
-def randomize_lora(adapter: VLMWrapper, seed: int) -> None:
+def randomize_lora(vlm: VLMWrapper, seed: int) -> None:
     """LoRA's B starts at zero (an identity adapter): give every LoRA weight and gate a random value."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for param in adapter.trainable_parameters():
+        for param in vlm.trainable_parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
