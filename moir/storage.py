@@ -3,11 +3,13 @@
 A stage that dies half way (killed job, full disk, a raised error) must never leave a file that looks finished:
 Snakemake and the resume logic of the token cache both take an existing file as done. So every writer here
 writes to a hidden temporary file in the destination directory and renames it into place (`os.replace`, atomic
-on POSIX) only after the last row group is closed.
+on POSIX) only after the last row group is closed. A failed write (a full disk: ENOSPC) raises an OSError whose
+message names the destination, and removes the temporary file: nothing partial is left.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -15,6 +17,20 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_error(path: Path, error: OSError) -> OSError:
+    """The same OSError (errno kept), its message naming the file that could not be written."""
+    return OSError(error.errno, f"{path}: cannot write ({error.strerror or error}); nothing was written")
 
 
 def temporary_path(path: Path) -> Path:
@@ -38,12 +54,19 @@ class ParquetStreamWriter:
 
     def __enter__(self) -> ParquetStreamWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, **self._options)
+        try:
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, **self._options)
+        except OSError as error:
+            self._tmp.unlink(missing_ok=True)
+            raise _write_error(self.path, error) from error
         return self
 
     def write_table(self, table: pa.Table, row_group_size: int | None = None) -> None:
         """Append `table` (this writer's schema) as row groups of at most `row_group_size` rows."""
-        self._writer.write_table(table, row_group_size=row_group_size)
+        try:
+            self._writer.write_table(table, row_group_size=row_group_size)
+        except OSError as error:
+            raise _write_error(self.path, error) from error
 
     def write_rows(self, rows: list[dict]) -> None:
         """Append `rows` (dicts keyed by column name) as one row group; an empty list writes nothing."""
@@ -55,6 +78,9 @@ class ParquetStreamWriter:
             self._writer.close()
             if exc_type is None:
                 os.replace(self._tmp, self.path)
+        except OSError as error:
+            if exc_type is None:
+                raise _write_error(self.path, error) from error
         finally:
             self._tmp.unlink(missing_ok=True)
 
@@ -75,6 +101,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
+    except OSError as error:
+        raise _write_error(path, error) from error
     finally:
         tmp.unlink(missing_ok=True)
     return path
