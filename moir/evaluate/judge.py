@@ -90,12 +90,13 @@ def http_request(method: str, url: str, *, headers: dict[str, str], body: bytes 
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = connection_class(parts.hostname, parts.port, timeout=timeout_s)
     expired = threading.Event()
+    sockets = []  # the connection's socket (http.client drops its own reference once a reply will close it)
 
     def abort() -> None:
         expired.set()
-        if connection.sock is not None:
+        for sock in sockets:
             try:
-                connection.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -103,6 +104,10 @@ def http_request(method: str, url: str, *, headers: dict[str, str], body: bytes 
     watchdog.daemon = True
     watchdog.start()
     try:
+        connection.connect()
+        sockets.append(connection.sock)
+        if expired.is_set():
+            abort()
         target = parts.path or "/"
         connection.request(method, target + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
         response = connection.getresponse()

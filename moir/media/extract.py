@@ -9,7 +9,7 @@ path that leaves the manifest's media root (`..`, absolute, a symbolic link poin
 a bad manifest: the stage refuses it before decoding anything, naming the row.
 
 Frames are stored at most `max_side` pixels on their longer side (default 1024, above what either model family
-reads): an 8K video is decoded straight to that size, never held at full resolution.
+reads), decoded a few full-resolution frames at a time: an 8K video is never held whole at full resolution.
 
 Each video in the manifest is decoded once, however many questions refer to it (MMBench-Video asks several per
 video); the tables are keyed by the manifest's `media_path` and rows are in sorted media-path order.

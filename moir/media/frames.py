@@ -19,8 +19,9 @@ sampled_fps  float32  frames kept per second of video (n / duration; the same on
 image        binary   the frame as a JPEG or PNG file (metadata `image_format`)
 
 Frames are stored at most `max_side` pixels on their longer side (default DEFAULT_MAX_SIDE = 1024, above what
-LLaVA-1.5 (336) or Qwen2.5-VL's video budget reads), aspect ratio kept: a larger video is decoded straight to that
-size by decord, so an 8K video never holds full-resolution frames in memory.
+LLaVA-1.5 (336) or Qwen2.5-VL's video budget reads), aspect ratio kept (Pillow's bicubic resampling). Frames are
+decoded in chunks of at most DECODE_BYTES of full-resolution pixels, so an 8K video holds two full frames at a
+time, not sixteen.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from moir.media.images import open_image
 
 IMAGE_FORMATS = ("jpeg", "png")
 DEFAULT_MAX_SIDE = 1024
-DECODE_CHUNK = 16  # frames decoded at once: bounds memory for long, high-resolution videos
+DECODE_CHUNK = 16  # frames decoded at once: bounds memory for long videos...
+DECODE_BYTES = 256 << 20  # ... and for high-resolution ones: at most this many bytes of decoded pixels at once
 
 FRAMES_SCHEMA = pa.schema(
     [
@@ -142,21 +144,21 @@ def extract_frames(
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1 (or None for no limit), got {max_side}")
     reader = decord.VideoReader(str(video_path), ctx=decord.cpu(0), num_threads=1)
-    height, width = reader[0].shape[:2]
-    new_width, new_height = scaled_size(width, height, max_side)
-    if (new_width, new_height) != (width, height):  # decode straight to the smaller size
-        del reader
-        reader = decord.VideoReader(str(video_path), ctx=decord.cpu(0), num_threads=1, width=new_width,
-                                    height=new_height)
     average_fps = reader.get_avg_fps()
     indices = sample_frame_indices(len(reader), average_fps, sampling)
+    height, width = reader[indices[0]].shape[:2]
+    size = scaled_size(width, height, max_side)
+    chunk_size = max(1, min(DECODE_CHUNK, DECODE_BYTES // (width * height * 3)))
     frames = []
-    for start in range(0, len(indices), DECODE_CHUNK):
-        chunk = indices[start : start + DECODE_CHUNK]
+    for start in range(0, len(indices), chunk_size):
+        chunk = indices[start : start + chunk_size]
         pixels = reader.get_batch(chunk).asnumpy()
         timestamps = reader.get_frame_timestamp(chunk)[:, 0]
         for index, timestamp, frame in zip(chunk, timestamps, pixels):
+            if size != (width, height):
+                frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))
             frames.append((index, float(timestamp), encode_image(frame, image_format, jpeg_quality)))
+        del pixels
     return SampledVideo(frames, sampled_fps=len(indices) * average_fps / len(reader))
 
 

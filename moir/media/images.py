@@ -42,7 +42,7 @@ def open_image(source: str | os.PathLike | bytes, *, name: str | None = None, ma
         raise ImageError(f"{label}: cannot be read ({error.strerror or error})") from error
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap, below, is an error
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > max_pixels:
