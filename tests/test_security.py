@@ -323,8 +323,8 @@ def test_shared_references_cannot_inflate_a_pickle(tmp_path):
 
 @pytest.mark.parametrize("data", [
     b"K\x01K\x02a.",  # APPEND to an int: AttributeError in the unpickler
-    b"}K\x01b.",  # BUILD on a dict with an int state
-    b"\x80\x05\x95",  # a protocol-5 frame cut short
+    b"K\x01(K\x02e.",  # APPENDS to an int
+    b"N}b.",  # BUILD on None: AttributeError too
 ])
 def test_every_malformed_pickle_is_an_error_naming_the_file(tmp_path, data):
     (tmp_path / "bad.pkl").write_bytes(data)
