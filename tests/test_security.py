@@ -15,7 +15,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import zipfile
@@ -177,7 +176,8 @@ def test_a_symlink_out_of_the_media_root_is_refused_naming_the_row(tmp_path):
     manifest = read_manifest(write_manifest([manifest_row(0, "inside.png"), manifest_row(1, "link.png")],
                                             tmp_path / "m.parquet", media_root=root))
     assert resolve_media(manifest, "inside.png") == (root / "inside.png").resolve()
-    with pytest.raises(ManifestError, match=r"'link\.png' resolves to .*outside the media root.*id\(s\) \['d/test/1'\]"):
+    message = r"'link\.png' resolves to .*outside the media root.*id\(s\) \['d/test/1'\]"
+    with pytest.raises(ManifestError, match=message):
         resolve_media(manifest, "link.png")
 
 
@@ -450,7 +450,7 @@ def test_a_reply_that_is_not_utf8_names_the_judge(http_server):
         judge("prompt")
 
 
-# ------------------------------------------------------------------------------------------------ 7. errors that name the file
+# ------------------------------------------------------------------------------------------ 7. errors naming the file
 
 
 def test_a_decompression_bomb_png_is_refused_naming_the_frame():

@@ -243,7 +243,6 @@ def _flip_tensor_bytes(checkpoint: Path, n: int = 32) -> None:
 def test_a_corrupt_checkpoint_is_refused_naming_the_file(demo, caplog):
     assert train_main(train_args(demo, "flipped", "--epochs", "1", "--keep-checkpoints")) == 0
     checkpoint = latest_checkpoint(demo["root"] / "checkpoints" / "flipped")
-    assert checkpoint.with_name(checkpoint.name + ".sha256").is_file()
     _flip_tensor_bytes(checkpoint)
     with caplog.at_level(logging.ERROR, logger="moir.train"):
         assert train_main(train_args(demo, "flipped", "--epochs", "1")) == 1

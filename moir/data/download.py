@@ -11,8 +11,8 @@ A transfer writes `<file>.part` and resumes it with an HTTP Range request after 
 against its size and checksum before it is renamed into place; a mismatch deletes the partial data and fails naming
 the file and both digests. Archives (zip, tar) are checked entry by entry before anything is written: absolute
 paths, `..`, links and device files are refused, as is any entry whose path would resolve outside the target
-directory; so are two entries that land on the same path or a file where another entry needs a directory. The
-whole archive is sized before anything is written, with sparse tar members counted at their expanded size: more
+directory; so are two entries that land on the same path or a file where another entry needs a directory.
+The whole archive is sized before anything is written, with sparse tar members counted at their expanded size: more
 than `max_bytes` in all (default 256 GiB), more than `max_ratio` times the archive's size (default 200; the
 datasets' archives hold images and JSON, far below that), or more than the free space of the target disk is
 refused as a bomb, and the copy stops at each entry's declared size whatever the stream holds. A transfer stops
@@ -219,7 +219,9 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float) -> None:
         expected_end = offset + int(length) if length is not None else size
         if size is not None and expected_end is not None and expected_end > size:
             part.unlink(missing_ok=True)
-            raise ChecksumError(f"{url}: the server announces {expected_end} bytes, the file is pinned at {size}; refused")
+            raise ChecksumError(
+                f"{url}: the server announces {expected_end} bytes, the file is pinned at {size}; refused"
+            )
         with open(part, "r+b" if offset else "wb") as file, tqdm(
             total=expected_end, initial=offset, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"), leave=False
         ) as progress:
@@ -366,7 +368,9 @@ def _write_member(archive: Path, source, target: Path, size: int) -> None:
             while chunk := source.read(min(CHUNK_SIZE, size - written + 1)):
                 written += len(chunk)
                 if written > size:
-                    raise UnsafeArchiveError(f"{archive}: entry {target.name} holds more than its declared {size} bytes")
+                    raise UnsafeArchiveError(
+                        f"{archive}: entry {target.name} holds more than its declared {size} bytes"
+                    )
                 out.write(chunk)
         os.replace(tmp, target)
     except OSError as error:
@@ -461,7 +465,8 @@ def fetch(source: Source, out_dir: str | os.PathLike, *, allow_unpinned: bool = 
             if remove_archives:
                 dest.unlink()
         records.append(record)
-    write_text_atomic(marker, json.dumps({"dataset": source.dataset, "homepage": source.homepage, "files": records}, indent=2))
+    summary = {"dataset": source.dataset, "homepage": source.homepage, "files": records}
+    write_text_atomic(marker, json.dumps(summary, indent=2))
     log.info("%s: complete -> %s", source.dataset, marker)
     return marker
 

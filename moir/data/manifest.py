@@ -91,8 +91,8 @@ def _check_table(table: pa.Table, source: str) -> pa.Table:
     kinds = set(table.column("media_kind").to_pylist())
     if not kinds <= set(MEDIA_KINDS):
         raise ManifestError(f"{source}: column 'media_kind' has unknown value(s) {sorted(kinds - set(MEDIA_KINDS))}")
-    rows = zip(table.column("id").to_pylist(), table.column("media_kind").to_pylist(), table.column("media_path").to_pylist())
-    for row, (example_id, kind, path) in enumerate(rows):
+    columns = [table.column(name).to_pylist() for name in ("id", "media_kind", "media_path")]
+    for row, (example_id, kind, path) in enumerate(zip(*columns)):
         if (kind == "none") != (path is None):
             raise ManifestError(f"{source}: column 'media_path' must be null exactly when media_kind is 'none'")
         if path is not None:

@@ -88,7 +88,9 @@ def read_questions(tsv: Path) -> list[dict]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        raise MMBenchVideoError(f"{tsv}: line {line} is not UTF-8 text ({error.reason} at byte {error.start})") from error
+        raise MMBenchVideoError(
+            f"{tsv}: line {line} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from error
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
     missing = set(REQUIRED_COLUMNS) - set(reader.fieldnames or ())
     if missing:

@@ -125,7 +125,9 @@ def safe_load(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES, max_ratio:
             raise
         except Exception as error:  # noqa: BLE001 - a malformed pickle raises anything (AttributeError, ...)
             message = str(error)[:200]
-            raise UnsafePickleError(f"{source}: not a valid plain-data pickle ({type(error).__name__}: {message})") from error
+            raise UnsafePickleError(
+                f"{source}: not a valid plain-data pickle ({type(error).__name__}: {message})"
+            ) from error
     _check_plain(obj, source, max_bytes=min(max_bytes, int(max_ratio * max(size, 1))), max_items=max_items)
     return obj
 

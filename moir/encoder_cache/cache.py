@@ -182,7 +182,9 @@ def read_meta(meta_path: Path) -> dict:
     try:
         meta = json.loads(meta_path.read_bytes())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CacheMismatchError(f"{meta_path}: not a readable JSON file ({error}); delete {meta_path.parent} to rebuild") from error
+        raise CacheMismatchError(
+            f"{meta_path}: not a readable JSON file ({error}); delete {meta_path.parent} to rebuild"
+        ) from error
     if not isinstance(meta, dict):
         raise CacheMismatchError(f"{meta_path}: expected a JSON object, got a {type(meta).__name__}")
     return meta

@@ -60,6 +60,10 @@ class JudgeError(RuntimeError):
     """The judge cannot be reached or answers with an error; the message names the endpoint or model."""
 
 
+class ReplyTooLarge(JudgeError):
+    """The judge's reply is longer than `max_reply_bytes`."""
+
+
 def judge_prompt(question: str, answer: str, prediction: str) -> str:
     """The user turn of the benchmark's judge prompt."""
     return f"Question: {question}\nGroundtruth answer: {answer}\nCandidate answer: {prediction}\nYour response: "
@@ -113,13 +117,17 @@ def http_request(method: str, url: str, *, headers: dict[str, str], body: bytes 
         response = connection.getresponse()
         announced = response.getheader("Content-Length")
         if announced is not None and announced.isdigit() and int(announced) > max_reply_bytes:
-            raise JudgeError(f"judge at {url}: reply of {announced} bytes, more than max_reply_bytes {max_reply_bytes}")
+            raise ReplyTooLarge(
+                f"judge at {url}: reply of {announced} bytes, more than max_reply_bytes {max_reply_bytes}"
+            )
         chunks, received = [], 0
         while chunk := response.read(min(1 << 16, max_reply_bytes + 1 - received)):
             chunks.append(chunk)
             received += len(chunk)
             if received > max_reply_bytes:
-                raise JudgeError(f"judge at {url}: reply longer than max_reply_bytes {max_reply_bytes}; not read further")
+                raise ReplyTooLarge(
+                    f"judge at {url}: reply longer than max_reply_bytes {max_reply_bytes}; not read further"
+                )
         if expired.is_set():
             raise TimeoutError
         return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks)
@@ -175,7 +183,7 @@ class OpenAIJudge:
         try:
             status, headers, _ = http_request("GET", models_url, headers=self._headers(),
                                               timeout_s=min(self.timeout_s, 30.0), max_reply_bytes=self.max_reply_bytes)
-        except JudgeError as error:  # an over-long model list: something answers
+        except ReplyTooLarge as error:  # an over-long model list: something answers
             log.info("%s; treating the endpoint as reachable", error)
             return
         except (OSError, http.client.HTTPException) as error:

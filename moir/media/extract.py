@@ -105,7 +105,8 @@ def extract_media(
     for media_path in videos:  # refuses, naming the row, a path outside the media root; before any output
         resolve_media(manifest, media_path)
     out_dir = Path(out_dir)
-    metadata = {"max_side": str(max_side), "frame_sampling": sampling.describe(), "image_format": image_format, "manifest": str(manifest_path)}
+    metadata = {"frame_sampling": sampling.describe(), "image_format": image_format, "manifest": str(manifest_path),
+                "max_side": str(max_side)}
     log.info("%s: %d videos, sampling %s", manifest_path, len(videos), sampling.describe())
 
     work = partial(

@@ -30,7 +30,9 @@ class ImageError(ValueError):
     """An image cannot be used: unreadable, truncated or too large; the message names the file."""
 
 
-def open_image(source: str | os.PathLike | bytes, *, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(
+    source: str | os.PathLike | bytes, *, name: str | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """A fully decoded RGB copy of an image file (a path, or encoded bytes named `name` in errors)."""
     label = name or (f"{len(source)} bytes of image data" if isinstance(source, bytes) else str(source))
     if ImageFile.LOAD_TRUNCATED_IMAGES:

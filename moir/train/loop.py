@@ -292,7 +292,9 @@ def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict:
         ) from error
     saved = payload.get("fingerprint", {}) if isinstance(payload, Mapping) else None
     if not isinstance(saved, Mapping):
-        raise TrainingError(f"{path}: not a checkpoint of this loop (no 'fingerprint' field); delete it to start afresh")
+        raise TrainingError(
+            f"{path}: not a checkpoint of this loop (no 'fingerprint' field); delete it to start afresh"
+        )
     if _canonical(saved) != _canonical(fingerprint):
         differences = fingerprint_differences(saved, fingerprint)
         raise TrainingError(
