@@ -9,10 +9,15 @@ atomic on POSIX) only once it is complete:
     write_jsonl_atomic(records, path), write_table_atomic(table, path), ParquetStreamWriter(path, schema)
     with atomic_path(path) as tmp: <anything that writes a file at tmp>         (torch.save, PIL, av, ...)
     with atomic_directory(out_dir) as tmp: <fill the directory tmp>             (a whole output directory)
+
+A failed write (a full disk: ENOSPC, a file-size limit: EFBIG) raises an OSError whose message names the
+destination, and removes the temporary file: nothing partial is left.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +27,24 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# The errors of writing itself (as opposed to, say, a missing input read inside an atomic block).
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES})
+
+
+def _write_error(path: Path, error: OSError) -> OSError:
+    """The same OSError (errno kept), its message naming the file that could not be written."""
+    return OSError(error.errno, f"{path}: cannot write ({error.strerror or error}); nothing was written")
 
 
 def temporary_path(path: Path) -> Path:
@@ -38,6 +61,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in _WRITE_ERRNOS:
+            raise _write_error(path, error) from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -76,12 +103,19 @@ class ParquetStreamWriter:
 
     def __enter__(self) -> ParquetStreamWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, **self._options)
+        try:
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, **self._options)
+        except OSError as error:
+            self._tmp.unlink(missing_ok=True)
+            raise _write_error(self.path, error) from error
         return self
 
     def write_table(self, table: pa.Table, row_group_size: int | None = None) -> None:
         """Append `table` (this writer's schema) as row groups of at most `row_group_size` rows."""
-        self._writer.write_table(table, row_group_size=row_group_size)
+        try:
+            self._writer.write_table(table, row_group_size=row_group_size)
+        except OSError as error:
+            raise _write_error(self.path, error) from error
 
     def write_rows(self, rows: list[dict]) -> None:
         """Append `rows` (dicts keyed by column name) as one row group; an empty list writes nothing."""
@@ -93,6 +127,9 @@ class ParquetStreamWriter:
             self._writer.close()
             if exc_type is None:
                 os.replace(self._tmp, self.path)
+        except OSError as error:
+            if exc_type is None:
+                raise _write_error(self.path, error) from error
         finally:
             self._tmp.unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -215,6 +216,38 @@ def test_checkpoint_of_another_run_is_refused(demo, caplog):
         assert train_main(args) == 1
     message = caplog.records[-1].getMessage()
     assert "belongs to a different run" in message and "loop" in message
+
+
+def test_checkpoint_of_another_seed_names_the_field(demo, caplog):
+    assert train_main(train_args(demo, "seeded", "--epochs", "1", "--keep-checkpoints")) == 0
+    args = train_args(demo, "seeded", "--epochs", "1", "--seed", "1")
+    with caplog.at_level(logging.ERROR, logger="moir.train"):
+        assert train_main(args) == 1
+    message = caplog.records[-1].getMessage()
+    assert "loop.seed: checkpoint 0, this run 1" in message, message
+
+
+def _flip_tensor_bytes(checkpoint: Path, n: int = 32) -> None:
+    """XOR `n` bytes in the middle of the largest tensor record of a torch checkpoint (an uncompressed zip)."""
+    import zipfile
+
+    with zipfile.ZipFile(checkpoint) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(checkpoint.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length + info.file_size // 2
+    data[start : start + n] = bytes(b ^ 0xA5 for b in data[start : start + n])
+    checkpoint.write_bytes(bytes(data))
+
+
+def test_a_corrupt_checkpoint_is_refused_naming_the_file(demo, caplog):
+    assert train_main(train_args(demo, "flipped", "--epochs", "1", "--keep-checkpoints")) == 0
+    checkpoint = latest_checkpoint(demo["root"] / "checkpoints" / "flipped")
+    _flip_tensor_bytes(checkpoint)
+    with caplog.at_level(logging.ERROR, logger="moir.train"):
+        assert train_main(train_args(demo, "flipped", "--epochs", "1")) == 1
+    message = caplog.records[-1].getMessage()
+    assert f"{checkpoint}: corrupt checkpoint: sha256" in message, message
 
 
 def test_loop_helpers():

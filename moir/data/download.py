@@ -11,7 +11,12 @@ A transfer writes `<file>.part` and resumes it with an HTTP Range request after 
 against its size and checksum before it is renamed into place; a mismatch deletes the partial data and fails naming
 the file and both digests. Archives (zip, tar) are checked entry by entry before anything is written: absolute
 paths, `..`, links and device files are refused, as is any entry whose path would resolve outside the target
-directory. When every file of a dataset is in place, `download.complete.json` is written atomically; it is the
+directory; so are two entries that land on the same path or a file where another entry needs a directory.
+The whole archive is sized before anything is written, with sparse tar members counted at their expanded size: more
+than `max_bytes` in all (default 256 GiB), more than `max_ratio` times the archive's size (default 200; the
+datasets' archives hold images and JSON, far below that), or more than the free space of the target disk is
+refused as a bomb, and the copy stops at each entry's declared size whatever the stream holds. A transfer stops
+as soon as the server sends more than the pinned size. When every file of a dataset is in place, `download.complete.json` is written atomically; it is the
 download rule's output, and a later run with a matching marker does nothing. With `remove_archives`, archives are
 deleted once extracted (a run interrupted before the marker is written downloads them again).
 """
@@ -36,12 +41,16 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from moir.storage import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 MARKER = "download.complete.json"
 CHUNK_SIZE = 1 << 20
 USER_AGENT = "moir-data/0.1"
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+MAX_EXTRACTED_BYTES = 256 << 30  # everything one archive may extract to
+MAX_EXTRACTION_RATIO = 200.0  # extracted size / archive size
 
 
 class DownloadError(RuntimeError):
@@ -53,7 +62,8 @@ class ChecksumError(DownloadError):
 
 
 class UnsafeArchiveError(ValueError):
-    """An archive holds an entry that would land outside the target directory, a link, or a device file."""
+    """An archive holds an entry that would land outside the target directory, a link, a device file, two entries
+    for one path, or more data than the extraction caps allow."""
 
 
 @dataclass(frozen=True)
@@ -207,12 +217,21 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float) -> None:
             offset = 0
         length = response.headers.get("Content-Length")
         expected_end = offset + int(length) if length is not None else size
+        if size is not None and expected_end is not None and expected_end > size:
+            part.unlink(missing_ok=True)
+            raise ChecksumError(
+                f"{url}: the server announces {expected_end} bytes, the file is pinned at {size}; refused"
+            )
         with open(part, "r+b" if offset else "wb") as file, tqdm(
             total=expected_end, initial=offset, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"), leave=False
         ) as progress:
             file.seek(offset)
             file.truncate()
             while chunk := response.read(CHUNK_SIZE):
+                if size is not None and file.tell() + len(chunk) > size:
+                    file.close()
+                    part.unlink(missing_ok=True)
+                    raise ChecksumError(f"{url}: the server sent more than the pinned {size} bytes; transfer stopped")
                 file.write(chunk)
                 progress.update(len(chunk))
             file.flush()
@@ -277,7 +296,7 @@ def _checked_target(archive: Path, name: str, root: Path) -> Path:
     return target
 
 
-def _zip_members(archive: Path, zf: zipfile.ZipFile, root: Path) -> list[tuple[Path, zipfile.ZipInfo | None]]:
+def _zip_members(archive: Path, zf: zipfile.ZipFile, root: Path) -> list[tuple[Path, zipfile.ZipInfo | None, int]]:
     members = []
     for info in zf.infolist():
         kind = stat.S_IFMT(info.external_attr >> 16)  # Unix file type; 0 when the archiver recorded none
@@ -286,37 +305,87 @@ def _zip_members(archive: Path, zf: zipfile.ZipFile, root: Path) -> list[tuple[P
         if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise UnsafeArchiveError(f"{archive}: entry {info.filename!r} is not a regular file or directory; refused")
         target = _checked_target(archive, info.filename, root)
-        members.append((target, None if info.is_dir() else info))
+        members.append((target, None, 0) if info.is_dir() else (target, info, info.file_size))
     return members
 
 
-def _tar_members(archive: Path, tf: tarfile.TarFile, root: Path) -> list[tuple[Path, tarfile.TarInfo | None]]:
+def _tar_members(archive: Path, tf: tarfile.TarFile, root: Path) -> list[tuple[Path, tarfile.TarInfo | None, int]]:
     members = []
     for info in tf.getmembers():
         if info.issym() or info.islnk():
             raise UnsafeArchiveError(f"{archive}: entry {info.name!r} is a link (to {info.linkname!r}); refused")
         if not (info.isfile() or info.isdir()):
             raise UnsafeArchiveError(f"{archive}: entry {info.name!r} is not a regular file or directory; refused")
-        members.append((_checked_target(archive, info.name, root), None if info.isdir() else info))
+        target = _checked_target(archive, info.name, root)
+        members.append((target, None, 0) if info.isdir() else (target, info, info.size))  # sparse: expanded size
     return members
 
 
-def _write_member(source, target: Path) -> None:
+def _check_layout(archive: Path, members: list[tuple[Path, object, int]], root: Path) -> None:
+    """Refuse two entries for one path (a file twice, a file and a directory) and a file that another entry
+    needs as a directory: extracting either would silently keep only one of them."""
+    kinds: dict[Path, str] = {}
+    for target, info, _ in members:
+        kind = "directory" if info is None else "file"
+        if target in kinds and (kind == "file" or kinds[target] == "file"):
+            raise UnsafeArchiveError(
+                f"{archive}: two entries for {target.relative_to(root)} ({kinds[target]} and {kind}); refused"
+            )
+        kinds[target] = kind
+    for target, kind in kinds.items():
+        for parent in target.relative_to(root).parents:
+            if kinds.get(root / parent) == "file":
+                raise UnsafeArchiveError(
+                    f"{archive}: entry {target.relative_to(root)} lies under {parent}, which is a file entry; refused"
+                )
+
+
+def _check_size(archive: Path, members: list[tuple[Path, object, int]], root: Path, max_bytes: int,
+                max_ratio: float) -> int:
+    """The total size the archive extracts to, refused past the caps or the free space of the target disk."""
+    total = sum(size for _, _, size in members)
+    archive_size = max(archive.stat().st_size, 1)
+    if total > max_bytes:
+        raise UnsafeArchiveError(f"{archive}: extracts to {total} bytes, more than max_bytes {max_bytes}; refused")
+    if total > max_ratio * archive_size:
+        raise UnsafeArchiveError(
+            f"{archive}: extracts to {total} bytes from {archive_size} ({total / archive_size:.0f}x, more than "
+            f"max_ratio {max_ratio:g}x); refused as an archive bomb"
+        )
+    free = shutil.disk_usage(root).free
+    if total > free:
+        raise UnsafeArchiveError(f"{archive}: extracts to {total} bytes, {root} has {free} bytes free; refused")
+    return total
+
+
+def _write_member(archive: Path, source, target: Path, size: int) -> None:
+    """Copy one entry, never more than its declared `size` bytes (the sizing check relied on it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as out:
-            shutil.copyfileobj(source, out, CHUNK_SIZE)
+            written = 0
+            while chunk := source.read(min(CHUNK_SIZE, size - written + 1)):
+                written += len(chunk)
+                if written > size:
+                    raise UnsafeArchiveError(
+                        f"{archive}: entry {target.name} holds more than its declared {size} bytes"
+                    )
+                out.write(chunk)
         os.replace(tmp, target)
+    except OSError as error:
+        raise OSError(error.errno, f"{target}: cannot extract from {archive} ({error.strerror or error})") from error
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> int:
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, max_bytes: int = MAX_EXTRACTED_BYTES,
+                 max_ratio: float = MAX_EXTRACTION_RATIO) -> int:
     """Extract a zip or tar archive into `dest` after checking every entry; returns the number of files.
 
-    Nothing is written when any entry is refused (see the module docstring). File modes from the archive are not
-    applied; extracted files get the default permissions.
+    Nothing is written when any entry is refused or the archive extracts to more than `max_bytes` or `max_ratio`
+    times its own size (see the module docstring). File modes from the archive are not applied; extracted files
+    get the default permissions.
     """
     archive, root = Path(archive), Path(dest)
     root.mkdir(parents=True, exist_ok=True)
@@ -331,13 +400,15 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike) -> int:
         raise UnsafeArchiveError(f"{archive}: not a zip or tar archive")
     with opened:
         members = list_members(archive, opened, root)  # every entry checked before anything is written
-        for target, info in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False):
+        _check_layout(archive, members, root)
+        _check_size(archive, members, root, max_bytes, max_ratio)
+        for target, info, size in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False):
             if info is None:
                 target.mkdir(parents=True, exist_ok=True)
             else:
                 with open_member(info) as source:
-                    _write_member(source, target)
-    return sum(info is not None for _, info in members)
+                    _write_member(archive, source, target, size)
+    return sum(info is not None for _, info, _ in members)
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -362,8 +433,10 @@ def _marker_matches(marker: Path, source: Source) -> bool:
 
 
 def fetch(source: Source, out_dir: str | os.PathLike, *, allow_unpinned: bool = False, retries: int = 3,
-          timeout: float = 60.0, backoff: float = 2.0, remove_archives: bool = False) -> Path:
-    """Download, verify and extract every file of `source` into `out_dir`; returns the completion marker."""
+          timeout: float = 60.0, backoff: float = 2.0, remove_archives: bool = False,
+          max_extracted_bytes: int = MAX_EXTRACTED_BYTES, max_extraction_ratio: float = MAX_EXTRACTION_RATIO) -> Path:
+    """Download, verify and extract every file of `source` into `out_dir`; returns the completion marker.
+    Archives are extracted under the caps of `safe_extract` (`max_extracted_bytes`, `max_extraction_ratio`)."""
     out_dir = Path(out_dir)
     marker = out_dir / MARKER
     if marker.exists() and _marker_matches(marker, source):
@@ -387,14 +460,13 @@ def fetch(source: Source, out_dir: str | os.PathLike, *, allow_unpinned: bool = 
             log.warning("%s: unpinned file downloaded; its sha256 is %s (pin it in moir/data/download.py)",
                         remote.url, record["sha256"])
         if remote.extract:
-            count = safe_extract(dest, dest.parent)
+            count = safe_extract(dest, dest.parent, max_bytes=max_extracted_bytes, max_ratio=max_extraction_ratio)
             log.info("%s: extracted %d files into %s", dest, count, dest.parent)
             if remove_archives:
                 dest.unlink()
         records.append(record)
-    tmp = marker.with_name(f".{marker.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"dataset": source.dataset, "homepage": source.homepage, "files": records}, indent=2))
-    os.replace(tmp, marker)
+    summary = {"dataset": source.dataset, "homepage": source.homepage, "files": records}
+    write_text_atomic(marker, json.dumps(summary, indent=2))
     log.info("%s: complete -> %s", source.dataset, marker)
     return marker
 

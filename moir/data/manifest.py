@@ -21,12 +21,16 @@ has_image     bool        ScienceQA's image subset flag (True whenever media_kin
 category      str         a free-form group for per-category breakdowns ("" when none)
 
 Table metadata: `media_root` (the directory media paths are relative to), `dataset`, `split`.
+
+Media paths stay inside the media root: a path that is absolute or has a `..` component is refused when a
+manifest is written or read (naming the row), and `resolve_media` refuses a path that a symbolic link takes
+outside the root. Text columns must be valid UTF-8; an invalid value is named by column and row.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -79,19 +83,61 @@ def _check_table(table: pa.Table, source: str) -> pa.Table:
             table = table.set_column(SCHEMA.get_field_index(field.name), field, column)
         if not field.nullable and column.null_count:
             raise ManifestError(f"{source}: column {field.name!r} has {column.null_count} null value(s)")
+    for field in SCHEMA:
+        _check_utf8(table, field.name, source)
     ids = table.column("id")
     if len(ids) != len(set(ids.to_pylist())):
         raise ManifestError(f"{source}: column 'id' has duplicate values")
     kinds = set(table.column("media_kind").to_pylist())
     if not kinds <= set(MEDIA_KINDS):
         raise ManifestError(f"{source}: column 'media_kind' has unknown value(s) {sorted(kinds - set(MEDIA_KINDS))}")
-    for kind, path in zip(table.column("media_kind").to_pylist(), table.column("media_path").to_pylist()):
+    columns = [table.column(name).to_pylist() for name in ("id", "media_kind", "media_path")]
+    for row, (example_id, kind, path) in enumerate(zip(*columns)):
         if (kind == "none") != (path is None):
             raise ManifestError(f"{source}: column 'media_path' must be null exactly when media_kind is 'none'")
+        if path is not None:
+            problem = media_path_problem(path)
+            if problem:
+                raise ManifestError(f"{source}: row {row} (id {example_id!r}) column 'media_path' {path!r} {problem}")
     for index, choices in zip(table.column("answer_index").to_pylist(), table.column("choices").to_pylist()):
         if index is not None and not 0 <= index < len(choices):
             raise ManifestError(f"{source}: column 'answer_index' value {index} is outside its {len(choices)} choices")
     return table.replace_schema_metadata(table.schema.metadata)
+
+
+def _check_utf8(table: pa.Table, name: str, source: str) -> None:
+    """Raise ManifestError naming the column and row of the first string that is not valid UTF-8."""
+    column = table.column(name)
+    string_type = pa.list_(pa.string()) if pa.types.is_list(column.type) else pa.string()
+    if not column.type.equals(string_type):
+        return
+    try:
+        column.validate(full=True)
+        return
+    except pa.ArrowInvalid:
+        pass
+    row = 0
+    for chunk in column.chunks:
+        for value in chunk:
+            try:
+                value.as_py()
+            except UnicodeDecodeError as error:
+                raise ManifestError(f"{source}: row {row} column {name!r} is not valid UTF-8 ({error.reason} at byte "
+                                    f"{error.start})") from error
+            row += 1
+    raise ManifestError(f"{source}: column {name!r} is not valid UTF-8")
+
+
+def media_path_problem(media_path: str) -> str | None:
+    """Why `media_path` cannot be a path relative to a media root (absolute, `..`, empty, NUL), or None."""
+    if not media_path or "\0" in media_path:
+        return "is empty or holds a NUL character"
+    pure = PurePosixPath(media_path.replace("\\", "/"))
+    if pure.is_absolute() or media_path[1:3] == ":\\" or media_path[1:3] == ":/":
+        return "is an absolute path; media paths are relative to the media root"
+    if ".." in pure.parts:
+        return "has a '..' component; media paths stay inside the media root"
+    return None
 
 
 def write_manifest(rows: list[dict] | pa.Table, path: str | os.PathLike, *, media_root: str | os.PathLike) -> Path:
@@ -128,6 +174,30 @@ def media_root(table: pa.Table) -> Path:
     return Path(table.schema.metadata[b"media_root"].decode())
 
 
+def resolve_under(root: str | os.PathLike, media_path: str, where: str) -> Path:
+    """The real path of `media_path` under `root`, refused (ManifestError naming `where`) when it leaves `root`:
+    an absolute path, a `..` component, or a symbolic link that points outside."""
+    problem = media_path_problem(media_path)
+    if problem:
+        raise ManifestError(f"{where}: media path {media_path!r} {problem}")
+    root = Path(root).resolve()
+    path = (root / media_path).resolve()
+    if path != root and root not in path.parents:
+        raise ManifestError(
+            f"{where}: media path {media_path!r} resolves to {path}, outside the media root {root} (through a "
+            "symbolic link); refused"
+        )
+    return path
+
+
 def resolve_media(table: pa.Table, media_path: str) -> Path:
-    """Absolute path of one media file of this manifest."""
-    return media_root(table) / media_path
+    """Real path of one media file of this manifest, refused (ManifestError naming the row) outside its media root."""
+    metadata = table.schema.metadata or {}
+    where = f"manifest of {metadata.get(b'dataset', b'?').decode()}/{metadata.get(b'split', b'?').decode()}"
+    try:
+        return resolve_under(media_root(table), media_path, where)
+    except ManifestError as error:
+        paths = table.column("media_path").to_pylist()
+        rows = [row for row, path in enumerate(paths) if path == media_path]
+        ids = [table.column("id")[row].as_py() for row in rows[:3]]
+        raise ManifestError(f"{error} (row(s) {rows[:3]}, id(s) {ids})") from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -75,28 +76,35 @@ def split_of(video: str, *, seed: int, val_fraction: float, test_fraction: float
 
 
 def read_questions(tsv: Path) -> list[dict]:
-    """The TSV's rows, checked: the required columns are present and non-empty, `dimensions` parses."""
+    """The TSV's rows, checked: UTF-8, the required columns are present and non-empty, `dimensions` parses."""
     if not tsv.is_file():
         raise MMBenchVideoError(f"{tsv}: not found")
-    with open(tsv, newline="", encoding="utf-8-sig") as file:
-        reader = csv.DictReader(file, delimiter="\t")
-        missing = set(REQUIRED_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise MMBenchVideoError(f"{tsv}: missing column(s) {sorted(missing)}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            for column in REQUIRED_COLUMNS:
-                if not (row.get(column) or "").strip():
-                    raise MMBenchVideoError(f"{tsv}: line {line} has an empty {column!r}")
-            dimensions = []
-            if (row.get("dimensions") or "").strip():
-                try:
-                    dimensions = ast.literal_eval(row["dimensions"])
-                except (ValueError, SyntaxError) as error:
-                    raise MMBenchVideoError(f"{tsv}: line {line} column 'dimensions' is not a list literal") from error
-                if not isinstance(dimensions, list) or not all(isinstance(d, str) for d in dimensions):
-                    raise MMBenchVideoError(f"{tsv}: line {line} column 'dimensions' is not a list of strings")
-            rows.append({**row, "dimensions": dimensions})
+    data = tsv.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise MMBenchVideoError(
+            f"{tsv}: line {line} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from error
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+    missing = set(REQUIRED_COLUMNS) - set(reader.fieldnames or ())
+    if missing:
+        raise MMBenchVideoError(f"{tsv}: missing column(s) {sorted(missing)}")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        for column in REQUIRED_COLUMNS:
+            if not (row.get(column) or "").strip():
+                raise MMBenchVideoError(f"{tsv}: line {line} has an empty {column!r}")
+        dimensions = []
+        if (row.get("dimensions") or "").strip():
+            try:
+                dimensions = ast.literal_eval(row["dimensions"])
+            except (ValueError, SyntaxError) as error:
+                raise MMBenchVideoError(f"{tsv}: line {line} column 'dimensions' is not a list literal") from error
+            if not isinstance(dimensions, list) or not all(isinstance(d, str) for d in dimensions):
+                raise MMBenchVideoError(f"{tsv}: line {line} column 'dimensions' is not a list of strings")
+        rows.append({**row, "dimensions": dimensions})
     ids = [row["index"] for row in rows]
     if len(ids) != len(set(ids)):
         raise MMBenchVideoError(f"{tsv}: column 'index' has duplicate values")

@@ -127,9 +127,11 @@ def convert_hf(raw_dir: str | os.PathLike, manifest_dir: str | os.PathLike, spli
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())
     except FileNotFoundError as error:
         raise ScienceQAError(f"{path}: not found") from error
+    except UnicodeDecodeError as error:
+        raise ScienceQAError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     except json.JSONDecodeError as error:
         raise ScienceQAError(f"{path}: not valid JSON ({error})") from error
 

@@ -8,7 +8,10 @@ Input: the official release as `python -m moir.data download vizwiz` extracts it
 
 Manifest fields: answers = the 10 annotators' answers as given (normalisation is the VQA metric's job), answer_type
 kept, category = answer_type; test rows have no answers and a null answer_type (its answers are private). Native
-id: the image name without its extension. Every image must exist; the first missing ones are named.
+id: the image name without its extension. Every image must exist; the first missing ones are named. An image
+name must be a plain file name (no directory, no `..`) and its file must lie inside `raw_dir` (a symbolic link
+pointing out is refused): a hostile annotation file cannot make a manifest read files elsewhere. The splits are
+all read and checked before any manifest is written; a failure leaves none of this run's manifests behind.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from moir.data.manifest import write_manifest
+from moir.data.manifest import ManifestError, resolve_under, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ def _row(split: str, entry: dict, position: int, source: Path) -> dict:
     for field in ("image", "question"):
         if not isinstance(entry.get(field), str) or not entry[field]:
             raise VizWizError(f"{where} has no field {field!r}")
+    image = entry["image"]
+    if image.startswith(".") or any(c in image for c in "/\\\0") or image != image.strip():
+        raise VizWizError(f"{where} field 'image' is {image!r}, not a plain file name; refused")
     answers, answer_type = [], None
     if split != "test":
         if not isinstance(entry.get("answers"), list) or not entry["answers"]:
@@ -79,22 +85,48 @@ def convert(raw_dir: str | os.PathLike, manifest_dir: str | os.PathLike, *, spli
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown VizWiz split(s) {sorted(unknown)}; expected some of {SPLITS}")
+    split_rows = {split: _split_rows(raw_dir, split) for split in splits}  # everything checked before any write
     written = {}
-    for split in splits:
-        source = annotation_file(raw_dir, split)
-        try:
-            entries = json.loads(source.read_text())
-        except json.JSONDecodeError as error:
-            raise VizWizError(f"{source}: not valid JSON ({error})") from error
-        if not isinstance(entries, list):
-            raise VizWizError(f"{source}: expected a list of annotations, got a {type(entries).__name__}")
-        rows = [_row(split, entry, position, source) for position, entry in enumerate(entries)]
-        missing = [row["media_path"] for row in rows if not (raw_dir / row["media_path"]).is_file()]
-        if missing:
-            raise VizWizError(
-                f"{source}: {len(missing)} image(s) not found under {raw_dir}, e.g. {missing[:5]} "
-                f"(expected {split}.zip extracted to {raw_dir / split})"
-            )
-        written[split] = write_manifest(rows, manifest_dir / f"{split}.parquet", media_root=raw_dir)
-        log.info("vizwiz/%s: %d questions -> %s", split, len(rows), written[split])
+    try:
+        for split, rows in split_rows.items():
+            written[split] = write_manifest(rows, manifest_dir / f"{split}.parquet", media_root=raw_dir)
+            log.info("vizwiz/%s: %d questions -> %s", split, len(rows), written[split])
+    except BaseException:
+        for path in written.values():  # no manifest of a failed run is left to pass for a finished one
+            path.unlink(missing_ok=True)
+        raise
     return written
+
+
+def read_json(source: Path) -> object:
+    """A JSON file's content; VizWizError naming the file on bytes that are not UTF-8 or not JSON."""
+    try:
+        return json.loads(source.read_bytes())
+    except UnicodeDecodeError as error:
+        raise VizWizError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    except json.JSONDecodeError as error:
+        raise VizWizError(f"{source}: not valid JSON ({error})") from error
+    except OSError as error:
+        raise VizWizError(f"{source}: cannot be read ({error.strerror or error})") from error
+
+
+def _split_rows(raw_dir: Path, split: str) -> list[dict]:
+    source = annotation_file(raw_dir, split)
+    entries = read_json(source)
+    if not isinstance(entries, list):
+        raise VizWizError(f"{source}: expected a list of annotations, got a {type(entries).__name__}")
+    rows = [_row(split, entry, position, source) for position, entry in enumerate(entries)]
+    missing = []
+    for position, row in enumerate(rows):
+        try:
+            path = resolve_under(raw_dir, row["media_path"], f"{source}: entry {position}")
+        except ManifestError as error:
+            raise VizWizError(str(error)) from None
+        if not path.is_file():
+            missing.append(row["media_path"])
+    if missing:
+        raise VizWizError(
+            f"{source}: {len(missing)} image(s) not found under {raw_dir}, e.g. {missing[:5]} "
+            f"(expected {split}.zip extracted to {raw_dir / split})"
+        )
+    return rows

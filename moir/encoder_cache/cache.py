@@ -12,7 +12,8 @@ Layout of a cache directory (data/cache/<dataset>/<split>/<encoder>/):
                              sharing an image or video share its row), `shard_size` rows per shard, in sorted
                              key order; one row group per row, so reading one example reads one example.
     meta.json                written last: format, `encoder` (the model wrapper's encoder_signature()), model id and
-                             revision, storage dtype, n_examples, shard_size, shards [{file, n}], keys_sha256,
+                             revision, storage dtype, n_examples, shard_size, shards [{file, n, sha256}],
+                             keys_sha256,
                              `missing` (media without frames: the extraction stage could not decode them).
     plan.json                present only while a dump is unfinished: the plan the shards are being written for.
 
@@ -33,7 +34,10 @@ encoder, storage dtype, shard size or example list) deletes them and starts over
 stale. A *finished* cache (meta.json present) of another plan is refused instead, naming the field.
 
 The reader, `EncoderCache`, refuses a cache whose encoder signature differs from the model it is read for and
-names the field.
+names the field. It checks each shard's bytes against the sha256 that meta.json records for it (computed when the
+shard was written, or when a resumed dump kept it) the first time the shard is read in a process, and refuses a
+mismatch naming the shard: flipped bytes in the features are caught, not trained on. An unreadable meta.json or
+a truncated shard is refused naming the file too.
 
 CLI:
     python -m moir.encoder_cache dump --manifest data/manifests/D/S.parquet --model MODEL [--revision REV] \
@@ -59,12 +63,12 @@ from tqdm import tqdm
 from moir.data.manifest import read_manifest
 from moir.media.pixels import MediaLoader
 from moir.runtime import cli, setup_logging
-from moir.storage import write_json_atomic, write_table_atomic
+from moir.storage import file_sha256, write_json_atomic, write_table_atomic
 from moir.models import EncodedMedia, Example, load_vlm
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: meta.json records each shard's sha256
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 SHARD_SCHEMA = pa.schema(
@@ -158,13 +162,32 @@ def write_shard(path: Path, keys: Sequence[str], media: Sequence[EncodedMedia], 
 
 def shard_plan(path: Path) -> str | None:
     """The plan digest a shard was written for (None: written without one), read from the Parquet footer."""
-    value = (pq.read_schema(path).metadata or {}).get(PLAN_METADATA_KEY)
+    try:
+        value = (pq.read_schema(path).metadata or {}).get(PLAN_METADATA_KEY)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise CacheMismatchError(f"{path}: not a readable cache shard (truncated or damaged: {error})") from error
     return None if value is None else value.decode()
 
 
 def shard_keys(path: Path) -> list[str]:
     """The keys of a shard, in order (a cheap read: one small column)."""
-    return pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    try:
+        return pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    except (pa.ArrowInvalid, OSError) as error:
+        raise CacheMismatchError(f"{path}: not a readable cache shard (truncated or damaged: {error})") from error
+
+
+def read_meta(meta_path: Path) -> dict:
+    """A cache's meta.json, refused (CacheMismatchError naming the file) when it is not a JSON object."""
+    try:
+        meta = json.loads(meta_path.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheMismatchError(
+            f"{meta_path}: not a readable JSON file ({error}); delete {meta_path.parent} to rebuild"
+        ) from error
+    if not isinstance(meta, dict):
+        raise CacheMismatchError(f"{meta_path}: expected a JSON object, got a {type(meta).__name__}")
+    return meta
 
 
 def dump_cache(
@@ -206,9 +229,7 @@ def dump_cache(
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path, plan_path = out_dir / "meta.json", out_dir / "plan.json"
     if meta_path.exists():
-        check_fields(
-            plan, json.loads(meta_path.read_text()), f"{meta_path} (delete {out_dir} to rebuild)", what="existing cache"
-        )
+        check_fields(plan, read_meta(meta_path), f"{meta_path} (delete {out_dir} to rebuild)", what="existing cache")
         log.info("%s: cache complete, nothing to do", out_dir)
         return meta_path
     digest = plan_digest(plan)
@@ -237,7 +258,7 @@ def dump_cache(
                     raise ValueError(f"encoder returned {len(encoded)} results for {len(batch)} inputs")
                 media.extend(to_storage(key, m, torch_dtype) for (key, _), m in zip(batch, encoded))
             write_shard(path, [key for key, _ in shard_items], media, plan_sha256=digest)
-        shards.append({"file": path.name, "n": len(shard_items)})
+        shards.append({"file": path.name, "n": len(shard_items), "sha256": file_sha256(path)})
 
     meta = {**plan, **(extra_meta or {}), "shards": shards, "missing": sorted(missing)}
     write_json_atomic(meta, meta_path)
@@ -288,17 +309,30 @@ class EncoderCache:
         if not meta_path.is_file():
             unfinished = " (plan.json present: the dump did not finish)" if (self.dir / "plan.json").exists() else ""
             raise CacheMismatchError(f"{meta_path}: no encoder cache here{unfinished}")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_meta(meta_path)
         if self.meta.get("format") != CACHE_FORMAT:
             raise CacheMismatchError(
-                f"{meta_path}: field 'format' is {self.meta.get('format')!r}, expected {CACHE_FORMAT}"
+                f"{meta_path}: field 'format' is {self.meta.get('format')!r}, expected {CACHE_FORMAT} (delete "
+                f"{self.dir} to rebuild)"
             )
+        missing_fields = [name for name in (*PLAN_FIELDS, "shards", "missing") if name not in self.meta]
+        if missing_fields:
+            raise CacheMismatchError(f"{meta_path}: missing field(s) {missing_fields}")
         check_fields({"encoder": dict(encoder)}, self.meta, str(meta_path), what="encoder cache")
+        if self.meta["dtype"] not in STORAGE_DTYPES:
+            raise CacheMismatchError(f"{meta_path}: field 'dtype' is {self.meta['dtype']!r}, expected one of "
+                                     f"{sorted(STORAGE_DTYPES)}")
         self.dtype = STORAGE_DTYPES[self.meta["dtype"]]
         self.missing = frozenset(self.meta["missing"])
         self._location: dict[str, tuple[int, int]] = {}
         digest = plan_digest(self.meta)
         for shard_index, shard in enumerate(self.meta["shards"]):
+            if not isinstance(shard, dict) or not {"file", "n", "sha256"} <= set(shard):
+                raise CacheMismatchError(f"{meta_path}: field 'shards' entry {shard_index} is {shard!r}, expected "
+                                         "{'file', 'n', 'sha256'}")
+            if Path(shard["file"]).name != shard["file"]:
+                raise CacheMismatchError(f"{meta_path}: field 'shards' entry {shard_index} names {shard['file']!r}, "
+                                         "not a file of the cache directory")
             if shard_plan(self.dir / shard["file"]) != digest:
                 raise CacheMismatchError(
                     f"{self.dir / shard['file']}: metadata field {PLAN_METADATA_KEY.decode()!r} does not match the "
@@ -313,6 +347,7 @@ class EncoderCache:
                 f"{meta_path}: {len(self._location)} keys in the shards, n_examples {self.meta['n_examples']}"
             )
         self._files: dict[int, pq.ParquetFile] = {}
+        self._verified: set[int] = set()  # shards whose checksum was checked (inherited by forked workers)
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -324,10 +359,25 @@ class EncoderCache:
     def keys(self) -> list[str]:
         return list(self._location)
 
+    def verify_shard(self, shard_index: int) -> Path:
+        """Check a shard's bytes against the sha256 in meta.json, once per process; returns its path."""
+        shard = self.meta["shards"][shard_index]
+        path = self.dir / shard["file"]
+        if shard_index not in self._verified:
+            actual = file_sha256(path)
+            if actual != shard["sha256"]:
+                raise CacheMismatchError(
+                    f"{path}: corrupt cache shard: sha256 {actual}, meta.json records {shard['sha256']}; delete "
+                    f"{self.dir} to rebuild"
+                )
+            self._verified.add(shard_index)
+        return path
+
     def _file(self, shard_index: int) -> pq.ParquetFile:
         if self._pid != os.getpid():  # a DataLoader worker: open files of its own
             self._files, self._pid = {}, os.getpid()
         if shard_index not in self._files:
+            self.verify_shard(shard_index)
             self._files[shard_index] = pq.ParquetFile(
                 self.dir / self.meta["shards"][shard_index]["file"], memory_map=True
             )
@@ -354,8 +404,8 @@ class EncoderCache:
 
     def __iter__(self) -> Iterator[tuple[str, EncodedMedia]]:
         """(key, EncodedMedia) for every example, shard by shard (one shard in memory at a time)."""
-        for shard in self.meta["shards"]:
-            path = self.dir / shard["file"]
+        for shard_index in range(len(self.meta["shards"])):
+            path = self.verify_shard(shard_index)
             for record in pq.read_table(path).to_pylist():
                 yield record["key"], row_to_media(record, self.dtype, str(path))
 

@@ -9,6 +9,11 @@ Two judges, chosen by the caller:
 - `OpenAIJudge`: any OpenAI-compatible chat-completions endpoint (a vLLM server on the cluster, a hosted API),
   spoken to over `urllib` (no client library), greedy (temperature 0). The base URL (".../v1") and the model name
   come from the arguments; an API key from an environment variable when the endpoint needs one.
+  The HTTP client never follows a redirect (the API key would go with it, to wherever the `Location` points): a
+  3xx reply is an error naming the judge, and counts as "reachable" in the reachability check without being
+  followed. A reply is read up to `max_reply_bytes` (default 1 MiB) and refused beyond, and `timeout_s` bounds a
+  whole request (connection, headers and body), not each read: a server trickling one byte a second cannot keep
+  a call alive past it. Error messages quote at most a few hundred characters of a reply.
 - `LocalJudge`: a local Hugging Face causal LM (a path or hub id), greedy decoding with its chat template.
 
 `JudgeCache` keeps every reply in a JSON-lines file keyed by (judge, question, reference answer, prediction), so
@@ -19,13 +24,15 @@ line (a killed process) is ignored on reading.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
 import re
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,10 +52,16 @@ JUDGE_SYSTEM_PROMPT = (
     "Your response should be a single integer from 0, 1, 2, or 3."
 )
 MAX_SCORE = 3
+MAX_REPLY_BYTES = 1 << 20
+QUOTED_REPLY_CHARS = 300  # how much of a reply an error message quotes
 
 
 class JudgeError(RuntimeError):
     """The judge cannot be reached or answers with an error; the message names the endpoint or model."""
+
+
+class ReplyTooLarge(JudgeError):
+    """The judge's reply is longer than `max_reply_bytes`."""
 
 
 def judge_prompt(question: str, answer: str, prediction: str) -> str:
@@ -86,6 +99,68 @@ def parse_judge_score(reply: str) -> int:
         return FAILED_SCORE
 
 
+def _quote(data: bytes | str) -> str:
+    text = data.decode(errors="replace") if isinstance(data, bytes) else data
+    return text if len(text) <= QUOTED_REPLY_CHARS else f"{text[:QUOTED_REPLY_CHARS]}... ({len(text)} characters)"
+
+
+def http_request(method: str, url: str, *, headers: dict[str, str], body: bytes | None = None, timeout_s: float,
+                 max_reply_bytes: int) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one HTTP request, redirects never followed, the reply capped at
+    `max_reply_bytes` (JudgeError beyond), and the whole exchange bounded by `timeout_s` (TimeoutError): a watchdog
+    shuts the socket down at the deadline, whatever the server trickles."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise JudgeError(f"judge URL {url!r} is not an http(s) URL")
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout_s)
+    expired = threading.Event()
+    sockets = []  # the connection's socket (http.client drops its own reference once a reply will close it)
+
+    def abort() -> None:
+        expired.set()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    watchdog = threading.Timer(timeout_s, abort)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        connection.connect()
+        sockets.append(connection.sock)
+        if expired.is_set():
+            abort()
+        target = parts.path or "/"
+        connection.request(method, target + (f"?{parts.query}" if parts.query else ""), body=body, headers=headers)
+        response = connection.getresponse()
+        announced = response.getheader("Content-Length")
+        if announced is not None and announced.isdigit() and int(announced) > max_reply_bytes:
+            raise ReplyTooLarge(
+                f"judge at {url}: reply of {announced} bytes, more than max_reply_bytes {max_reply_bytes}"
+            )
+        chunks, received = [], 0
+        while chunk := response.read(min(1 << 16, max_reply_bytes + 1 - received)):
+            chunks.append(chunk)
+            received += len(chunk)
+            if received > max_reply_bytes:
+                raise ReplyTooLarge(
+                    f"judge at {url}: reply longer than max_reply_bytes {max_reply_bytes}; not read further"
+                )
+        if expired.is_set():
+            raise TimeoutError
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks)
+    except (OSError, http.client.HTTPException) as error:
+        if expired.is_set():
+            raise TimeoutError(f"{method} {url}: no complete reply within {timeout_s:g} s") from None
+        raise
+    finally:
+        watchdog.cancel()
+        connection.close()
+
+
 class OpenAIJudge:
     """A judge behind an OpenAI-compatible `/chat/completions` endpoint."""
 
@@ -99,6 +174,7 @@ class OpenAIJudge:
         max_retries: int = 3,
         retry_wait_s: float = 2.0,
         max_tokens: int = 8,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
@@ -107,32 +183,36 @@ class OpenAIJudge:
         self.max_retries = max_retries
         self.retry_wait_s = retry_wait_s
         self.max_tokens = max_tokens
+        self.max_reply_bytes = max_reply_bytes
         self.name = f"openai:{model}@{base_url.rstrip('/')}"
 
-    def _post(self, payload: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(payload).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            return json.loads(response.read().decode())
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _post(self, payload: dict) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json", **self._headers()}
+        status, _, body = http_request("POST", self.url, headers=headers, body=json.dumps(payload).encode(),
+                                       timeout_s=self.timeout_s, max_reply_bytes=self.max_reply_bytes)
+        return status, body
 
     def check_reachable(self) -> None:
         """Fail early, before hours of generation, when nothing answers at the endpoint (GET .../models).
 
-        Any HTTP answer counts as reachable (some servers do not list models); a refused connection, an unknown
-        host or a timeout raise JudgeError."""
+        Any HTTP answer counts as reachable (some servers do not list models; a redirect is not followed); a
+        refused connection, an unknown host or a timeout raise JudgeError."""
         models_url = self.url.removesuffix("/chat/completions") + "/models"
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            with urllib.request.urlopen(urllib.request.Request(models_url, headers=headers),
-                                        timeout=min(self.timeout_s, 30.0)):
-                pass
-        except urllib.error.HTTPError as error:
-            log.info("judge %s: GET %s answered HTTP %d; treating the endpoint as reachable", self.name,
-                     models_url, error.code)
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            status, headers, _ = http_request("GET", models_url, headers=self._headers(),
+                                              timeout_s=min(self.timeout_s, 30.0), max_reply_bytes=self.max_reply_bytes)
+        except ReplyTooLarge as error:  # an over-long model list: something answers
+            log.info("%s; treating the endpoint as reachable", error)
+            return
+        except (OSError, http.client.HTTPException) as error:
             raise JudgeError(f"cannot reach the judge at {models_url}: {error}") from error
+        if status >= 300:
+            moved = f" (redirect to {headers.get('location')!r}, not followed)" if 300 <= status < 400 else ""
+            log.info("judge %s: GET %s answered HTTP %d%s; treating the endpoint as reachable", self.name,
+                     models_url, status, moved)
 
     def __call__(self, user_prompt: str) -> str:
         payload = {
@@ -149,24 +229,30 @@ class OpenAIJudge:
             if attempt:
                 time.sleep(min(self.retry_wait_s * 2 ** (attempt - 1), 60.0))
             try:
-                body = self._post(payload)
-            except urllib.error.HTTPError as error:
-                detail = error.read().decode(errors="replace")[:500]
-                if error.code < 500 and error.code != 429:  # a request the server will never accept
-                    raise JudgeError(
-                        f"judge at {self.url} rejected the request: HTTP {error.code}: {detail}"
-                    ) from error
-                last_error = JudgeError(f"HTTP {error.code}: {detail}")
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                status, data = self._post(payload)
+            except (OSError, http.client.HTTPException) as error:  # refused, reset, TimeoutError
                 last_error = error
-            except json.JSONDecodeError as error:
-                raise JudgeError(f"judge at {self.url} answered with invalid JSON: {error}") from error
-            else:
-                try:
-                    return body["choices"][0]["message"]["content"] or ""
-                except (KeyError, IndexError, TypeError) as error:
-                    raise JudgeError(f"judge at {self.url}: reply has no choices[0].message.content: {body}") from error
-            log.warning("judge %s: attempt %d failed: %s", self.url, attempt + 1, last_error)
+                log.warning("judge %s: attempt %d failed: %s", self.url, attempt + 1, last_error)
+                continue
+            if 300 <= status < 400:
+                raise JudgeError(f"judge at {self.url} answered HTTP {status} (a redirect); redirects are not "
+                                 "followed, so the API key never leaves for another address: use the final URL")
+            if status >= 400:
+                if status < 500 and status != 429:  # a request the server will never accept
+                    raise JudgeError(f"judge at {self.url} rejected the request: HTTP {status}: {_quote(data)}")
+                last_error = JudgeError(f"HTTP {status}: {_quote(data)}")
+                log.warning("judge %s: attempt %d failed: %s", self.url, attempt + 1, last_error)
+                continue
+            try:
+                body = json.loads(data)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise JudgeError(f"judge at {self.url} answered with invalid JSON ({error}): {_quote(data)}") from error
+            try:
+                return body["choices"][0]["message"]["content"] or ""
+            except (KeyError, IndexError, TypeError) as error:
+                raise JudgeError(
+                    f"judge at {self.url}: reply has no choices[0].message.content: {_quote(json.dumps(body))}"
+                ) from error
         raise JudgeError(f"cannot reach the judge at {self.url} after {self.max_retries + 1} attempts: {last_error}")
 
 

@@ -18,7 +18,7 @@ import argparse
 import logging
 
 from moir.media.extract import TooManyBadFiles, extract_media
-from moir.media.frames import IMAGE_FORMATS, FrameSampling
+from moir.media.frames import DEFAULT_MAX_SIDE, IMAGE_FORMATS, FrameSampling
 from moir.media.transcripts import CHUNK_LENGTH_S, AsrSettings, transcribe
 from moir.runtime import cli, setup_logging
 
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--jpeg-quality", type=int, default=90)
     extract.add_argument("--max-bad-share", type=float, default=0.01, help="allowed share of undecodable videos")
     extract.add_argument("--workers", type=int, default=1, help="decoding processes")
+    extract.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                         help="frames are stored at most this many pixels on their longer side")
 
     asr = stages.add_parser("transcribe", help="ASR transcripts of the audio table")
     asr.add_argument("--audio", required=True, help="audio.parquet from the extract stage")
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 jpeg_quality=args.jpeg_quality,
                 max_bad_share=args.max_bad_share,
                 workers=args.workers,
+                max_side=args.max_side,
             )
         except TooManyBadFiles as error:
             logging.getLogger("moir.media").error("%s", error)

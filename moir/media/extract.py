@@ -3,7 +3,13 @@
 Real video collections contain a few files that no decoder reads (truncated downloads, broken containers). One
 bad file must not sink a run over thousands, but a broken download must not pass unnoticed either: every failure
 goes into `errors.parquet` (media path, stage, reason), and the stage fails, naming the files, only when the
-share of bad videos exceeds `max_bad_share` (default 1%). In that case only the errors table is written.
+share of bad videos exceeds `max_bad_share` (default 1%). In that case only the errors table is written, and
+frames/audio tables of an earlier run in `out_dir` are deleted so they never sit beside the new errors. A media
+path that leaves the manifest's media root (`..`, absolute, a symbolic link pointing out) is not a bad video but
+a bad manifest: the stage refuses it before decoding anything, naming the row.
+
+Frames are stored at most `max_side` pixels on their longer side (default 1024, above what either model family
+reads), decoded a few full-resolution frames at a time: an 8K video is never held whole at full resolution.
 
 Each video in the manifest is decoded once, however many questions refer to it (MMBench-Video asks several per
 video); the tables are keyed by the manifest's `media_path` and rows are in sorted media-path order.
@@ -24,9 +30,9 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from moir.data.manifest import media_root, read_manifest
+from moir.data.manifest import media_root, read_manifest, resolve_media
 from moir.media.audio import AUDIO_SCHEMA, audio_row, extract_audio
-from moir.media.frames import FRAMES_SCHEMA, FrameSampling, SampledVideo, extract_frames
+from moir.media.frames import DEFAULT_MAX_SIDE, FRAMES_SCHEMA, FrameSampling, SampledVideo, extract_frames
 from moir.storage import ParquetStreamWriter, write_table_atomic
 
 log = logging.getLogger(__name__)
@@ -62,14 +68,15 @@ class ExtractionSummary:
 
 
 def process_video(
-    media_path: str, *, root: Path, sampling: FrameSampling, image_format: str, jpeg_quality: int
+    media_path: str, *, root: Path, sampling: FrameSampling, image_format: str, jpeg_quality: int,
+    max_side: int | None = DEFAULT_MAX_SIDE,
 ) -> VideoResult:
     """Decode one video's frames and audio; a failure of either is returned as an error row, never raised."""
     path = root / media_path
     video = audio = None
     errors = []
     try:
-        video = extract_frames(path, sampling, image_format=image_format, jpeg_quality=jpeg_quality)
+        video = extract_frames(path, sampling, image_format=image_format, jpeg_quality=jpeg_quality, max_side=max_side)
     except Exception as error:  # decord raises RuntimeError, DECORDError, IndexError... on bad files
         errors.append({"media_path": media_path, "stage": "frames", "reason": f"{type(error).__name__}: {error}"})
     if video is not None:
@@ -89,13 +96,17 @@ def extract_media(
     jpeg_quality: int = 90,
     max_bad_share: float = 0.01,
     workers: int = 1,
+    max_side: int | None = DEFAULT_MAX_SIDE,
 ) -> ExtractionSummary:
     """Run the stage (module docstring) for one manifest. Raises TooManyBadFiles past `max_bad_share`."""
     manifest = read_manifest(manifest_path)
     kinds = manifest.column("media_kind").to_pylist()
     videos = sorted({path for kind, path in zip(kinds, manifest.column("media_path").to_pylist()) if kind == "video"})
+    for media_path in videos:  # refuses, naming the row, a path outside the media root; before any output
+        resolve_media(manifest, media_path)
     out_dir = Path(out_dir)
-    metadata = {"frame_sampling": sampling.describe(), "image_format": image_format, "manifest": str(manifest_path)}
+    metadata = {"frame_sampling": sampling.describe(), "image_format": image_format, "manifest": str(manifest_path),
+                "max_side": str(max_side)}
     log.info("%s: %d videos, sampling %s", manifest_path, len(videos), sampling.describe())
 
     work = partial(
@@ -104,6 +115,7 @@ def extract_media(
         sampling=sampling,
         image_format=image_format,
         jpeg_quality=jpeg_quality,
+        max_side=max_side,
     )
     errors: list[dict] = []
     n_without_audio = 0
@@ -136,6 +148,8 @@ def extract_media(
                     frame_rows, audio_rows = [], []
             check_bad_share(errors, len(videos), max_bad_share, manifest_path)  # raising here publishes nothing
     except TooManyBadFiles:
+        for stale in ("frames.parquet", "audio.parquet"):  # an earlier run's tables must not pass for this run's
+            (out_dir / stale).unlink(missing_ok=True)
         write_errors(errors, out_dir / "errors.parquet", metadata)
         raise
     write_errors(errors, out_dir / "errors.parquet", metadata)

@@ -17,6 +17,11 @@ timestamp    float32  presentation time of the frame in seconds
 sampled_fps  float32  frames kept per second of video (n / duration; the same on every row of a video): the frame
                       rate the sampled frames play at, which Qwen2.5-VL's temporal positions depend on
 image        binary   the frame as a JPEG or PNG file (metadata `image_format`)
+
+Frames are stored at most `max_side` pixels on their longer side (default DEFAULT_MAX_SIDE = 1024, above what
+LLaVA-1.5 (336) or Qwen2.5-VL's video budget reads), aspect ratio kept (Pillow's bicubic resampling). Frames are
+decoded in chunks of at most DECODE_BYTES of full-resolution pixels, so an 8K video holds two full frames at a
+time, not sixteen.
 """
 
 from __future__ import annotations
@@ -33,8 +38,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from moir.media.images import open_image
+
 IMAGE_FORMATS = ("jpeg", "png")
-DECODE_CHUNK = 16  # frames decoded at once: bounds memory for long, high-resolution videos
+DEFAULT_MAX_SIDE = 1024
+DECODE_CHUNK = 16  # frames decoded at once: bounds memory for long videos...
+DECODE_BYTES = 256 << 20  # ... and for high-resolution ones: at most this many bytes of decoded pixels at once
 
 FRAMES_SCHEMA = pa.schema(
     [
@@ -102,10 +111,18 @@ def encode_image(frame: np.ndarray, image_format: str, jpeg_quality: int = 90) -
     return buffer.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes back to an HxWx3 uint8 RGB array."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
+def decode_image(data: bytes, name: str | None = None) -> np.ndarray:
+    """Encoded image bytes back to an HxWx3 uint8 RGB array; a truncated or oversized image raises ImageError
+    (moir.media.images) naming `name`."""
+    return np.asarray(open_image(data, name=name))
+
+
+def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down, aspect ratio kept, so that the longer side is at most `max_side`."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 @dataclass
@@ -117,22 +134,31 @@ class SampledVideo:
 
 
 def extract_frames(
-    video_path: str | os.PathLike, sampling: FrameSampling, *, image_format: str = "jpeg", jpeg_quality: int = 90
+    video_path: str | os.PathLike, sampling: FrameSampling, *, image_format: str = "jpeg", jpeg_quality: int = 90,
+    max_side: int | None = DEFAULT_MAX_SIDE,
 ) -> SampledVideo:
-    """Sample and encode the frames of one video.
+    """Sample and encode the frames of one video, at most `max_side` pixels on their longer side.
 
     Raises whatever decord raises on an unreadable or corrupt file; the caller records it.
     """
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be >= 1 (or None for no limit), got {max_side}")
     reader = decord.VideoReader(str(video_path), ctx=decord.cpu(0), num_threads=1)
     average_fps = reader.get_avg_fps()
     indices = sample_frame_indices(len(reader), average_fps, sampling)
+    height, width = reader[indices[0]].shape[:2]
+    size = scaled_size(width, height, max_side)
+    chunk_size = max(1, min(DECODE_CHUNK, DECODE_BYTES // (width * height * 3)))
     frames = []
-    for start in range(0, len(indices), DECODE_CHUNK):
-        chunk = indices[start : start + DECODE_CHUNK]
+    for start in range(0, len(indices), chunk_size):
+        chunk = indices[start : start + chunk_size]
         pixels = reader.get_batch(chunk).asnumpy()
         timestamps = reader.get_frame_timestamp(chunk)[:, 0]
         for index, timestamp, frame in zip(chunk, timestamps, pixels):
+            if size != (width, height):
+                frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BICUBIC))
             frames.append((index, float(timestamp), encode_image(frame, image_format, jpeg_quality)))
+        del pixels
     return SampledVideo(frames, sampled_fps=len(indices) * average_fps / len(reader))
 
 

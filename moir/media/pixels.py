@@ -4,6 +4,10 @@ frames from the frames table that `moir.media extract` wrote (videos are never d
 A video's frames are read when its pixels are asked for (the frames table is sorted by video, so the read touches
 one row group): memory holds one example's media, whatever the size of the dataset.
 
+Every image path is resolved inside the manifest's media root (`resolve_media` refuses `..`, absolute paths and
+symbolic links pointing out, naming the row) and opened by `moir.media.images.open_image` (truncated images and
+decompression bombs are refused naming the file).
+
 Used by `moir.dataset` (training/evaluation on pixels) and by `moir.encoder_cache.cache` (the encoder cache dump).
 """
 
@@ -15,6 +19,7 @@ import pyarrow as pa
 
 from moir.data.manifest import resolve_media
 from moir.media.frames import decode_image, read_encoded_frames, read_sampled_fps
+from moir.media.images import open_image
 
 
 class MediaLoader:
@@ -40,10 +45,14 @@ class MediaLoader:
     def pixels(self, kind: str, media_path: str):
         """A PIL image, or the list of HxWx3 uint8 frames of a video, as the model wrapper loads them."""
         if kind == "image":
-            return self.vlm.load_media("image", resolve_media(self.manifest, media_path))
+            path = resolve_media(self.manifest, media_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: image file not found (media path {media_path!r})")
+            return self.vlm.load_media("image", open_image(path))
         if kind == "video":
             frames = read_encoded_frames(self.frames_path, [media_path]).get(media_path)
             if frames is None:
                 raise KeyError(f"{self.frames_path}: no frames for video {media_path!r}")
-            return self.vlm.load_media("video", [decode_image(frame) for frame in frames])
+            names = (f"{self.frames_path}: frame {i} of {media_path}" for i in range(len(frames)))
+            return self.vlm.load_media("video", [decode_image(frame, name) for frame, name in zip(frames, names)])
         raise ValueError(f"media kind {kind!r} has no pixels")

@@ -11,9 +11,12 @@ computation depends on is in the checkpoint:
 
 Checkpoints are single files `step-<global step>.pt` written to a temporary name and renamed (a kill mid-write
 leaves the previous checkpoint intact); they are taken every `checkpoint_every` optimizer steps and at every
-epoch end (after the validation loss and the scheduler step), and only the newest is kept. A checkpoint carries
-the run's fingerprint (every setting that changes the result, the data and cache fingerprints); resuming from
-a checkpoint of a different run is an error, never a silent mix.
+epoch end (after the validation loss and the scheduler step), and only the newest is kept. Each has a sidecar
+`step-<global step>.pt.sha256` holding the sha256 of its bytes, written before the checkpoint is renamed into
+place and checked before it is loaded: flipped bytes (a bad disk, a careless copy) are refused naming the file,
+never resumed from. A checkpoint carries the run's fingerprint (every setting that changes the result, the data
+and cache fingerprints); resuming from a checkpoint of a different run is an error naming every differing field
+(e.g. `loop.seed`), never a silent mix.
 
 One optimizer step sees `batch_size` examples, split into `grad_accum` micro-batches whose losses are weighted
 by their share of the batch's target tokens, so accumulation gives the same objective as one large batch: the
@@ -45,13 +48,14 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from moir.storage import atomic_path
+from moir.storage import atomic_path, file_sha256, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 CHECKPOINT_PREFIX = "step-"
 CHECKPOINT_SUFFIX = ".pt"
+CHECKSUM_SUFFIX = ".sha256"
 
 
 class TrainingError(RuntimeError):
@@ -194,17 +198,46 @@ def latest_checkpoint(checkpoint_dir: Path | None) -> Path | None:
     return found[-1] if found else None
 
 
+def checksum_path(checkpoint: Path) -> Path:
+    """The sidecar holding a checkpoint's sha256."""
+    return checkpoint.with_name(checkpoint.name + CHECKSUM_SUFFIX)
+
+
 def _save_checkpoint(checkpoint_dir: Path, payload: dict) -> Path:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(checkpoint_dir, payload["state"]["global_step"])
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    for old in checkpoint_dir.iterdir():  # older checkpoints and temporary files of killed writes
-        if old != path and old.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")):
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                torch.save(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # the sidecar first: a kill between the two renames leaves a sidecar without its checkpoint, never the reverse
+            write_text_atomic(checksum_path(path), f"{file_sha256(tmp)}  {path.name}\n")
+    except OSError as error:
+        raise TrainingError(f"{path}: cannot write the checkpoint ({error.strerror or error})") from error
+    keep = {path, checksum_path(path)}
+    for old in checkpoint_dir.iterdir():  # older checkpoints, their sidecars and temporary files of killed writes
+        if old not in keep and old.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")):
             old.unlink(missing_ok=True)
     return path
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise TrainingError naming the file when a checkpoint's bytes do not match the sha256 in its sidecar."""
+    sidecar = checksum_path(path)
+    try:
+        recorded = sidecar.read_text().split()[0]
+    except (OSError, IndexError) as error:
+        raise TrainingError(
+            f"{path}: no recorded checksum ({sidecar} missing or empty); delete {path.parent} to start the run afresh"
+        ) from error
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise TrainingError(
+            f"{path}: corrupt checkpoint: sha256 {actual}, {sidecar.name} records {recorded}; delete {path.parent} "
+            "to start the run afresh"
+        )
 
 
 def remove_checkpoints(checkpoint_dir: Path) -> None:
@@ -218,19 +251,47 @@ def remove_checkpoints(checkpoint_dir: Path) -> None:
         checkpoint_dir.rmdir()
 
 
+def fingerprint_differences(saved: Any, expected: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields in which two fingerprints differ, with both values ("loop.seed: 0 vs 1")."""
+    if isinstance(saved, Mapping) and isinstance(expected, Mapping):
+        differences = []
+        for key in sorted(set(saved) | set(expected), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved:
+                differences.append(f"{name}: missing from the checkpoint")
+            elif key not in expected:
+                differences.append(f"{name}: missing from this run's settings")
+            else:
+                differences.extend(fingerprint_differences(saved[key], expected[key], name))
+        return differences
+    if _canonical(saved) != _canonical(expected):
+        return [f"{prefix or 'fingerprint'}: checkpoint {_short(saved)}, this run {_short(expected)}"]
+    return []
+
+
+def _short(value: Any) -> str:
+    text = _canonical(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _load_checkpoint(path: Path, fingerprint: Mapping[str, Any]) -> dict:
+    verify_checkpoint(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise TrainingError(
             f"{path}: not a readable checkpoint ({error}); delete it to start the run afresh"
         ) from error
-    saved = payload.get("fingerprint", {})
-    if _canonical(saved) != _canonical(fingerprint):
-        keys = sorted(key for key in set(saved) | set(fingerprint) if saved.get(key) != fingerprint.get(key))
+    saved = payload.get("fingerprint", {}) if isinstance(payload, Mapping) else None
+    if not isinstance(saved, Mapping):
         raise TrainingError(
-            f"{path}: this checkpoint belongs to a different run (settings or data differ in: {', '.join(keys)}); "
-            f"delete {path.parent} to start this run afresh"
+            f"{path}: not a checkpoint of this loop (no 'fingerprint' field); delete it to start afresh"
+        )
+    if _canonical(saved) != _canonical(fingerprint):
+        differences = fingerprint_differences(saved, fingerprint)
+        raise TrainingError(
+            f"{path}: this checkpoint belongs to a different run (settings or data differ in: "
+            f"{'; '.join(differences)}); delete {path.parent} to start this run afresh"
         )
     return payload
 
