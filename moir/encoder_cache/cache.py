@@ -389,7 +389,7 @@ class EncoderCache:
 
     def get(self, key: str) -> EncodedMedia:
         """The cached encoder output of one media file, features in the storage dtype (half the memory of float32;
-        the adapters cast features to the projector's dtype)."""
+        the model wrappers cast features to the projector's dtype)."""
         if key not in self._location:
             raise KeyError(f"{self.dir}: no cached features for {key!r}")
         shard_index, row = self._location[key]
