@@ -88,6 +88,7 @@ from tqdm import tqdm
 
 from moir.evaluate.attention import record_group_attention
 from moir.data.manifest import ManifestError, read_manifest
+from moir.cli import add_settings_argument, parse
 from moir.dataset import load_examples
 from moir.evaluate.judge import MAX_SCORE, JudgeCache, JudgeError, LocalJudge, OpenAIJudge, judge_predictions
 from moir.metrics import (
@@ -533,8 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help="base model: a save_pretrained directory or a hub id")
     model.add_argument("--revision", help="hub revision (branch, tag or commit) of --model; a directory ignores it")
-    model.add_argument("--adapter", type=Path, help="a trained run's directory (LoRA + router); omit for the base")
-    model.add_argument("--run-name", help="name recorded in metrics.json (default: the adapter directory's name, "
+    model.add_argument("--run", type=Path, help="a LoRA run's directory (moir.train: LoRA + router); omit for "
+                       "the base model")
+    model.add_argument("--run-name", help="name recorded in metrics.json (default: the run directory's name, "
                        "or 'base')")
     data = parser.add_argument_group("data")
     data.add_argument("--manifest", type=Path, required=True)
@@ -566,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     system.add_argument("--out-dir", type=Path, required=True)
     system.add_argument("--flush-every", type=int, default=64, help="examples per prediction part written")
     system.add_argument("--log-level", default="INFO")
+    add_settings_argument(parser)
     return parser
 
 
@@ -804,7 +807,8 @@ def summary(metrics: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
+    args.adapter = args.run  # the evaluation code's name for the LoRA run directory
     setup_logging(args.log_level)
     try:
         evaluate(args)

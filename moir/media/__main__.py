@@ -18,6 +18,7 @@ import argparse
 import logging
 import sys
 
+from moir.cli import add_settings_argument, parse
 from moir.media.extract import TooManyBadFiles, extract_media
 from moir.media.frames import IMAGE_FORMATS, FrameSampling
 from moir.media.transcripts import CHUNK_LENGTH_S, AsrSettings, transcribe
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract = stages.add_parser("extract", help="sample frames and audio of every video in a manifest")
     extract.add_argument("--manifest", required=True, help="manifest Parquet (moir.data.manifest)")
     extract.add_argument("--out-dir", required=True, help="directory for frames/audio/errors.parquet")
-    sampling = extract.add_mutually_exclusive_group(required=True)
+    sampling = extract.add_mutually_exclusive_group()  # one of them: here or in --settings
     sampling.add_argument("--num-frames", type=int, help="frames per video, uniformly spaced")
     sampling.add_argument("--fps", type=float, help="frames per second of video")
     extract.add_argument("--max-frames", type=int, help="with --fps: cap, falling back to uniform sampling")
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--jpeg-quality", type=int, default=90)
     extract.add_argument("--max-bad-share", type=float, default=0.01, help="allowed share of undecodable videos")
     extract.add_argument("--workers", type=int, default=1, help="decoding processes")
+    add_settings_argument(extract)
 
     asr = stages.add_parser("transcribe", help="ASR transcripts of the audio table")
     asr.add_argument("--audio", required=True, help="audio.parquet from the extract stage")
@@ -53,11 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     asr.add_argument("--batch-size", type=int, default=8)
     asr.add_argument("--device", default="cpu")
     asr.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    add_settings_argument(asr)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.stage == "extract":
         sampling = FrameSampling(num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames)
