@@ -464,16 +464,20 @@ def coerce_command_line(config: dict) -> None:
         config["seeds"] = coerced
 
 
-def check_finite(value, where: str = "config") -> None:
-    """NaN passes every JSON-schema comparison (each is false) and infinity passes `minimum`: refuse both."""
+def check_values(value, where: str = "config") -> None:
+    """What the JSON schema lets through: NaN passes every comparison (each is false), infinity passes
+    `minimum`, and a pattern's `$` also matches before a final newline. Refuse non-finite numbers and strings
+    with control characters (newlines included) anywhere, naming the key."""
     if isinstance(value, float) and not math.isfinite(value):
         raise PlanError(f"{where}: {value!r} is not a finite number")
+    if isinstance(value, str) and any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise PlanError(f"{where}: {value!r} contains a control character (a newline?)")
     if isinstance(value, Mapping):
         for key, item in value.items():
-            check_finite(item, f"{where}.{key}")
+            check_values(item, f"{where}.{key}")
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            check_finite(item, f"{where}[{index}]")
+            check_values(item, f"{where}[{index}]")
 
 
 def validate_config(config: dict, schema_path: str | Path) -> None:
@@ -482,7 +486,7 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
     import yaml  # noqa: PLC0415
 
     coerce_command_line(config)
-    check_finite(config)
+    check_values(config)
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))

@@ -10,6 +10,7 @@ tests check is Snakemake's rerun decision, which looks only at that provenance a
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shlex
@@ -24,10 +25,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from moir.cli import parse
+
 REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
-GPU_RULES = {"transcribe_audio", "dump_tokens", "pretrain_base", "train_run", "evaluate_base", "vision_split",
-             "evaluate_run", "evaluate_noise"}
+GPU_RULES = {"transcribe_audio", "dump_encoder_cache", "pretrain_base", "train_run", "evaluate", "vision_split"}
 # Outputs declared with directory(), by rule: their position in the rule's output list.
 DIRECTORY_OUTPUTS = {"synthesize_data": 0, "pretrain_base": 0, "train_run": 0}
 
@@ -86,9 +88,10 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
     assert job_counts(output) == {
         "download_data": 3, "convert_data": 3,              # ScienceQA, VizWiz, MMBench-Video
         "extract_media": 3, "transcribe_audio": 3,          # MMBench-Video train/val/test (V+A+T)
-        "dump_tokens": 8,   # 3 splits x (ScienceQA, MMBench-Video) + VizWiz train/val: 7B and 13B share one tower
+        "dump_encoder_cache": 8,   # 3 splits x (ScienceQA, MMBench-Video) + VizWiz train/val: 7B, 13B share a tower
         "train_run": 26,    # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15
-        "evaluate_base": 4, "evaluate_run": 26, "vision_split": 1, "evaluate_noise": 2,
+        "evaluate": 4 + 26 + 2,   # the 4 base models and the 26 runs (clean), Table 2's 2 runs (noise)
+        "vision_split": 1,
         "report": 1, "all": 1,
     }
     listed = list(jobs(output))
@@ -108,7 +111,7 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
         if rule == "train_run":
             assert int(resources["runtime"]) >= 24 * 60 and int(resources["mem_mb"]) >= 64000
     assert "data/raw/vizwiz/download.complete.json" in output
-    assert "--reference-tables moir/reference/paper_tables.csv" in snakemake(
+    assert '"reference_tables":"moir/reference/paper_tables.csv"' in snakemake(
         workdir, "--dry-run", "--printshellcmds", "--config", "suite=paper", "--", "results/paper/report/report.md"
     )
 
@@ -122,8 +125,8 @@ def finished_demo(tmp_path_factory) -> Path:
     workdir = copy_repository(tmp_path_factory.mktemp("demo"))
     output = dry_run(workdir, "--config", "suite=demo")
     assert job_counts(output) == {
-        "synthesize_data": 2, "extract_media": 4, "pretrain_base": 2, "dump_tokens": 6, "train_run": 14,
-        "evaluate_base": 2, "vision_split": 1, "evaluate_run": 14, "evaluate_noise": 2, "report": 1, "all": 1,
+        "synthesize_data": 2, "extract_media": 4, "pretrain_base": 2, "dump_encoder_cache": 6, "train_run": 14,
+        "evaluate": 2 + 14 + 2, "vision_split": 1, "report": 1, "all": 1,   # 49 jobs
     }
     for rule, fields in jobs(output):
         for index, path in enumerate(fields.get("output", "").split(", ") if "output" in fields else []):
@@ -152,7 +155,8 @@ def demo_jobs(workdir: Path) -> dict[str, int]:
     return job_counts(dry_run(workdir, "--config", "suite=demo"))
 
 
-EVALUATIONS = {"evaluate_base": 2, "vision_split": 1, "evaluate_run": 14, "evaluate_noise": 2}
+EVALUATIONS = {"evaluate": 18, "vision_split": 1}
+MOIR_RUNS = 8  # 6 of Table 1 (one of them also Table 2's), Table 3's k'=0.05 and 0.15
 
 
 def test_a_finished_dag_is_a_no_op(demo):
@@ -174,7 +178,7 @@ def test_changing_k_reruns_only_the_moir_runs_with_that_k(demo):
 
     set_config(demo, ablate_0_2)
     output = dry_run(demo, "--config", "suite=demo")
-    assert job_counts(output) == {"train_run": 1, "evaluate_run": 1, "report": 1, "all": 1}
+    assert job_counts(output) == {"train_run": 1, "evaluate": 1, "report": 1, "all": 1}
     assert "run=synth-image__tiny-llava__attn__moir-k0.2__seed0" in output
 
 
@@ -184,7 +188,7 @@ def test_changing_the_main_k_reruns_the_moir_arms_of_tables_1_and_2(demo):
 
     set_config(demo, main_ratio)
     output = dry_run(demo, "--config", "suite=demo")
-    assert job_counts(output) == {"train_run": 6, "evaluate_run": 6, "evaluate_noise": 1, "report": 1, "all": 1}
+    assert job_counts(output) == {"train_run": 6, "evaluate": 6 + 1, "report": 1, "all": 1}
     trained = [fields["wildcards"] for rule, fields in jobs(output) if rule == "train_run"]
     assert all("__moir-k0.2__" in run for run in trained)
 
@@ -194,8 +198,8 @@ def test_changing_a_router_setting_reruns_moir_runs_and_no_ft_run(demo):
         config["router"]["align"] = "attend"
 
     set_config(demo, attend)
-    # the 8 MoIR runs (6 of Table 1, of which one is Table 2's; Table 3's k'=0.05 and 0.15), their evaluations
-    assert demo_jobs(demo) == {"train_run": 8, "evaluate_run": 8, "evaluate_noise": 1, "report": 1, "all": 1}
+    # the 8 MoIR runs, their clean evaluations and Table 2's noise evaluation
+    assert demo_jobs(demo) == {"train_run": MOIR_RUNS, "evaluate": MOIR_RUNS + 1, "report": 1, "all": 1}
 
 
 def test_changing_an_evaluation_setting_reruns_no_training(demo):
@@ -212,7 +216,7 @@ def test_changing_a_training_setting_reruns_runs_but_not_data_caches_or_bases(de
 
     set_config(demo, more_epochs)
     counts = demo_jobs(demo)
-    assert counts == {"train_run": 14, "evaluate_run": 14, "evaluate_noise": 2, "report": 1, "all": 1}
+    assert counts == {"train_run": 14, "evaluate": 14 + 2, "report": 1, "all": 1}
 
 
 def test_changing_one_benchmarks_answer_budget_reruns_only_its_evaluations(demo):
@@ -221,7 +225,7 @@ def test_changing_one_benchmarks_answer_budget_reruns_only_its_evaluations(demo)
 
     set_config(demo, longer_video_answers)
     # synth-video: its base and its 6 runs of Table 1; no robustness run on it
-    assert demo_jobs(demo) == {"evaluate_base": 1, "evaluate_run": 6, "report": 1, "all": 1}
+    assert demo_jobs(demo) == {"evaluate": 1 + 6, "report": 1, "all": 1}
 
 
 def test_changing_the_other_suite_reruns_nothing(demo):
@@ -232,10 +236,9 @@ def test_changing_the_other_suite_reruns_nothing(demo):
     assert demo_jobs(demo) == {}
 
 
-def edit(path: Path) -> None:
-    """A code change: new content and a newer time (Snakemake reruns a job for a newer input only when the
-    input's checksum differs from the one recorded, so touching a file is not enough)."""
-    path.write_text(path.read_text() + "\n# edited\n")
+def edit(path: Path, text: str = "\nEDITED_BY_TEST = 1\n") -> None:
+    """A code change (by default one that changes the syntax tree: a new module constant)."""
+    path.write_text(path.read_text() + text)
     later = time.time_ns() + 10**9
     os.utime(path, ns=(later, later))
 
@@ -246,11 +249,37 @@ def test_touching_a_source_file_reruns_nothing(demo):
     assert demo_jobs(demo) == {}
 
 
+def test_a_comment_or_docstring_change_reruns_nothing(demo):
+    edit(demo / "moir" / "router.py", "\n# a comment\n")
+    router = demo / "moir" / "router.py"
+    router.write_text(router.read_text().replace('"""MoIR: the Multi-modal Information Router', '"""MoIR, reworded', 1))
+    edit(demo / "moir" / "metrics" / "rank.py", "\n# another comment\n")
+    assert demo_jobs(demo) == {}
+
+
+def test_a_router_change_reruns_exactly_the_moir_runs_and_what_follows(demo):
+    edit(demo / "moir" / "router.py")
+    output = dry_run(demo, "--config", "suite=demo")
+    # the MoIR runs, their clean evaluations, Table 2's noise evaluation, the report: no FT run, no base, no cache
+    assert job_counts(output) == {"train_run": MOIR_RUNS, "evaluate": MOIR_RUNS + 1, "report": 1, "all": 1}
+    assert all("__moir-k" in fields["wildcards"] for rule, fields in jobs(output) if rule in ("train_run", "evaluate"))
+
+
+def test_a_metric_change_reruns_evaluations_and_the_report_never_training(demo):
+    edit(demo / "moir" / "metrics" / "rank.py")
+    assert demo_jobs(demo) == {**EVALUATIONS, "report": 1, "all": 1}
+
+
 def test_a_code_change_reruns_only_the_stages_that_run_the_code(demo):
     edit(demo / "moir" / "report" / "build.py")
     assert demo_jobs(demo) == {"report": 1, "all": 1}
-    edit(demo / "moir" / "evaluate" / "judge.py")  # imported by moir.evaluate only
+    edit(demo / "moir" / "evaluate" / "judge.py")  # run by moir.evaluate only
     assert demo_jobs(demo) == {**EVALUATIONS, "report": 1, "all": 1}
+
+
+def test_a_training_loop_change_reruns_training_and_not_the_data_or_caches(demo):
+    edit(demo / "moir" / "train" / "finetune.py")
+    assert demo_jobs(demo) == {"train_run": 14, "evaluate": 14 + 2, "report": 1, "all": 1}
 
 
 def test_a_data_change_reruns_everything_downstream(demo):
@@ -283,9 +312,13 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
             module = importlib.import_module(f"{stage}.__main__")
         parser = module.build_parser()
         try:
-            parsed = parser.parse_args(args)
+            parsed = parse(parser, args)  # what the stage's main does: options, then --settings
         except SystemExit as error:
             pytest.fail(f"{stage} rejects the arguments of `{command}` (exit {error.code})")
+        settings = json.loads(args[args.index("--settings") + 1])
+        for key, value in settings.items():  # every setting reached the option of that name
+            if stage != "moir.report":
+                assert getattr(parsed, key) == value, (command, key)
         if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not
             assert parsed.revision == ("main" if suite == "paper" else None), command
     expected = {"moir.data", "moir.media", "moir.encoder_cache", "moir.train", "moir.evaluate", "moir.report"}
@@ -319,7 +352,11 @@ def test_every_rule_has_log_benchmark_threads_resources_and_conda():
             assert ("gpu=GPU" in body) == (name in GPU_RULES), f"rule {name}: GPU request"
             assert "\n        ENV\n" in body, name
             if "python -m moir." in body:
-                assert "moir_sources(" in body or "unpack(" in body, f"rule {name} does not declare its code"
+                assert "        code=" in body, f"rule {name} does not carry its code's fingerprint"
+                assert "--settings {params.settings:q}" in body or name == "download_data", name
+                # every value reaches the shell quoted
+                for field in re.findall(r"\{([\w.]+)(?::q)?\}", body.split("shell:")[1]):
+                    assert f"{{{field}:q}}" in body or field == "threads", f"rule {name}: {{{field}}} unquoted"
     assert GPU_RULES < seen
 
 

@@ -33,7 +33,7 @@ mean/3*100; `moir.evaluate.judge`, --judge openai|local), exact match for the sy
 
 Usage (one rule per (run, evaluation)):
 
-    python -m moir.evaluate --model results/demo/base/tiny-llava [--revision REV] [--adapter results/demo/runs/<run>] \\
+    python -m moir.evaluate --model results/demo/base/tiny-llava [--revision REV] [--run results/demo/runs/<run>] \\
         --manifest data/manifests/synth-image/test.parquet \\
         [--cache-dir data/cache/synth-image/test/<enc>] [--frames data/media/<ds>/test/frames.parquet] \\
         [--transcripts data/transcripts/<ds>/test.parquet] \\
