@@ -394,7 +394,7 @@ CODE: dict[str, tuple[str, ...]] = {
     "encoder_cache": ("moir/encoder_cache",) + _MODELS,
     # pretraining builds the tiny model from the synthetic benchmark's vocabulary; it attaches no router
     "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
-    "train": ("moir/train/finetune.py", "moir/train/loop.py") + _EXAMPLES + _MODELS,
+    "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py") + _EXAMPLES + _MODELS,
     "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py") + _EXAMPLES + _MODELS,
     "report": ("moir/report", "moir/plan.py", "moir/storage.py"),
 }
@@ -437,6 +437,7 @@ def source_digest(path: str) -> str:
     return hashlib.sha256(ast.dump(_strip_docstrings(tree), include_attributes=False).encode()).hexdigest()
 
 
+@functools.cache
 def code_fingerprint(stage: str, *, router: bool = False) -> str:
     """One sha256 over the normalised code of a stage: a job's `params` carry it, so that a change to that code
     (and only to it) reruns the job."""

@@ -9,6 +9,7 @@ tests check is Snakemake's rerun decision, which looks only at that provenance a
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from moir import plan
 from moir.cli import parse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,6 +290,116 @@ def test_a_data_change_reruns_everything_downstream(demo):
     assert counts["synthesize_data"] == 2 and counts["train_run"] == 14 and counts["report"] == 1
 
 
+# ------------------------------------------------------------------------------------- the code map
+
+# What each stage's entry module is, and the modules its imports reach whose edits cannot change its outputs (with
+# the reason). Every other module of the package it imports must be in moir/plan.py's CODE map for that stage.
+STAGE_ENTRIES = {
+    "synthesize": "moir.data.__main__", "download": "moir.data.__main__", "convert": "moir.data.__main__",
+    "extract": "moir.media.__main__", "transcribe": "moir.media.__main__", "encoder_cache": "moir.encoder_cache",
+    "pretrain": "moir.train.pretrain", "train": "moir.train", "evaluate": "moir.evaluate", "report": "moir.report",
+}
+DATA_COMMANDS = {  # moir.data's and moir.media's commands share a __main__; each runs its own modules
+    "synthesize": {"moir/data/download.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
+                   "moir/data/mmbench_video.py", "moir/data/safe_pickle.py"},
+    "download": {"moir/data/synthetic.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
+                 "moir/data/mmbench_video.py", "moir/data/safe_pickle.py"},
+    "convert": {"moir/data/synthetic.py"},
+    "extract": {"moir/media/transcripts.py"},
+    "transcribe": {"moir/media/extract.py", "moir/media/frames.py", "moir/data/manifest.py"},
+}
+NOT_OUTPUT = {
+    stage: {*DATA_COMMANDS.get(stage, ()), "moir/cli.py"}  # cli: parses --settings, checked by its own tests
+    for stage in STAGE_ENTRIES
+}
+for stage in ("encoder_cache", "train", "evaluate"):
+    NOT_OUTPUT[stage] |= {"moir/data/synthetic.py"}  # its vocabulary builds a tiny model; a saved base has its own
+for stage in ("encoder_cache", "pretrain"):
+    NOT_OUTPUT[stage] |= {"moir/router.py"}  # attached by training only (MoIR runs: plan.ROUTER_CODE)
+NOT_OUTPUT["train"] |= {"moir/router.py"}  # ROUTER_CODE, for the MoIR runs only
+NOT_OUTPUT["evaluate"] |= {"moir/router.py"}  # ROUTER_CODE, for the MoIR runs' evaluations only
+
+
+def module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    package = list(path.relative_to(REPO).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package[: len(package) - node.level + 1] if node.level else []
+            name = ".".join(parts + ([node.module] if node.module else []))
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+    return {name for name in found if name == "moir" or name.startswith("moir.")}
+
+
+def reached_files(entry: str) -> set[str]:
+    """The package's files that `python -m <entry>` imports, transitively."""
+    files, todo = set(), [entry, f"{entry}.__main__"]
+    while todo:
+        parts = todo.pop().split(".")
+        for depth in range(1, len(parts) + 1):
+            path = module_file(".".join(parts[:depth]))
+            if path is not None and str(path.relative_to(REPO)) not in files:
+                files.add(str(path.relative_to(REPO)))
+                todo.extend(imported_modules(path))
+    return files
+
+
+def only_reexports(path: str) -> bool:
+    """A package __init__ that only imports, documents and lists names (nothing it holds changes an output)."""
+    tree = ast.parse((REPO / path).read_text())
+    return all(isinstance(node, (ast.Import, ast.ImportFrom)) or (isinstance(node, ast.Expr) and isinstance(
+        node.value, ast.Constant)) or (isinstance(node, ast.Assign) and all(
+        isinstance(target, ast.Name) and target.id.startswith("__") for target in node.targets))
+        for node in tree.body)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_ENTRIES))
+def test_the_code_map_covers_every_module_a_stage_runs(stage):
+    mapped = set(plan.code_files(stage, router=True))
+    unmapped = {path for path in reached_files(STAGE_ENTRIES[stage]) - mapped - NOT_OUTPUT[stage]
+                if not (path.endswith("__init__.py") and only_reexports(path))}
+    assert not unmapped, f"{stage}: add to moir/plan.py CODE (or to NOT_OUTPUT here, with the reason): {unmapped}"
+
+
+def test_the_code_map_keeps_stages_apart():
+    assert "moir/router.py" not in plan.code_files("train") and "moir/router.py" in plan.code_files("train", router=True)
+    for stage in ("synthesize", "extract", "encoder_cache", "pretrain", "train"):
+        files = plan.code_files(stage, router=True)
+        assert not [f for f in files if f.startswith(("moir/metrics/", "moir/report/", "moir/evaluate/"))], stage
+    assert any(f.startswith("moir/metrics/") for f in plan.code_files("evaluate"))
+
+
+def test_a_fingerprint_ignores_comments_and_docstrings_only(tmp_path, monkeypatch):
+    module = tmp_path / "moir" / "m.py"
+    module.parent.mkdir()
+    monkeypatch.setattr(plan, "REPO", tmp_path)
+
+    def digest(text):
+        module.write_text(text)
+        plan.source_digest.cache_clear()
+        return plan.source_digest("moir/m.py")
+
+    original = digest('"""Doc."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # one\n')
+    assert digest('"""Other doc."""\n\n\ndef f(x):\n    # a comment\n    return x + 1\n') == original
+    assert digest('"""Doc."""\n\ndef f(x):\n    return x + 2\n') != original
+    assert digest('"""Doc."""\n\ndef f(y):\n    return y + 1\n') != original
+    plan.source_digest.cache_clear()
+
+
 # ------------------------------------------------------------------------------------- the workflow's code
 
 
@@ -312,13 +424,16 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
             module = importlib.import_module(f"{stage}.__main__")
         parser = module.build_parser()
         try:
+            if stage == "moir.report":  # its settings are one object: moir.plan.ReportSettings
+                parsed = parser.parse_args(args)
+                module.read_settings(parsed.settings)
+                continue
             parsed = parse(parser, args)  # what the stage's main does: options, then --settings
         except SystemExit as error:
             pytest.fail(f"{stage} rejects the arguments of `{command}` (exit {error.code})")
         settings = json.loads(args[args.index("--settings") + 1])
         for key, value in settings.items():  # every setting reached the option of that name
-            if stage != "moir.report":
-                assert getattr(parsed, key) == value, (command, key)
+            assert getattr(parsed, key) == value, (command, key)
         if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not
             assert parsed.revision == ("main" if suite == "paper" else None), command
     expected = {"moir.data", "moir.media", "moir.encoder_cache", "moir.train", "moir.evaluate", "moir.report"}

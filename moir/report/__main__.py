@@ -1,8 +1,8 @@
 """`python -m moir.report`: the command line of `moir.report.build`."""
 
-from moir.report.build import build_parser, main
+from moir.report.build import build_parser, main, read_settings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "read_settings"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

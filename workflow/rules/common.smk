@@ -18,7 +18,7 @@ if Path.cwd().resolve() != REPO.resolve():
     )
 sys.path.insert(0, str(REPO))  # `import moir` without installing it (Snakemake's own interpreter)
 
-from moir.plan import CLEAN, NOISE, NO_IMAGE, Plan, PlanError, code_fingerprint, validate_config  # noqa: E402
+from moir.plan import NO_IMAGE, Plan, PlanError, code_fingerprint, validate_config  # noqa: E402
 
 try:
     validate_config(config, workflow.basedir + "/schemas/config.schema.yaml")
@@ -34,7 +34,9 @@ def check_suite_is_set_up():
         return
     sc = config["suites"]["paper"]
     downloaded = all(
-        Path(Plan.download_marker(name)).is_file() for name, spec in sc["datasets"].items() if spec["source"] == "download"
+        Path(Plan.download_marker(name)).is_file()
+        for name, spec in sc["datasets"].items()
+        if spec["source"] == "download"
     )
     if not downloaded:
         raise WorkflowError(
@@ -80,8 +82,7 @@ def not_in_grid(wildcards):
     (instead of Snakemake's bare MissingRuleException)."""
     raise WorkflowError(
         f"{RESULTS}/runs/{wildcards.run}: the run {wildcards.run!r} is not in the grid of suite {PLAN.suite!r} "
-        f"(config.yaml: suites.{PLAN.suite}.table1/table2/table3, seeds). The grid's runs:\n  "
-        + "\n  ".join(PLAN.runs)
+        f"(config.yaml: suites.{PLAN.suite}.table1/table2/table3, seeds). The grid's runs:\n  " + "\n  ".join(PLAN.runs)
     )
 
 
