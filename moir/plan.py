@@ -112,9 +112,9 @@ class SynthVideoSettings(Settings):
 class ConvertSettings(Settings):
     """A benchmark that ships one split (MMBench-Video) is split by video, seeded; the others have no settings."""
 
-    seed: int | None = field(metadata={"omit_if_none": True})
-    val_fraction: float | None = field(metadata={"omit_if_none": True})
-    test_fraction: float | None = field(metadata={"omit_if_none": True})
+    seed: int | None = omit_if_none()
+    val_fraction: float | None = omit_if_none()
+    test_fraction: float | None = omit_if_none()
 
 
 @dataclass(frozen=True)
@@ -212,12 +212,12 @@ class EvaluateSettings(Settings):
     batch_size: int
     limit: int | None
     max_new_tokens: int
-    rank_layer: int | None = field(metadata={"omit_if_none": True})  # clean mode (the analysis) only
-    noise_seed: int | None = field(metadata={"omit_if_none": True})  # noise mode only
-    judge: str | None = field(metadata={"omit_if_none": True})  # datasets with free-form answers only
-    judge_url: str | None = field(metadata={"omit_if_none": True})
-    judge_model: str | None = field(metadata={"omit_if_none": True})
-    judge_api_key_env: str | None = field(metadata={"omit_if_none": True})
+    rank_layer: int | None = omit_if_none()  # clean mode (the analysis) only
+    noise_seed: int | None = omit_if_none()  # noise mode only
+    judge: str | None = omit_if_none()  # datasets with free-form answers only
+    judge_url: str | None = omit_if_none()
+    judge_model: str | None = omit_if_none()
+    judge_api_key_env: str | None = omit_if_none()
     device: str
 
 
@@ -279,10 +279,25 @@ class Run:
         a = self.arm
         return f"{a.dataset}__{a.model}__{a.placement}__{a.label}__seed{self.seed}"
 
-    def __getattr__(self, name):  # dataset, model, placement, method, ratio of the arm
-        if name in ("dataset", "model", "placement", "method", "ratio", "variant", "overrides"):
-            return getattr(self.arm, name)
-        raise AttributeError(name)
+    @property
+    def dataset(self) -> str:
+        return self.arm.dataset
+
+    @property
+    def model(self) -> str:
+        return self.arm.model
+
+    @property
+    def placement(self) -> str:
+        return self.arm.placement
+
+    @property
+    def method(self) -> str:
+        return self.arm.method
+
+    @property
+    def ratio(self) -> float | None:
+        return self.arm.ratio
 
 
 @dataclass(frozen=True)
@@ -833,7 +848,7 @@ class Plan:
                 "plateau_patience", "max_length", "gradient_checkpointing", "checkpoint_every", "train_limit",
                 "val_limit")},
         )
-        for key, value in run.overrides:  # a later arm's changes
+        for key, value in run.arm.overrides:  # a later arm's changes
             if key.startswith("router."):
                 settings = dataclasses.replace(
                     settings, router=dataclasses.replace(settings.router, **{key.removeprefix("router."): value}))

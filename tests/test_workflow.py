@@ -431,7 +431,7 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
             parsed = parse(parser, args)  # what the stage's main does: options, then --settings
         except SystemExit as error:
             pytest.fail(f"{stage} rejects the arguments of `{command}` (exit {error.code})")
-        settings = json.loads(args[args.index("--settings") + 1])
+        settings = json.loads(args[args.index("--settings") + 1]) if "--settings" in args else {}  # download: none
         for key, value in settings.items():  # every setting reached the option of that name
             assert getattr(parsed, key) == value, (command, key)
         if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not

@@ -32,7 +32,6 @@ with an error naming the file (and the field); nothing is left half-written.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import logging
@@ -167,16 +166,18 @@ def read_reference(path: Path, keys: Sequence[str]) -> dict[tuple, dict[str, flo
     """The paper's numbers: (table, dataset, model, placement, method, k') -> {metric: value}."""
     if not path.is_file():
         raise ReportError(f"{path}: not found")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        frame = pl.read_csv(path, infer_schema=False)  # every cell a string (or null when empty), checked below
+    except pl.exceptions.PolarsError as error:
+        raise ReportError(f"{path}: not a readable CSV table ({error})") from error
     reference = {}
-    for number, row in enumerate(rows, start=2):
+    for number, row in enumerate(frame.iter_rows(named=True), start=2):
         try:
             ratio = float(row["k_ratio"]) if row.get("k_ratio") else None  # FT rows, and Table 2
             key = (int(row["table"]), row["dataset"], row["model"], row["placement"], row["method"], ratio)
             reference[key] = {name: float(row[name]) for name in keys}
-        except (KeyError, ValueError) as error:
-            raise ReportError(f"{path}: line {number}: bad or missing field ({error})") from error
+        except (KeyError, TypeError, ValueError) as error:
+            raise ReportError(f"{path}: line {number}: bad or missing field ({error!r})") from error
     return reference
 
 

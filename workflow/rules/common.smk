@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))  # `import moir` without installing it (Snakemake'
 from moir.plan import NO_IMAGE, Plan, PlanError, code_fingerprint, validate_config  # noqa: E402
 
 try:
-    validate_config(config, workflow.basedir + "/schemas/config.schema.yaml")
+    validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
 except PlanError as error:
     raise WorkflowError(str(error)) from None
 
@@ -104,3 +104,18 @@ def evaluate_code(wildcards):
 
 def dirname(path):
     return str(Path(path).parent)
+
+
+def evaluate_paths(wildcards, input):
+    """The stage's path options, from the inputs the plan declared for this evaluation."""
+    options = {
+        "manifest": ("--manifest", input.get("manifest")),
+        "cache": ("--cache-dir", dirname(input.cache) if "cache" in input.keys() else None),
+        "frames": ("--frames", input.get("frames")),
+        "transcripts": ("--transcripts", input.get("transcripts")),
+        "run": ("--run", input.get("run")),
+        "base_eval": ("--base-eval", dirname(input.base_eval) if "base_eval" in input.keys() else None),
+        "clean_eval": ("--clean-eval", dirname(input.clean_eval) if "clean_eval" in input.keys() else None),
+        "vision_split": ("--vision-split", input.get("vision_split")),
+    }
+    return [word for key, (flag, value) in options.items() if key in input.keys() for word in (flag, value)]

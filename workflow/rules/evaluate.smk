@@ -12,21 +12,6 @@ output, so Snakemake keeps it).
 """
 
 
-def evaluate_paths(wildcards, input):
-    """The stage's path options, from the inputs the plan declared for this evaluation."""
-    options = {
-        "manifest": ("--manifest", input.get("manifest")),
-        "cache": ("--cache-dir", dirname(input.cache) if "cache" in input.keys() else None),
-        "frames": ("--frames", input.get("frames")),
-        "transcripts": ("--transcripts", input.get("transcripts")),
-        "run": ("--run", input.get("run")),
-        "base_eval": ("--base-eval", dirname(input.base_eval) if "base_eval" in input.keys() else None),
-        "clean_eval": ("--clean-eval", dirname(input.clean_eval) if "clean_eval" in input.keys() else None),
-        "vision_split": ("--vision-split", input.get("vision_split")),
-    }
-    return [word for key, (flag, value) in options.items() if key in input.keys() for word in (flag, value)]
-
-
 rule evaluate:
     input:
         unpack(lambda wc: PLAN.evaluate_inputs(wc.evaluation)),
