@@ -60,10 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(build_parser(), argv)
+    parser = build_parser()
+    args = parse(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.stage == "extract":
-        sampling = FrameSampling(num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames)
+        try:
+            sampling = FrameSampling(num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames)
+        except ValueError as error:
+            parser.error(f"extract: {error} (--num-frames, --fps, --max-frames)")
         try:
             extract_media(
                 args.manifest,
