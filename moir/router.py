@@ -311,31 +311,25 @@ class MoIRRouter(nn.Module):
     unrouted sequences. `directions` chooses which sequences are rewritten ("both", "a" or "b").
     """
 
-    def __init__(
-        self,
-        dim: int,
-        ratio: float = 0.10,
-        *,
-        rank: int | None = None,
-        center: bool = False,
-        scope: Scope = "sample",
-        align: Align = "pool",
-        rms_match: bool = True,
-        directions: Directions = "both",
-        gate_init: float = 0.5,
-    ) -> None:
+    def __init__(self, dim: int, config: RouterConfig | float | None = None, **options) -> None:
+        """`MoIRRouter(dim, RouterConfig(...))`; `MoIRRouter(dim, ratio, **options)` builds the RouterConfig (whose
+        defaults are the router's only ones)."""
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if not isinstance(config, RouterConfig):
+            config = RouterConfig(**({} if config is None else {"ratio": config}), **options)
+        elif options:
+            raise TypeError(f"MoIRRouter: options {sorted(options)} given beside a RouterConfig")
         self.dim = dim
-        self.config = RouterConfig(ratio, rank, center, scope, align, rms_match, directions, gate_init)
-        initial_logit = math.log(gate_init / (1.0 - gate_init))
+        self.config = config
+        initial_logit = math.log(config.gate_init / (1.0 - config.gate_init))
         self.logit_a = nn.Parameter(torch.full((dim,), initial_logit))
         self.logit_b = nn.Parameter(torch.full((dim,), initial_logit))
 
     @classmethod
     def from_config(cls, dim: int, config: RouterConfig) -> MoIRRouter:
-        return cls(dim, **config.to_dict())
+        return cls(dim, config)
 
     @property
     def ratio(self) -> float:

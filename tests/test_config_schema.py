@@ -1,17 +1,22 @@
-"""config.yaml against workflow/schemas/config.schema.yaml: the shipped config is valid, and an unknown key or a bad
-value is rejected before anything runs, with a message that names the key."""
+"""config.yaml against workflow/schemas/config.schema.yaml and moir.plan's checks: the shipped config is valid, and
+an unknown key, a bad value, a non-finite number or a string that could reach a process as something else is
+rejected before anything runs, with a message that names the key (and only the key: never the whole config)."""
 
 from __future__ import annotations
 
 import copy
+import json
+import math
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+
+from moir.plan import Plan, PlanError, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -28,23 +33,27 @@ def config(shipped) -> dict:
     return copy.deepcopy(shipped)
 
 
+def validate(config: dict, schema: str = SCHEMA) -> None:
+    validate_config(config, schema)
+
+
 def rejected(config: dict) -> str:
     """Validate and return the error text; fails the test when the config is accepted."""
-    with pytest.raises(WorkflowError) as error:
-        validate(config, SCHEMA)
+    with pytest.raises(PlanError) as error:
+        validate(config)
     return str(error.value)
 
 
 def test_shipped_config_is_valid(config):
-    validate(config, SCHEMA)
+    validate(config)
     assert config["suite"] == "paper"
     demo = copy.deepcopy(config)
     demo["suite"] = "demo"
-    validate(demo, SCHEMA)
+    validate(demo)
 
 
 def test_validation_adds_nothing(config, shipped):
-    validate(config, SCHEMA)
+    validate(config)
     assert config == shipped  # no schema defaults: every value is written in config.yaml
 
 
@@ -92,7 +101,7 @@ def test_unknown_key_is_rejected_by_name(config, path, key):
         (("seeds",), [0, 0], "seeds"),
         (("seeds",), [-1], "seeds"),
         (("lora", "dropout"), 1.0, "dropout"),
-        (("lora", "r"), 0, "'r'"),
+        (("lora", "r"), 0, "config.lora.r:"),
         (("router", "scope"), "global", "scope"),
         (("router", "gate_init"), 1.0, "gate_init"),
         (("suites", "demo", "device"), "tpu", "device"),
@@ -102,7 +111,7 @@ def test_unknown_key_is_rejected_by_name(config, path, key):
         (("suites", "paper", "train", "epochs"), 0, "epochs"),
         (("suites", "paper", "train", "lr"), "2e-4", "lr"),  # a string, not a number (YAML quoted it)
         (("suites", "paper", "media", "max_bad_share"), 2, "max_bad_share"),
-        (("suites", "paper", "tokens", "dtype"), "int8", "dtype"),
+        (("suites", "paper", "encoder_cache", "dtype"), "int8", "dtype"),
         (("suites", "demo", "datasets", "synth-image", "audio"), "transcript", "audio"),
         (("suites", "demo", "datasets", "synth-image", "splits", "eval"), "dev", "eval"),
     ],
@@ -126,7 +135,7 @@ def test_frame_sampling_needs_exactly_one_of_num_frames_and_fps(config):
     media["fps"] = 1.0
     assert "media" in rejected(config)
     media["num_frames"] = None
-    validate(config, SCHEMA)
+    validate(config)
 
 
 def test_source_decides_the_required_keys(config):
@@ -139,6 +148,94 @@ def test_source_decides_the_required_keys(config):
     broken = copy.deepcopy(config)
     broken["suites"]["demo"]["datasets"]["synth-image"]["synthetic"]["frames"] = 8  # image data has no frames
     assert "synth-image" in rejected(broken)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("suites", "paper", "media", "max_bad_share"),  # NaN would make the extraction never fail
+        ("suites", "demo", "table1", "ratio"),
+        ("suites", "demo", "train", "lr"),
+        ("router", "gate_init"),
+        ("lora", "dropout"),
+    ],
+)
+def test_non_finite_numbers_are_rejected_by_name(config, path, value):
+    node = config
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    assert rejected(config).startswith("config." + ".".join(path) + ":")
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("suites", "paper", "models", "qwen2.5-vl", "hub_id"), "Qwen/$(id>&2)"),
+        (("suites", "paper", "models", "qwen2.5-vl", "hub_id"), "Qwen/Qwen 7B"),
+        (("suites", "paper", "models", "qwen2.5-vl", "revision"), "main; touch PWNED"),
+        (("suites", "paper", "models", "qwen2.5-vl", "revision"), "main\n"),  # a pattern's $ allows a final newline
+        (("suites", "paper", "judge", "url"), "https://api.openai.com/v1 $(touch PWNED)"),
+        (("suites", "paper", "judge", "url"), "https://host/v1'"),
+        (("suites", "paper", "judge", "url"), "file:///etc/passwd"),
+        (("suites", "paper", "judge", "model"), "gpt-4 `id`"),
+        (("suites", "paper", "judge", "api_key_env"), "KEY; id"),
+        (("suites", "paper", "transcripts", "language"), "en $(touch PWNED)"),
+        (("suites", "paper", "transcripts", "language"), "english"),
+        (("suites", "paper", "transcripts", "model"), "openai/whisper-small && id"),
+    ],
+)
+def test_strings_that_reach_a_process_are_what_they_can_be(config, path, value):
+    node = config
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    assert rejected(config).startswith("config." + ".".join(path) + ":")
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("suites", "paper", "transcripts", "language"), "pt-BR"),
+        (("suites", "paper", "transcripts", "language"), None),
+        (("suites", "paper", "judge", "url"), "http://127.0.0.1:8000/v1"),
+        (("suites", "paper", "judge", "model"), "meta-llama/Llama-3.1-8B-Instruct"),
+        (("suites", "paper", "models", "qwen2.5-vl", "revision"), "cc594898137f460bfe9f0759e9844b3ce807cfb5"),
+        (("suites", "paper", "models", "qwen2.5-vl", "revision"), "refs/pr/12"),
+    ],
+)
+def test_legitimate_strings_are_accepted(config, path, value):
+    node = config
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    validate(config)
+
+
+def test_k_values_that_share_a_run_name_are_refused_naming_both(config):
+    config["suites"]["demo"]["table3"]["ratios"] = [0.05, 0.05000001, 0.15]
+    message = rejected(config)
+    assert "0.05 and 0.05000001" in message and "'moir-k0.05'" in message
+
+
+def test_seeds_from_the_command_line_are_coerced(config):
+    for given, expected in ((1, [1]), ("1", [1]), (["0", "1"], [0, 1]), ([0, 1], [0, 1])):
+        config["seeds"] = given
+        validate(config)
+        assert config["seeds"] == expected
+
+
+def test_the_plan_of_the_demo(config):
+    validate(config)
+    config["suite"] = "demo"
+    demo = Plan(config)
+    assert len(demo.runs) == 14 and len(demo.evaluations) == 2 + 14 + 2 + 1
+    run = "synth-image__tiny-llava__attn__moir-k0.05__seed0"
+    assert demo.train_settings(run).router.ratio == 0.05  # k' travels as a float, never through the name
+    assert demo.train_settings("synth-image__tiny-llava__attn__ft__seed0").router is None
+    with pytest.raises(PlanError, match="run 'nope' is not in the grid of suite 'demo'; the grid: synth-image__"):
+        demo.run("nope")
 
 
 # ------------------------------------------------------------------------------ through Snakemake, before any job
@@ -154,8 +251,42 @@ def test_snakemake_rejects_a_bad_command_line_value(tmp_path):
     result = dry_run(tmp_path, "--config", "suite=full")
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "Error validating config file" in output and "'full' is not one of ['paper', 'demo']" in output
+    assert "config.suite: 'full' is not one of ['paper', 'demo']" in output
     assert "Building DAG" not in output
+
+
+def test_an_unknown_key_is_named_without_dumping_the_config(tmp_path):
+    result = dry_run(tmp_path, "--config", "suite=demo", "sede=1")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "config: Additional properties are not allowed ('sede' was unexpected)" in output
+    assert "llava-hf/llava-1.5-7b-hf" not in output and len(output.splitlines()) < 15  # not the whole config
+
+
+@pytest.mark.parametrize("seeds, expected", [("seeds=1", ["seed1"]), ("seeds=[0,1]", ["seed0", "seed1"])])
+def test_seeds_on_the_command_line(tmp_path, seeds, expected):
+    result = dry_run(tmp_path, "--config", "suite=demo", seeds)
+    assert result.returncode == 0, result.stdout + result.stderr
+    planned = {line.rsplit("__", 1)[1] for line in result.stdout.splitlines()
+               if line.strip().startswith("wildcards: run=")}
+    assert sorted(planned) == expected
+
+
+def test_forgetting_the_suite_says_what_to_set(tmp_path):
+    result = dry_run(tmp_path)  # config.yaml selects the paper suite; its data are not downloaded here
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "--config suite=demo" in output and "--config suite=paper" in output
+    assert "workflow/profiles/slurm/config.yaml" in output and "download_data" not in output
+
+
+def test_a_run_outside_the_grid_is_named_with_the_grid(tmp_path):
+    target = "results/demo/runs/synth-image__tiny-llava__attn__moir-k0.3__seed0"
+    result = dry_run(tmp_path, "--config", "suite=demo", "--", target)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "the run 'synth-image__tiny-llava__attn__moir-k0.3__seed0' is not in the grid of suite 'demo'" in output
+    assert "synth-image__tiny-llava__attn__moir-k0.15__seed0" in output  # the grid is listed
 
 
 def test_snakemake_rejects_a_name_that_refers_to_nothing(tmp_path):
@@ -164,3 +295,37 @@ def test_snakemake_rejects_a_name_that_refers_to_nothing(tmp_path):
     result = dry_run(tmp_path, "--configfile", str(override), "--config", "suite=demo")
     assert result.returncode != 0
     assert "suites.demo.table2.dataset: 'synth-audio' is not one of suites.demo.datasets" in result.stdout + result.stderr
+
+
+def test_a_config_value_reaches_the_shell_as_one_quoted_word(tmp_path):
+    """Even a value the schema would let through never runs in the shell: every value is passed with `:q`. The
+    schema's pattern for the ASR language is removed in a copy, and the dry run's command is run by bash with a
+    `python` that prints its arguments: the value arrives whole, and nothing it names was executed."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy2(REPO / "config.yaml", work / "config.yaml")
+    for name in ("workflow", "moir", "envs"):
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    schema = work / "workflow" / "schemas" / "config.schema.yaml"
+    text = schema.read_text()
+    assert 'pattern: "^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"' in text
+    schema.write_text(text.replace('pattern: "^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$"', "minLength: 1"))
+    hostile = "en $(touch PWNED) `touch PWNED2`; touch PWNED3 'x\" $HOME"
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"suites": {"paper": {"transcripts": {"language": hostile}}}}))
+    result = subprocess.run([*SNAKEMAKE, "-n", "-p", "--cores", "1", "--configfile", str(override), "--config",
+                             "suite=paper", "--", "data/transcripts/mmbench_video/test.parquet"], cwd=work,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = [line.removeprefix("Shell command: ") for line in result.stdout.splitlines()
+                if line.startswith("Shell command: python -m moir.media transcribe")]
+    assert len(commands) == 1
+    words = shlex.split(commands[0])
+    assert json.loads(words[words.index("--settings") + 1])["language"] == hostile
+    (work / "logs" / "paper" / "media").mkdir(parents=True)
+    run = subprocess.run(["bash", "-c", 'python() { printf "%s\\n" "$@"; }\n' + commands[0]], cwd=work,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    printed = run.stdout.splitlines()
+    assert json.loads(printed[printed.index("--settings") + 1])["language"] == hostile  # one word, unexpanded
+    assert not [path for path in work.iterdir() if path.name.startswith("PWNED")]

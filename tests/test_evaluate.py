@@ -68,8 +68,8 @@ def test_modes_ranks_dominance_and_robustness(work):
     run_clean, run_noise = evals / "moir-attn" / "clean", evals / "moir-attn" / "noise"
     assert _evaluate(work, base_clean) == 0
     assert _evaluate(work, base_no_image, "--mode", "no-image") == 0
-    assert _evaluate(work, run_clean, "--adapter", str(work["run"]), "--base-eval", str(base_clean)) == 0
-    assert _evaluate(work, run_noise, "--adapter", str(work["run"]), "--mode", "noise", "--clean-eval",
+    assert _evaluate(work, run_clean, "--run", str(work["run"]), "--base-eval", str(base_clean)) == 0
+    assert _evaluate(work, run_noise, "--run", str(work["run"]), "--mode", "noise", "--clean-eval",
                      str(run_clean), "--vision-split", str(base_no_image / "vision_split.parquet")) == 0
     for directory in (base_clean, base_no_image, run_clean, run_noise):
         assert sorted(p.name for p in directory.iterdir() if not p.name.startswith("judge")) == sorted(

@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from moir.plan import Arm, ReportSettings, Tables
 from moir.report import build as report
-from moir.report.build import Arm, ReportError, ReportSpec, build_report, collect, write_tables
+from moir.report.build import ReportError, build_report, collect, write_tables
 
 REFERENCE = Path(report.__file__).parents[1] / "reference"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,17 +62,37 @@ def write_gates(results: Path, run: str, steps: int = 4) -> None:
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
 
 
-def fill(results: Path, spec: ReportSpec, value) -> None:
+def run_name(arm: Arm, seed: int) -> str:
+    return arm.run(seed).name
+
+
+def settings(spec: Spec, results: Path, **references) -> ReportSettings:
+    """What the report rule passes: the layout and the path of every file it reads (here: the workflow's layout)."""
+    tables = spec.tables
+    evaluations, gates = {}, {}
+    for arms, mode in ((tables.table1() + tables.table3_arms(), "clean"), (tables.table2_arms(), "noise")):
+        for arm in arms:
+            for seed in spec.seeds:
+                evaluations[f"{run_name(arm, seed)}/{mode}"] = str(results / "eval" / run_name(arm, seed) / mode
+                                                                   / "metrics.json")
+                if arm.method == "moir":
+                    gates[run_name(arm, seed)] = str(results / "runs" / run_name(arm, seed) / "train_metrics.jsonl")
+    return ReportSettings(tables=tables.to_dict(), seeds=list(spec.seeds), modality=spec.modality,
+                          evaluations=evaluations, gates=gates,
+                          reference_tables=str(references["reference_tables"]) if references else None,
+                          reference_robustness=str(references["reference_robustness"]) if references else None)
+
+
+def fill(results: Path, spec: Spec, value) -> None:
     """Metrics for every arm and seed of `spec`; `value(arm, seed)` gives (acc, mdi, aei, dI, dT)."""
-    arms = report.table1_arms(spec.pairs, spec.placements, spec.ratio) + report.table3_arms(spec.ablation, spec.ratios)
-    for arm in arms:
+    for arm in spec.tables.table1() + spec.tables.table3_arms():
         for seed in spec.seeds:
-            write(results, arm.run_name(seed), "clean", clean_metrics(*value(arm, seed)))
+            write(results, run_name(arm, seed), "clean", clean_metrics(*value(arm, seed)))
             if arm.method == "moir":
-                write_gates(results, arm.run_name(seed))
-    for arm, numbers in zip(report.table2_arms(spec.robustness, spec.ratio), ((60.0, 55.0, 70.0), (30.0, 25.0, 40.0))):
+                write_gates(results, run_name(arm, seed))
+    for arm, numbers in zip(spec.tables.table2_arms(), ((60.0, 55.0, 70.0), (30.0, 25.0, 40.0))):
         for seed in spec.seeds:
-            write(results, arm.run_name(seed), "noise", noise_metrics(*numbers))
+            write(results, run_name(arm, seed), "noise", noise_metrics(*numbers))
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -78,14 +100,18 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-DEMO = ReportSpec(
-    pairs=[("synth-image", "tiny-llava"), ("synth-video", "tiny-qwen2.5-vl")],
-    placements=["attn", "mlp", "proj"],
-    ratio=0.1,
-    robustness=("synth-image", "tiny-llava", "attn"),
-    ablation=("synth-image", "tiny-llava", "attn"),
-    ratios=[0.05, 0.1, 0.15],
-    seeds=[0],
+@dataclass(frozen=True)
+class Spec:
+    tables: Tables
+    seeds: tuple[int, ...]
+    modality: dict
+
+
+DEMO = Spec(
+    Tables(pairs=(("synth-image", "tiny-llava"), ("synth-video", "tiny-qwen2.5-vl")), placements=("attn", "mlp", "proj"),
+           ratio=0.1, table2=("synth-image", "tiny-llava", "attn"), table3=("synth-image", "tiny-llava", "attn"),
+           ratios=(0.05, 0.1, 0.15)),
+    seeds=(0,),
     modality={"synth-image": "I+T", "synth-video": "V+T"},
 )
 
@@ -99,15 +125,15 @@ def demo_value(arm: Arm, seed: int):
 
 
 def test_run_names_follow_the_workflow_convention():
-    assert Arm("synth-image", "tiny-llava", "attn", "ft").run_name(0) == "synth-image__tiny-llava__attn__ft__seed0"
-    assert (Arm("vizwiz", "llava-1.5-7b", "mlp", "moir", 0.10).run_name(3)
+    assert run_name(Arm("synth-image", "tiny-llava", "attn", "ft", None), 0) == "synth-image__tiny-llava__attn__ft__seed0"
+    assert (run_name(Arm("vizwiz", "llava-1.5-7b", "mlp", "moir", 0.10), 3)
             == "vizwiz__llava-1.5-7b__mlp__moir-k0.1__seed3")
-    assert Arm("a", "b", "proj", "moir", 0.05).run_name(0).endswith("moir-k0.05__seed0")
+    assert run_name(Arm("a", "b", "proj", "moir", 0.05), 0).endswith("moir-k0.05__seed0")
 
 
-def tables(spec: ReportSpec, results: Path, out: Path, **references) -> dict[int, list[dict]]:
+def tables(spec: Spec, results: Path, out: Path, **references) -> dict[int, list[dict]]:
     """The tables alone (figures take seconds to draw; test_figures_and_page_are_written draws them)."""
-    collected = collect(spec, results, **references)
+    collected = collect(settings(spec, results, **references))
     write_tables(collected, out)
     return collected.rows
 
@@ -156,7 +182,7 @@ def test_demo_tables_hold_the_evaluations_numbers(tmp_path):
 def test_figures_and_page_are_written(tmp_path):
     results, out = tmp_path / "results", tmp_path / "report"
     fill(results, DEMO, demo_value)
-    build_report(DEMO, results, out)
+    build_report(settings(DEMO, results), out)
     for name in report.FIGURES:
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
@@ -169,7 +195,7 @@ def test_figures_and_page_are_written(tmp_path):
 
 
 def test_seeds_are_averaged_with_their_standard_deviation(tmp_path):
-    spec = ReportSpec(**{**DEMO.__dict__, "seeds": [0, 1, 2]})
+    spec = Spec(DEMO.tables, (0, 1, 2), DEMO.modality)
     results, out = tmp_path / "results", tmp_path / "report"
     fill(results, spec, lambda arm, seed: (40.0 + 2 * seed, 5.0, 2.0, float(seed), 1.0))
     tables(spec, results, out)
@@ -179,18 +205,16 @@ def test_seeds_are_averaged_with_their_standard_deviation(tmp_path):
     assert float(row["rank_delta_image"]) == pytest.approx(1.0) and float(row["rank_delta_image_std"]) == pytest.approx(1.0)
     assert float(row["mdi"]) == 5.0 and float(row["mdi_std"]) == 0.0
     assert row["n_seeds"] == "3"
+    assert float(row["acc_ci95"]) == pytest.approx(4.303 * 2.0 / math.sqrt(3))  # t(0.975, 2 dof) * s / sqrt(n)
     assert "42.00 ± 2.00" in (out / "table1.md").read_text()
 
 
-PAPER = ReportSpec(
-    pairs=[("scienceqa", "llava-1.5-7b"), ("scienceqa", "llava-1.5-13b"), ("vizwiz", "llava-1.5-7b"),
-           ("mmbench_video", "qwen2.5-vl")],
-    placements=["attn", "mlp", "proj"],
-    ratio=0.10,
-    robustness=("vizwiz", "llava-1.5-7b", "attn"),
-    ablation=("vizwiz", "llava-1.5-7b", "attn"),
-    ratios=[0.05, 0.10, 0.15],
-    seeds=[0],
+PAPER = Spec(
+    Tables(pairs=(("scienceqa", "llava-1.5-7b"), ("scienceqa", "llava-1.5-13b"), ("vizwiz", "llava-1.5-7b"),
+                  ("mmbench_video", "qwen2.5-vl")),
+           placements=("attn", "mlp", "proj"), ratio=0.10, table2=("vizwiz", "llava-1.5-7b", "attn"),
+           table3=("vizwiz", "llava-1.5-7b", "attn"), ratios=(0.05, 0.10, 0.15)),
+    seeds=(0,),
     modality={"scienceqa": "I+T", "vizwiz": "I+T", "mmbench_video": "V+A+T"},
 )
 
@@ -222,7 +246,7 @@ def test_paper_suite_prints_the_papers_numbers_beside_ours(tmp_path):
 def test_missing_values_are_blank_not_zero(tmp_path):
     results, out = tmp_path / "results", tmp_path / "report"
     fill(results, DEMO, demo_value)
-    path = results / "eval" / Arm("synth-video", "tiny-qwen2.5-vl", "mlp", "ft").run_name(0) / "clean" / "metrics.json"
+    path = results / "eval" / run_name(Arm("synth-video", "tiny-qwen2.5-vl", "mlp", "ft", None), 0) / "clean" / "metrics.json"
     metrics = json.loads(path.read_text())
     metrics["summary"]["mdi"] = None  # e.g. no example had both groups of tokens
     path.write_text(json.dumps(metrics))
@@ -241,17 +265,24 @@ def test_infinite_mdi_is_reported_as_inf():
 def test_a_missing_evaluation_fails_naming_it_and_writes_nothing(tmp_path):
     results, out = tmp_path / "results", tmp_path / "report"
     fill(results, DEMO, demo_value)
-    missing = results / "eval" / Arm("synth-image", "tiny-llava", "attn", "moir", 0.15).run_name(0) / "clean" / "metrics.json"
+    missing = results / "eval" / run_name(Arm("synth-image", "tiny-llava", "attn", "moir", 0.15), 0) / "clean" / "metrics.json"
     missing.unlink()
     with pytest.raises(ReportError, match=f"{missing}: not found"):
-        build_report(DEMO, results, out)
+        build_report(settings(DEMO, results), out)
     assert not out.exists()
-    argv = ["--results", str(results), "--out", str(out), "--table1", "synth-image:tiny-llava",
-            "synth-video:tiny-qwen2.5-vl", "--placements", "attn", "mlp", "proj", "--ratio", "0.1",
-            "--table2", "synth-image:tiny-llava:attn", "--table3", "synth-image:tiny-llava:attn",
-            "--ratios", "0.05", "0.1", "0.15", "--seeds", "0"]
+    argv = ["--settings", settings(DEMO, results).to_json(), "--out", str(out)]
     assert report.main(argv) == 1
     assert not out.exists()
+
+
+def test_an_evaluation_the_rule_did_not_pass_is_named(tmp_path):
+    results = tmp_path / "results"
+    fill(results, DEMO, demo_value)
+    passed = settings(DEMO, results)
+    key = f"{run_name(Arm('synth-image', 'tiny-llava', 'attn', 'moir', 0.15), 0)}/clean"
+    del passed.evaluations[key]
+    with pytest.raises(ReportError, match=f"no metrics file was passed for the evaluation {key}"):
+        collect(passed)
 
 
 @pytest.mark.parametrize(
@@ -265,12 +296,12 @@ def test_a_missing_evaluation_fails_naming_it_and_writes_nothing(tmp_path):
 def test_a_malformed_metrics_file_is_named_with_its_field(tmp_path, corrupt, message):
     results = tmp_path / "results"
     fill(results, DEMO, demo_value)
-    path = results / "eval" / Arm("synth-image", "tiny-llava", "mlp", "ft").run_name(0) / "clean" / "metrics.json"
+    path = results / "eval" / run_name(Arm("synth-image", "tiny-llava", "mlp", "ft", None), 0) / "clean" / "metrics.json"
     metrics = json.loads(path.read_text())
     corrupt(metrics)
     path.write_text(json.dumps(metrics))
     with pytest.raises(ReportError) as error:
-        collect(DEMO, results)
+        collect(settings(DEMO, results))
     assert str(error.value) == f"{path}: {message}"
 
 
@@ -284,13 +315,13 @@ def test_gate_records_are_checked(tmp_path):
         report.read_gates(path)
 
 
-def test_command_line_arguments_are_checked():
+def test_command_line_arguments_are_checked(tmp_path):
     parser = report.build_parser()
     with pytest.raises(SystemExit):
-        parser.parse_args(["--results", "r", "--out", "o", "--table1", "synth-image", "--placements", "attn",
-                           "--ratio", "0.1", "--table2", "a:b:attn", "--table3", "a:b:attn", "--ratios", "0.1",
-                           "--seeds", "0"])
+        parser.parse_args(["--settings", "[1, 2]", "--out", "o"])  # not a JSON object
     with pytest.raises(SystemExit):
-        parser.parse_args(["--results", "r", "--out", "o", "--table1", "a:b", "--placements", "attn",
-                           "--ratio", "0.1", "--table2", "a:b:ffn", "--table3", "a:b:attn", "--ratios", "0.1",
-                           "--seeds", "0"])
+        parser.parse_args(["--settings", "{not json", "--out", "o"])
+    with pytest.raises(ReportError, match=r"missing keys \['gates'\], unknown keys \['typo'\]"):
+        passed = settings(DEMO, tmp_path).to_dict()
+        del passed["gates"]
+        report.read_settings({**passed, "typo": 1})

@@ -176,11 +176,12 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(demo, capl
     ("extra", "expected"),
     [
         (("--grad-accum", "3"), "grad_accum must be a positive divisor of batch_size (4)"),
-        (("--ratio", "1.5"), "ratio k' must lie in [0, 1]"),
+        (("--router", '{"ratio": 1.5}'), "ratio k' must lie in [0, 1]"),
         (("--lr", "-1"), "lr must be a positive finite number"),
         (("--epochs", "0"), "epochs must be a positive integer"),
         (("--lora-dropout", "1"), "lora_dropout must lie in [0, 1)"),
-        (("--gate-init", "0"), "gate_init must lie strictly between 0 and 1"),
+        (("--router", '{"gate_init": 0}'), "gate_init must lie strictly between 0 and 1"),
+        (("--router", '{"ratios": 0.1}'), "--router: unknown field 'ratios'"),
         (("--val-cache", "/nonexistent/cache"), "val-cache: cache directory not found"),
     ],
 )

@@ -9,7 +9,9 @@ tests check is Snakemake's rerun decision, which looks only at that provenance a
 
 from __future__ import annotations
 
+import ast
 import importlib
+import json
 import os
 import re
 import shlex
@@ -24,10 +26,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from moir import plan
+from moir.cli import parse
+
 REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
-GPU_RULES = {"transcribe_audio", "dump_tokens", "pretrain_base", "train_run", "evaluate_base", "vision_split",
-             "evaluate_run", "evaluate_noise"}
+GPU_RULES = {"transcribe_audio", "dump_encoder_cache", "pretrain_base", "train_run", "evaluate", "vision_split"}
 # Outputs declared with directory(), by rule: their position in the rule's output list.
 DIRECTORY_OUTPUTS = {"synthesize_data": 0, "pretrain_base": 0, "train_run": 0}
 
@@ -86,9 +90,10 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
     assert job_counts(output) == {
         "download_data": 3, "convert_data": 3,              # ScienceQA, VizWiz, MMBench-Video
         "extract_media": 3, "transcribe_audio": 3,          # MMBench-Video train/val/test (V+A+T)
-        "dump_tokens": 8,   # 3 splits x (ScienceQA, MMBench-Video) + VizWiz train/val: 7B and 13B share one tower
+        "dump_encoder_cache": 8,   # 3 splits x (ScienceQA, MMBench-Video) + VizWiz train/val: 7B, 13B share a tower
         "train_run": 26,    # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15
-        "evaluate_base": 4, "evaluate_run": 26, "vision_split": 1, "evaluate_noise": 2,
+        "evaluate": 4 + 26 + 2,   # the 4 base models and the 26 runs (clean), Table 2's 2 runs (noise)
+        "vision_split": 1,
         "report": 1, "all": 1,
     }
     listed = list(jobs(output))
@@ -108,7 +113,7 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
         if rule == "train_run":
             assert int(resources["runtime"]) >= 24 * 60 and int(resources["mem_mb"]) >= 64000
     assert "data/raw/vizwiz/download.complete.json" in output
-    assert "--reference-tables moir/reference/paper_tables.csv" in snakemake(
+    assert '"reference_tables":"moir/reference/paper_tables.csv"' in snakemake(
         workdir, "--dry-run", "--printshellcmds", "--config", "suite=paper", "--", "results/paper/report/report.md"
     )
 
@@ -122,8 +127,8 @@ def finished_demo(tmp_path_factory) -> Path:
     workdir = copy_repository(tmp_path_factory.mktemp("demo"))
     output = dry_run(workdir, "--config", "suite=demo")
     assert job_counts(output) == {
-        "synthesize_data": 2, "extract_media": 4, "pretrain_base": 2, "dump_tokens": 6, "train_run": 14,
-        "evaluate_base": 2, "vision_split": 1, "evaluate_run": 14, "evaluate_noise": 2, "report": 1, "all": 1,
+        "synthesize_data": 2, "extract_media": 4, "pretrain_base": 2, "dump_encoder_cache": 6, "train_run": 14,
+        "evaluate": 2 + 14 + 2, "vision_split": 1, "report": 1, "all": 1,   # 49 jobs
     }
     for rule, fields in jobs(output):
         for index, path in enumerate(fields.get("output", "").split(", ") if "output" in fields else []):
@@ -152,7 +157,8 @@ def demo_jobs(workdir: Path) -> dict[str, int]:
     return job_counts(dry_run(workdir, "--config", "suite=demo"))
 
 
-EVALUATIONS = {"evaluate_base": 2, "vision_split": 1, "evaluate_run": 14, "evaluate_noise": 2}
+EVALUATIONS = {"evaluate": 18, "vision_split": 1}
+MOIR_RUNS = 8  # 6 of Table 1 (one of them also Table 2's), Table 3's k'=0.05 and 0.15
 
 
 def test_a_finished_dag_is_a_no_op(demo):
@@ -174,7 +180,7 @@ def test_changing_k_reruns_only_the_moir_runs_with_that_k(demo):
 
     set_config(demo, ablate_0_2)
     output = dry_run(demo, "--config", "suite=demo")
-    assert job_counts(output) == {"train_run": 1, "evaluate_run": 1, "report": 1, "all": 1}
+    assert job_counts(output) == {"train_run": 1, "evaluate": 1, "report": 1, "all": 1}
     assert "run=synth-image__tiny-llava__attn__moir-k0.2__seed0" in output
 
 
@@ -184,7 +190,7 @@ def test_changing_the_main_k_reruns_the_moir_arms_of_tables_1_and_2(demo):
 
     set_config(demo, main_ratio)
     output = dry_run(demo, "--config", "suite=demo")
-    assert job_counts(output) == {"train_run": 6, "evaluate_run": 6, "evaluate_noise": 1, "report": 1, "all": 1}
+    assert job_counts(output) == {"train_run": 6, "evaluate": 6 + 1, "report": 1, "all": 1}
     trained = [fields["wildcards"] for rule, fields in jobs(output) if rule == "train_run"]
     assert all("__moir-k0.2__" in run for run in trained)
 
@@ -194,8 +200,8 @@ def test_changing_a_router_setting_reruns_moir_runs_and_no_ft_run(demo):
         config["router"]["align"] = "attend"
 
     set_config(demo, attend)
-    # the 8 MoIR runs (6 of Table 1, of which one is Table 2's; Table 3's k'=0.05 and 0.15), their evaluations
-    assert demo_jobs(demo) == {"train_run": 8, "evaluate_run": 8, "evaluate_noise": 1, "report": 1, "all": 1}
+    # the 8 MoIR runs, their clean evaluations and Table 2's noise evaluation
+    assert demo_jobs(demo) == {"train_run": MOIR_RUNS, "evaluate": MOIR_RUNS + 1, "report": 1, "all": 1}
 
 
 def test_changing_an_evaluation_setting_reruns_no_training(demo):
@@ -212,7 +218,7 @@ def test_changing_a_training_setting_reruns_runs_but_not_data_caches_or_bases(de
 
     set_config(demo, more_epochs)
     counts = demo_jobs(demo)
-    assert counts == {"train_run": 14, "evaluate_run": 14, "evaluate_noise": 2, "report": 1, "all": 1}
+    assert counts == {"train_run": 14, "evaluate": 14 + 2, "report": 1, "all": 1}
 
 
 def test_changing_one_benchmarks_answer_budget_reruns_only_its_evaluations(demo):
@@ -221,7 +227,7 @@ def test_changing_one_benchmarks_answer_budget_reruns_only_its_evaluations(demo)
 
     set_config(demo, longer_video_answers)
     # synth-video: its base and its 6 runs of Table 1; no robustness run on it
-    assert demo_jobs(demo) == {"evaluate_base": 1, "evaluate_run": 6, "report": 1, "all": 1}
+    assert demo_jobs(demo) == {"evaluate": 1 + 6, "report": 1, "all": 1}
 
 
 def test_changing_the_other_suite_reruns_nothing(demo):
@@ -232,10 +238,9 @@ def test_changing_the_other_suite_reruns_nothing(demo):
     assert demo_jobs(demo) == {}
 
 
-def edit(path: Path) -> None:
-    """A code change: new content and a newer time (Snakemake reruns a job for a newer input only when the
-    input's checksum differs from the one recorded, so touching a file is not enough)."""
-    path.write_text(path.read_text() + "\n# edited\n")
+def edit(path: Path, text: str = "\nEDITED_BY_TEST = 1\n") -> None:
+    """A code change (by default one that changes the syntax tree: a new module constant)."""
+    path.write_text(path.read_text() + text)
     later = time.time_ns() + 10**9
     os.utime(path, ns=(later, later))
 
@@ -246,17 +251,153 @@ def test_touching_a_source_file_reruns_nothing(demo):
     assert demo_jobs(demo) == {}
 
 
+def test_a_comment_or_docstring_change_reruns_nothing(demo):
+    edit(demo / "moir" / "router.py", "\n# a comment\n")
+    router = demo / "moir" / "router.py"
+    router.write_text(router.read_text().replace('"""MoIR: the Multi-modal Information Router', '"""MoIR, reworded', 1))
+    edit(demo / "moir" / "metrics" / "rank.py", "\n# another comment\n")
+    assert demo_jobs(demo) == {}
+
+
+def test_a_router_change_reruns_exactly_the_moir_runs_and_what_follows(demo):
+    edit(demo / "moir" / "router.py")
+    output = dry_run(demo, "--config", "suite=demo")
+    # the MoIR runs, their clean evaluations, Table 2's noise evaluation, the report: no FT run, no base, no cache
+    assert job_counts(output) == {"train_run": MOIR_RUNS, "evaluate": MOIR_RUNS + 1, "report": 1, "all": 1}
+    assert all("__moir-k" in fields["wildcards"] for rule, fields in jobs(output) if rule in ("train_run", "evaluate"))
+
+
+def test_a_metric_change_reruns_evaluations_and_the_report_never_training(demo):
+    edit(demo / "moir" / "metrics" / "rank.py")
+    assert demo_jobs(demo) == {**EVALUATIONS, "report": 1, "all": 1}
+
+
 def test_a_code_change_reruns_only_the_stages_that_run_the_code(demo):
     edit(demo / "moir" / "report" / "build.py")
     assert demo_jobs(demo) == {"report": 1, "all": 1}
-    edit(demo / "moir" / "evaluate" / "judge.py")  # imported by moir.evaluate only
+    edit(demo / "moir" / "evaluate" / "judge.py")  # run by moir.evaluate only
     assert demo_jobs(demo) == {**EVALUATIONS, "report": 1, "all": 1}
+
+
+def test_a_training_loop_change_reruns_training_and_not_the_data_or_caches(demo):
+    edit(demo / "moir" / "train" / "finetune.py")
+    assert demo_jobs(demo) == {"train_run": 14, "evaluate": 14 + 2, "report": 1, "all": 1}
 
 
 def test_a_data_change_reruns_everything_downstream(demo):
     edit(demo / "moir" / "data" / "synthetic.py")
     counts = demo_jobs(demo)
     assert counts["synthesize_data"] == 2 and counts["train_run"] == 14 and counts["report"] == 1
+
+
+# ------------------------------------------------------------------------------------- the code map
+
+# What each stage's entry module is, and the modules its imports reach whose edits cannot change its outputs (with
+# the reason). Every other module of the package it imports must be in moir/plan.py's CODE map for that stage.
+STAGE_ENTRIES = {
+    "synthesize": "moir.data.__main__", "download": "moir.data.__main__", "convert": "moir.data.__main__",
+    "extract": "moir.media.__main__", "transcribe": "moir.media.__main__", "encoder_cache": "moir.encoder_cache",
+    "pretrain": "moir.train.pretrain", "train": "moir.train", "evaluate": "moir.evaluate", "report": "moir.report",
+}
+DATA_COMMANDS = {  # moir.data's and moir.media's commands share a __main__; each runs its own modules
+    "synthesize": {"moir/data/download.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
+                   "moir/data/mmbench_video.py", "moir/data/safe_pickle.py"},
+    "download": {"moir/data/synthetic.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
+                 "moir/data/mmbench_video.py", "moir/data/safe_pickle.py"},
+    "convert": {"moir/data/synthetic.py"},
+    "extract": {"moir/media/transcripts.py"},
+    "transcribe": {"moir/media/extract.py", "moir/media/frames.py", "moir/data/manifest.py"},
+}
+NOT_OUTPUT = {
+    stage: {*DATA_COMMANDS.get(stage, ()), "moir/cli.py"}  # cli: parses --settings, checked by its own tests
+    for stage in STAGE_ENTRIES
+}
+for stage in ("encoder_cache", "train", "evaluate"):
+    NOT_OUTPUT[stage] |= {"moir/data/synthetic.py"}  # its vocabulary builds a tiny model; a saved base has its own
+for stage in ("encoder_cache", "pretrain"):
+    NOT_OUTPUT[stage] |= {"moir/router.py"}  # attached by training only (MoIR runs: plan.ROUTER_CODE)
+NOT_OUTPUT["train"] |= {"moir/router.py"}  # ROUTER_CODE, for the MoIR runs only
+NOT_OUTPUT["evaluate"] |= {"moir/router.py"}  # ROUTER_CODE, for the MoIR runs' evaluations only
+
+
+def module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    package = list(path.relative_to(REPO).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package[: len(package) - node.level + 1] if node.level else []
+            name = ".".join(parts + ([node.module] if node.module else []))
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+    return {name for name in found if name == "moir" or name.startswith("moir.")}
+
+
+def reached_files(entry: str) -> set[str]:
+    """The package's files that `python -m <entry>` imports, transitively."""
+    files, todo = set(), [entry, f"{entry}.__main__"]
+    while todo:
+        parts = todo.pop().split(".")
+        for depth in range(1, len(parts) + 1):
+            path = module_file(".".join(parts[:depth]))
+            if path is not None and str(path.relative_to(REPO)) not in files:
+                files.add(str(path.relative_to(REPO)))
+                todo.extend(imported_modules(path))
+    return files
+
+
+def only_reexports(path: str) -> bool:
+    """A package __init__ that only imports, documents and lists names (nothing it holds changes an output)."""
+    tree = ast.parse((REPO / path).read_text())
+    return all(isinstance(node, (ast.Import, ast.ImportFrom)) or (isinstance(node, ast.Expr) and isinstance(
+        node.value, ast.Constant)) or (isinstance(node, ast.Assign) and all(
+        isinstance(target, ast.Name) and target.id.startswith("__") for target in node.targets))
+        for node in tree.body)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_ENTRIES))
+def test_the_code_map_covers_every_module_a_stage_runs(stage):
+    mapped = set(plan.code_files(stage, router=True))
+    unmapped = {path for path in reached_files(STAGE_ENTRIES[stage]) - mapped - NOT_OUTPUT[stage]
+                if not (path.endswith("__init__.py") and only_reexports(path))}
+    assert not unmapped, f"{stage}: add to moir/plan.py CODE (or to NOT_OUTPUT here, with the reason): {unmapped}"
+
+
+def test_the_code_map_keeps_stages_apart():
+    assert "moir/router.py" not in plan.code_files("train") and "moir/router.py" in plan.code_files("train", router=True)
+    for stage in ("synthesize", "extract", "encoder_cache", "pretrain", "train"):
+        files = plan.code_files(stage, router=True)
+        assert not [f for f in files if f.startswith(("moir/metrics/", "moir/report/", "moir/evaluate/"))], stage
+    assert any(f.startswith("moir/metrics/") for f in plan.code_files("evaluate"))
+
+
+def test_a_fingerprint_ignores_comments_and_docstrings_only(tmp_path, monkeypatch):
+    module = tmp_path / "moir" / "m.py"
+    module.parent.mkdir()
+    monkeypatch.setattr(plan, "REPO", tmp_path)
+
+    def digest(text):
+        module.write_text(text)
+        plan.source_digest.cache_clear()
+        return plan.source_digest("moir/m.py")
+
+    original = digest('"""Doc."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # one\n')
+    assert digest('"""Other doc."""\n\n\ndef f(x):\n    # a comment\n    return x + 1\n') == original
+    assert digest('"""Doc."""\n\ndef f(x):\n    return x + 2\n') != original
+    assert digest('"""Doc."""\n\ndef f(y):\n    return y + 1\n') != original
+    plan.source_digest.cache_clear()
 
 
 # ------------------------------------------------------------------------------------- the workflow's code
@@ -283,9 +424,16 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
             module = importlib.import_module(f"{stage}.__main__")
         parser = module.build_parser()
         try:
-            parsed = parser.parse_args(args)
+            if stage == "moir.report":  # its settings are one object: moir.plan.ReportSettings
+                parsed = parser.parse_args(args)
+                module.read_settings(parsed.settings)
+                continue
+            parsed = parse(parser, args)  # what the stage's main does: options, then --settings
         except SystemExit as error:
             pytest.fail(f"{stage} rejects the arguments of `{command}` (exit {error.code})")
+        settings = json.loads(args[args.index("--settings") + 1]) if "--settings" in args else {}  # download: none
+        for key, value in settings.items():  # every setting reached the option of that name
+            assert getattr(parsed, key) == value, (command, key)
         if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not
             assert parsed.revision == ("main" if suite == "paper" else None), command
     expected = {"moir.data", "moir.media", "moir.encoder_cache", "moir.train", "moir.evaluate", "moir.report"}
@@ -319,7 +467,11 @@ def test_every_rule_has_log_benchmark_threads_resources_and_conda():
             assert ("gpu=GPU" in body) == (name in GPU_RULES), f"rule {name}: GPU request"
             assert "\n        ENV\n" in body, name
             if "python -m moir." in body:
-                assert "moir_sources(" in body or "unpack(" in body, f"rule {name} does not declare its code"
+                assert "        code=" in body, f"rule {name} does not carry its code's fingerprint"
+                assert "--settings {params.settings:q}" in body or name == "download_data", name
+                # every value reaches the shell quoted
+                for field in re.findall(r"\{([\w.]+)(?::q)?\}", body.split("shell:")[1]):
+                    assert f"{{{field}:q}}" in body or field == "threads", f"rule {name}: {{{field}}} unquoted"
     assert GPU_RULES < seen
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 
+from moir.cli import add_settings_argument, parse
 from moir.data import download, mmbench_video, scienceqa, synthetic, vizwiz
 from moir.runtime import cli, setup_logging
 
@@ -55,6 +56,7 @@ def _add_synth_common(parser: argparse.ArgumentParser, sizes: dict[str, int]) ->
     parser.add_argument("--eval-hint-accuracy", type=_fraction, default=0.5, help="P(hint right) in val and test")
     parser.add_argument("--pretrain-hint-accuracy", type=_fraction, default=None, help="override for pretrain")
     parser.add_argument("--choice-share", type=_fraction, default=0.5, help="share of multiple-choice questions")
+    add_settings_argument(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,11 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--seed", type=int, default=0, help="seed of the by-video split")
             sub.add_argument("--val-fraction", type=_fraction, default=0.1)
             sub.add_argument("--test-fraction", type=_fraction, default=0.3)
+        add_settings_argument(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     setup_logging(args.log_level)
     if args.command == "synth":
         hints = synthetic.HintSettings(args.hint_accuracy, args.eval_hint_accuracy, args.pretrain_hint_accuracy, args.choice_share)

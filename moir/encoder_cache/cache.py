@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from moir.cli import add_settings_argument, parse
 from moir.data.manifest import read_manifest
 from moir.media.pixels import MediaLoader
 from moir.runtime import cli, setup_logging
@@ -486,11 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--batch-size", type=int, default=16, help="examples per encoder call")
     dump.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default="float16", help="storage dtype")
     dump.add_argument("--device", default="cpu")
+    add_settings_argument(dump)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     setup_logging("INFO")
     vlm = load_vlm(args.model, device=args.device, revision=args.revision)
     dump_for_vlm(

@@ -33,7 +33,7 @@ mean/3*100; `moir.evaluate.judge`, --judge openai|local), exact match for the sy
 
 Usage (one rule per (run, evaluation)):
 
-    python -m moir.evaluate --model results/demo/base/tiny-llava [--revision REV] [--adapter results/demo/runs/<run>] \\
+    python -m moir.evaluate --model results/demo/base/tiny-llava [--revision REV] [--run results/demo/runs/<run>] \\
         --manifest data/manifests/synth-image/test.parquet \\
         [--cache-dir data/cache/synth-image/test/<enc>] [--frames data/media/<ds>/test/frames.parquet] \\
         [--transcripts data/transcripts/<ds>/test.parquet] \\
@@ -76,6 +76,7 @@ import torch
 from tqdm import tqdm
 
 from moir.data.manifest import ManifestError, read_manifest
+from moir.cli import add_settings_argument, parse
 from moir.dataset import load_examples
 from moir.evaluate import EvaluationError
 from moir.evaluate.analysis import analyse, dominance_metrics, rank_metrics
@@ -115,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help="base model: a save_pretrained directory or a hub id")
     model.add_argument("--revision", help="hub revision (branch, tag or commit) of --model; a directory ignores it")
-    model.add_argument("--adapter", type=Path, help="a trained run's directory (LoRA + router); omit for the base")
-    model.add_argument("--run-name", help="name recorded in metrics.json (default: the adapter directory's name, "
+    model.add_argument("--run", type=Path, help="a LoRA run's directory (moir.train: LoRA + router); omit for "
+                       "the base model")
+    model.add_argument("--run-name", help="name recorded in metrics.json (default: the run directory's name, "
                        "or 'base')")
     data = parser.add_argument_group("data")
     data.add_argument("--manifest", type=Path, required=True)
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     system.add_argument("--out-dir", type=Path, required=True)
     system.add_argument("--flush-every", type=int, default=64, help="examples per prediction part written")
     system.add_argument("--log-level", default="INFO")
+    add_settings_argument(parser)
     return parser
 
 def check_args(args: argparse.Namespace) -> None:
@@ -370,7 +373,8 @@ def summary(metrics: dict) -> dict:
     }
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
+    args.adapter = args.run  # the evaluation code's name for the LoRA run directory
     setup_logging(args.log_level)
     try:
         evaluate(args)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from moir.cli import add_settings_argument, parse
 from moir.media.extract import TooManyBadFiles, extract_media
 from moir.media.frames import DEFAULT_MAX_SIDE, IMAGE_FORMATS, FrameSampling
 from moir.media.transcripts import CHUNK_LENGTH_S, AsrSettings, transcribe
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract = stages.add_parser("extract", help="sample frames and audio of every video in a manifest")
     extract.add_argument("--manifest", required=True, help="manifest Parquet (moir.data.manifest)")
     extract.add_argument("--out-dir", required=True, help="directory for frames/audio/errors.parquet")
-    sampling = extract.add_mutually_exclusive_group(required=True)
+    sampling = extract.add_mutually_exclusive_group()  # one of them: here or in --settings
     sampling.add_argument("--num-frames", type=int, help="frames per video, uniformly spaced")
     sampling.add_argument("--fps", type=float, help="frames per second of video")
     extract.add_argument("--max-frames", type=int, help="with --fps: cap, falling back to uniform sampling")
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--workers", type=int, default=1, help="decoding processes")
     extract.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                          help="frames are stored at most this many pixels on their longer side")
+    add_settings_argument(extract)
 
     asr = stages.add_parser("transcribe", help="ASR transcripts of the audio table")
     asr.add_argument("--audio", required=True, help="audio.parquet from the extract stage")
@@ -55,14 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     asr.add_argument("--batch-size", type=int, default=8)
     asr.add_argument("--device", default="cpu")
     asr.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    add_settings_argument(asr)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse(parser, argv)
     setup_logging("INFO")
     if args.stage == "extract":
-        sampling = FrameSampling(num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames)
+        try:
+            sampling = FrameSampling(num_frames=args.num_frames, fps=args.fps, max_frames=args.max_frames)
+        except ValueError as error:
+            parser.error(f"extract: {error} (--num-frames, --fps, --max-frames)")
         try:
             extract_media(
                 args.manifest,

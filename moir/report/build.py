@@ -9,24 +9,20 @@ does, so a reader compares the two side by side:
   vision-dependent, vision-irrelevant), FT against MoIR, from the noise evaluation.
 - Table 3: the k' ablation, Table 1's columns for MoIR at each k'.
 
-With several seeds a cell is the mean and the CSV also holds the sample standard deviation. When reference
+With several seeds a cell is the mean and the CSV also holds the sample standard deviation (`<metric>_std`) and
+the half-width of the mean's 95% t-interval (`<metric>_ci95`); the tabular work is done with polars. When reference
 tables are given (the `paper` suite), every cell also shows the paper's number: in the CSV as `<metric>_paper`,
 in Markdown and LaTeX in parentheses after ours. Figures (PNG, matplotlib Agg): MDI/AEI per arm, accuracy and
 rank deltas per arm, the k' ablation curves, the router gates over training, and the robustness bars.
 
-Where the numbers come from (the workflow's layout, see workflow/rules/):
-    <results>/eval/<run>/clean/metrics.json   Tables 1 and 3
-    <results>/eval/<run>/noise/metrics.json   Table 2
-    <results>/runs/<run>/train_metrics.jsonl  the gates figure
-with <run> = `<dataset>__<model>__<placement>__<arm>__seed<seed>` and <arm> = `ft` or `moir-k<k'>` (k' as `%g`).
+The report rebuilds no path and no grid: the arms come from moir.plan (`Tables`, the same grid the workflow
+runs), and the files it reads come from the `report` rule as `--settings` (moir.plan.ReportSettings: the table
+layout, the seeds, each dataset's modality, "<run>/<mode>" -> metrics.json, MoIR run -> train_metrics.jsonl, the
+paper's reference tables on the paper suite).
 
 Usage (the `report` rule):
 
-    python -m moir.report --results results/demo --out results/demo/report \
-        --table1 synth-image:tiny-llava synth-video:tiny-qwen2.5-vl --placements attn mlp proj --ratio 0.1 \
-        --table2 synth-image:tiny-llava:attn --table3 synth-image:tiny-llava:attn --ratios 0.05 0.1 0.15 \
-        --seeds 0 --modality synth-image=I+T synth-video=V+T \
-        [--reference-tables moir/reference/paper_tables.csv --reference-robustness moir/reference/paper_robustness.csv]
+    python -m moir.report --settings "$(cat settings.json)" --out results/demo/report
 
 Writes into --out: table1/2/3.{md,csv,tex}, mdi_aei.png, accuracy_rank.png, ablation.png, gates.png,
 robustness.png and report.md (the tables and figures on one page). A missing or malformed input stops the report
@@ -36,23 +32,25 @@ with an error naming the file (and the field); nothing is left half-written.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import dataclasses
 import json
 import logging
 import math
 import os
-import statistics
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import polars as pl
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from moir.cli import json_object  # noqa: E402
+from moir.plan import Arm, ReportSettings, Tables, format_ratio  # noqa: E402
 from moir.storage import write_text_atomic  # noqa: E402
 
 log = logging.getLogger("moir.report")
@@ -83,48 +81,6 @@ ROBUSTNESS_COLUMNS = (
 
 class ReportError(ValueError):
     """An input of the report is missing or malformed; the message names the file and the field."""
-
-
-# ---------------------------------------------------------------------------------------------------- runs
-
-
-def format_ratio(ratio: float) -> str:
-    """k' as it appears in run names: `%g` (0.1, 0.05, 0.15)."""
-    return f"{ratio:g}"
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One row of a table: a (dataset, model, placement) setting trained by one method at one k'."""
-
-    dataset: str
-    model: str
-    placement: str
-    method: str  # "ft" or "moir"
-    ratio: float | None = None  # k' of a MoIR arm; None for FT
-
-    def run_name(self, seed: int) -> str:
-        arm = "ft" if self.method == "ft" else f"moir-k{format_ratio(self.ratio)}"
-        return f"{self.dataset}__{self.model}__{self.placement}__{arm}__seed{seed}"
-
-
-def table1_arms(pairs: Sequence[tuple[str, str]], placements: Sequence[str], ratio: float) -> list[Arm]:
-    return [
-        arm
-        for dataset, model in pairs
-        for placement in placements
-        for arm in (Arm(dataset, model, placement, "ft"), Arm(dataset, model, placement, "moir", ratio))
-    ]
-
-
-def table2_arms(setting: tuple[str, str, str], ratio: float) -> list[Arm]:
-    dataset, model, placement = setting
-    return [Arm(dataset, model, placement, "ft"), Arm(dataset, model, placement, "moir", ratio)]
-
-
-def table3_arms(setting: tuple[str, str, str], ratios: Sequence[float]) -> list[Arm]:
-    dataset, model, placement = setting
-    return [Arm(dataset, model, placement, "moir", ratio) for ratio in ratios]
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -210,16 +166,18 @@ def read_reference(path: Path, keys: Sequence[str]) -> dict[tuple, dict[str, flo
     """The paper's numbers: (table, dataset, model, placement, method, k') -> {metric: value}."""
     if not path.is_file():
         raise ReportError(f"{path}: not found")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        frame = pl.read_csv(path, infer_schema=False)  # every cell a string (or null when empty), checked below
+    except pl.exceptions.PolarsError as error:
+        raise ReportError(f"{path}: not a readable CSV table ({error})") from error
     reference = {}
-    for number, row in enumerate(rows, start=2):
+    for number, row in enumerate(frame.iter_rows(named=True), start=2):
         try:
             ratio = float(row["k_ratio"]) if row.get("k_ratio") else None  # FT rows, and Table 2
             key = (int(row["table"]), row["dataset"], row["model"], row["placement"], row["method"], ratio)
             reference[key] = {name: float(row[name]) for name in keys}
-        except (KeyError, ValueError) as error:
-            raise ReportError(f"{path}: line {number}: bad or missing field ({error})") from error
+        except (KeyError, TypeError, ValueError) as error:
+            raise ReportError(f"{path}: line {number}: bad or missing field ({error!r})") from error
     return reference
 
 
@@ -235,62 +193,88 @@ def paper_value(reference: Mapping, table: int, arm: Arm, metric: str) -> float 
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation over seeds; None where a value is missing or there is one seed."""
-    if any(value is None for value in values) or not values:
-        return None, None
-    if any(math.isinf(value) for value in values):
-        return math.inf, None
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def aggregate(per_seed: Sequence[Mapping[str, float | None]], keys: Iterable[str]) -> dict[str, float | None]:
-    row = {}
+def aggregate(per_seed: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """Per arm (column "arm", in table order): the mean over seeds, the sample standard deviation (`_std`) and the
+    half-width of the 95% t-interval of the mean (`_ci95`). A value missing in any seed makes the cell missing; an
+    infinite one makes the mean infinite and the spread missing. Fewer than two seeds: no spread."""
+    expressions = []
     for key in keys:
-        row[key], row[f"{key}_std"] = mean_std([values[key] for values in per_seed])
-    return row
+        column = pl.col(key)
+        missing = column.null_count() > 0
+        infinite = column.is_infinite().any()
+        several = pl.len() > 1
+        std = pl.when(missing | infinite | ~several).then(None).otherwise(column.std(ddof=1))
+        expressions += [
+            pl.when(missing).then(None).when(infinite).then(float("inf")).otherwise(column.mean()).alias(key),
+            std.alias(f"{key}_std"),
+            (std * pl.col("t95").first() / pl.len().cast(pl.Float64).sqrt()).alias(f"{key}_ci95"),
+        ]
+    return per_seed.group_by("arm", maintain_order=True).agg(expressions).sort("arm")
+
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (seeds - 1); beyond 30 the normal's 1.96.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(seeds: int) -> float | None:
+    if seeds < 2:
+        return None
+    dof = seeds - 1
+    return T95.get(dof) or next((T95[d] for d in sorted(T95) if d >= dof), 1.96)
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of one cell's values over seeds (see `aggregate`)."""
+    frame = pl.DataFrame({"arm": [0] * len(values), "v": [None if v is None else float(v) for v in values],
+                          "t95": [t95(len(values))] * len(values)}, schema_overrides={"t95": pl.Float64})
+    row = aggregate(frame, ["v"]).row(0, named=True)
+    return row["v"], row["v_std"]
 
 
 def build_rows(
     table: int,
     arms: Sequence[Arm],
-    seeds: Sequence[int],
-    results: Path,
+    settings: ReportSettings,
     *,
     evaluation: str,
-    modality: Mapping[str, str],
     reference: Mapping | None,
-) -> list[dict]:
-    """One row per arm: identity columns, the metrics (mean, std over seeds) and the paper's numbers."""
+) -> pl.DataFrame:
+    """One row per arm: identity columns, the metrics (mean, std and 95% interval over seeds), the paper's."""
     read, keys = (
         (clean_metrics, [key for key, _, _ in MAIN_COLUMNS] + list(EXTRA_COLUMNS))
         if evaluation == CLEAN
         else (noise_metrics, [key for key, _, _ in ROBUSTNESS_COLUMNS])
     )
     paper_keys = [key for key, _, _ in (MAIN_COLUMNS if evaluation == CLEAN else ROBUSTNESS_COLUMNS)]
-    rows = []
-    for arm in arms:
-        per_seed = []
-        for seed in seeds:
-            path = results / "eval" / arm.run_name(seed) / evaluation / "metrics.json"
-            per_seed.append(read(read_json(path), path))
-        row = {
-            "table": table,
-            "dataset": arm.dataset,
-            "modality": modality.get(arm.dataset, ""),
-            "model": arm.model,
-            "placement": arm.placement,
-            "method": arm.method,
-            "k_ratio": arm.ratio,
-            "n_seeds": len(seeds),
-        }
-        row.update(aggregate(per_seed, keys))
-        if reference is not None:
-            for key in paper_keys:
-                row[f"{key}_paper"] = paper_value(reference, table, arm, key)
-        rows.append(row)
-    return rows
+    records = []
+    for index, arm in enumerate(arms):
+        for seed in settings.seeds:
+            path = metrics_path(settings, f"{arm.run(seed).name}/{evaluation}")
+            records.append({"arm": index, "t95": t95(len(settings.seeds)), **read(read_json(path), path)})
+    schema = {"arm": pl.Int64, "t95": pl.Float64, **{key: pl.Float64 for key in keys}}
+    values = aggregate(pl.DataFrame(records, schema=schema), keys)
+    identity = pl.DataFrame(
+        [{"arm": index, "table": table, "dataset": arm.dataset, "modality": settings.modality.get(arm.dataset, ""),
+          "model": arm.model, "placement": arm.placement, "method": arm.method, "k_ratio": arm.ratio,
+          "n_seeds": len(settings.seeds)} for index, arm in enumerate(arms)],
+        schema={"arm": pl.Int64, "table": pl.Int64, "dataset": pl.String, "modality": pl.String, "model": pl.String,
+                "placement": pl.String, "method": pl.String, "k_ratio": pl.Float64, "n_seeds": pl.Int64},
+    )
+    rows = identity.join(values, on="arm", how="left", maintain_order="left")
+    if reference is not None:
+        rows = rows.with_columns(
+            pl.Series(f"{key}_paper", [paper_value(reference, table, arm, key) for arm in arms], dtype=pl.Float64)
+            for key in paper_keys
+        )
+    return rows.drop("arm")
+
+
+def metrics_path(settings: ReportSettings, key: str) -> Path:
+    """The metrics.json of evaluation `key` ("<run>/<mode>"), as the workflow passed it."""
+    if key not in settings.evaluations:
+        raise ReportError(f"no metrics file was passed for the evaluation {key} (settings: evaluations)")
+    return Path(settings.evaluations[key])
 
 
 def format_number(value: float | None) -> str:
@@ -310,14 +294,8 @@ def cell(row: Mapping, key: str) -> str:
     return text
 
 
-def csv_text(rows: Sequence[Mapping]) -> str:
-    columns = list(rows[0]) if rows else []
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: "" if row[key] is None else row[key] for key in columns})
-    return buffer.getvalue()
+def csv_text(rows: pl.DataFrame) -> str:
+    return rows.write_csv(null_value="", line_terminator="\n")
 
 
 def markdown_text(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
@@ -371,8 +349,9 @@ CAPTIONS = {
 }
 
 
-def render_table(rows: Sequence[Mapping], table: int, *, with_reference: bool) -> dict[str, str]:
+def render_table(frame: pl.DataFrame, table: int, *, with_reference: bool) -> dict[str, str]:
     """The table as {"md": ..., "csv": ..., "tex": ...}."""
+    rows = frame.to_dicts()
     md_headers, tex_headers, body = table_layout(rows, table)
     caption = CAPTIONS[table]
     if with_reference:
@@ -381,7 +360,7 @@ def render_table(rows: Sequence[Mapping], table: int, *, with_reference: bool) -
         caption += " Mean ± standard deviation over seeds."
     return {
         "md": f"**{caption}**\n\n" + markdown_text(md_headers, body),
-        "csv": csv_text(rows),
+        "csv": csv_text(frame),
         "tex": latex_text(tex_headers, body, caption),
     }
 
@@ -494,65 +473,49 @@ FIGURES = {
 
 
 @dataclass
-class ReportSpec:
-    """What the report lays out; mirrors the experiment grid of config.yaml."""
-
-    pairs: list[tuple[str, str]]
-    placements: list[str]
-    ratio: float
-    robustness: tuple[str, str, str]
-    ablation: tuple[str, str, str]
-    ratios: list[float]
-    seeds: list[int]
-    modality: dict[str, str]
-
-
-@dataclass
 class Collected:
     """Everything the report shows, read and checked before anything is written."""
 
-    rows: dict[int, list[dict]]  # table number -> rows
+    frames: dict[int, pl.DataFrame]  # table number -> its rows
+
+    @property
+    def rows(self) -> dict[int, list[dict]]:
+        return {table: frame.to_dicts() for table, frame in self.frames.items()}
     gates: dict[str, list[dict[str, float]]]  # MoIR setting of Table 1 -> gate values per step
     with_reference: dict[int, bool]  # table number -> the paper's numbers are in its rows
 
 
-def collect(
-    spec: ReportSpec,
-    results: Path,
-    *,
-    reference_tables: Path | None = None,
-    reference_robustness: Path | None = None,
-) -> Collected:
-    """Read every input of the report; a missing or malformed one raises ReportError naming it."""
-    tables_ref = read_reference(reference_tables, [k for k, _, _ in MAIN_COLUMNS]) if reference_tables else None
-    robust_ref = (
-        read_reference(reference_robustness, [k for k, _, _ in ROBUSTNESS_COLUMNS]) if reference_robustness else None
-    )
-    arms1 = table1_arms(spec.pairs, spec.placements, spec.ratio)
-    rows = {
-        1: build_rows(1, arms1, spec.seeds, results, evaluation=CLEAN, modality=spec.modality, reference=tables_ref),
-        2: build_rows(2, table2_arms(spec.robustness, spec.ratio), spec.seeds, results, evaluation=NOISE,
-                      modality=spec.modality, reference=robust_ref),
-        3: build_rows(3, table3_arms(spec.ablation, spec.ratios), spec.seeds, results, evaluation=CLEAN,
-                      modality=spec.modality, reference=tables_ref),
+def collect(settings: ReportSettings) -> Collected:
+    """Read every input of the report (the files the workflow passed); a missing or malformed one raises
+    ReportError naming it."""
+    tables = Tables.from_dict(settings.tables)
+    tables_ref = (read_reference(Path(settings.reference_tables), [k for k, _, _ in MAIN_COLUMNS])
+                  if settings.reference_tables else None)
+    robust_ref = (read_reference(Path(settings.reference_robustness), [k for k, _, _ in ROBUSTNESS_COLUMNS])
+                  if settings.reference_robustness else None)
+    arms1 = tables.table1()
+    frames = {
+        1: build_rows(1, arms1, settings, evaluation=CLEAN, reference=tables_ref),
+        2: build_rows(2, tables.table2_arms(), settings, evaluation=NOISE, reference=robust_ref),
+        3: build_rows(3, tables.table3_arms(), settings, evaluation=CLEAN, reference=tables_ref),
     }
-    gates = {
-        f"{arm.dataset} {arm.model} {arm.placement}": read_gates(
-            results / "runs" / arm.run_name(spec.seeds[0]) / "train_metrics.jsonl"
-        )
-        for arm in arms1
-        if arm.method == "moir"
-    }
+    gates = {}
+    for arm in arms1:
+        if arm.method == "moir":
+            name = arm.run(settings.seeds[0]).name
+            if name not in settings.gates:
+                raise ReportError(f"no train_metrics.jsonl was passed for the run {name} (settings: gates)")
+            gates[f"{arm.dataset} {arm.model} {arm.placement}"] = read_gates(Path(settings.gates[name]))
     with_reference = {1: tables_ref is not None, 2: robust_ref is not None, 3: tables_ref is not None}
-    return Collected(rows, gates, with_reference)
+    return Collected(frames, gates, with_reference)
 
 
 def write_tables(collected: Collected, out: Path) -> dict[int, dict[str, str]]:
     """table<N>.md/.csv/.tex for each table; returns the rendered texts."""
     out.mkdir(parents=True, exist_ok=True)
     rendered = {}
-    for table, rows in collected.rows.items():
-        rendered[table] = render_table(rows, table, with_reference=collected.with_reference[table])
+    for table, frame in collected.frames.items():
+        rendered[table] = render_table(frame, table, with_reference=collected.with_reference[table])
         for suffix, text in rendered[table].items():
             write_text_atomic(out / f"table{table}.{suffix}", text)
     return rendered
@@ -570,20 +533,13 @@ def write_figures(collected: Collected, out: Path) -> None:
     figure_robustness(rows[2], out / "robustness.png", with_reference=reference[2])
 
 
-def build_report(
-    spec: ReportSpec,
-    results: Path,
-    out: Path,
-    *,
-    reference_tables: Path | None = None,
-    reference_robustness: Path | None = None,
-) -> Collected:
+def build_report(settings: ReportSettings, out: Path) -> Collected:
     """Read every input, then write the tables, the figures and report.md (all of them on one page) into `out`."""
-    collected = collect(spec, results, reference_tables=reference_tables, reference_robustness=reference_robustness)
+    collected = collect(settings)
     rendered = write_tables(collected, out)
     write_figures(collected, out)
-    seeds = ", ".join(str(seed) for seed in spec.seeds)
-    page = [f"# MoIR: reproduced results ({results})\n", f"Seeds: {seeds}.\n"]
+    seeds = ", ".join(str(seed) for seed in settings.seeds)
+    page = [f"# MoIR: reproduced results ({out.parent})\n", f"Seeds: {seeds}.\n"]
     page += [rendered[table]["md"] for table in (1, 2, 3)]
     page += [f"![{caption}]({name})\n\n{caption}\n" for name, caption in FIGURES.items()]
     write_text_atomic(out / "report.md", "\n".join(page))
@@ -594,27 +550,13 @@ def build_report(
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _pair(text: str) -> tuple[str, str]:
-    parts = text.split(":")
-    if len(parts) != 2 or not all(parts):
-        raise argparse.ArgumentTypeError(f"expected DATASET:MODEL, got {text!r}")
-    return parts[0], parts[1]
-
-
-def _setting(text: str) -> tuple[str, str, str]:
-    parts = text.split(":")
-    if len(parts) != 3 or not all(parts):
-        raise argparse.ArgumentTypeError(f"expected DATASET:MODEL:PLACEMENT, got {text!r}")
-    if parts[2] not in PLACEMENT_LABELS:
-        raise argparse.ArgumentTypeError(f"placement must be one of {sorted(PLACEMENT_LABELS)}, got {parts[2]!r}")
-    return parts[0], parts[1], parts[2]
-
-
-def _modality(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name or not value:
-        raise argparse.ArgumentTypeError(f"expected DATASET=MODALITY, got {text!r}")
-    return name, value
+def read_settings(value: Mapping) -> ReportSettings:
+    """--settings as ReportSettings; a missing or unknown key is an error naming it."""
+    names = [item.name for item in dataclasses.fields(ReportSettings)]
+    missing, unknown = sorted(set(names) - set(value)), sorted(set(value) - set(names))
+    if missing or unknown:
+        raise ReportError(f"--settings: missing keys {missing}, unknown keys {unknown} (expected: {', '.join(names)})")
+    return ReportSettings(**value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -623,18 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tables 1-3 (Markdown, CSV, LaTeX) and figures from the pipeline's metrics.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--results", type=Path, required=True, help="results/<suite>: holds eval/ and runs/")
+    parser.add_argument("--settings", type=json_object, required=True, metavar="JSON",
+                        help="moir.plan.ReportSettings as JSON: the table layout, seeds, modalities and the metrics "
+                             "files to read (the report rule passes it; moir.plan.Plan.report_settings builds it)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the tables, figures and report.md")
-    parser.add_argument("--table1", type=_pair, nargs="+", required=True, metavar="DATASET:MODEL")
-    parser.add_argument("--placements", nargs="+", choices=sorted(PLACEMENT_LABELS), required=True)
-    parser.add_argument("--ratio", type=float, required=True, help="k' of the MoIR arm of Tables 1 and 2")
-    parser.add_argument("--table2", type=_setting, required=True, metavar="DATASET:MODEL:PLACEMENT")
-    parser.add_argument("--table3", type=_setting, required=True, metavar="DATASET:MODEL:PLACEMENT")
-    parser.add_argument("--ratios", type=float, nargs="+", required=True, help="the k' values of Table 3")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True)
-    parser.add_argument("--modality", type=_modality, nargs="*", default=[], metavar="DATASET=MODALITY")
-    parser.add_argument("--reference-tables", type=Path, help="the paper's Tables 1 and 3 (CSV)")
-    parser.add_argument("--reference-robustness", type=Path, help="the paper's Table 2 (CSV)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -642,13 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    spec = ReportSpec(
-        pairs=args.table1, placements=args.placements, ratio=args.ratio, robustness=args.table2,
-        ablation=args.table3, ratios=args.ratios, seeds=args.seeds, modality=dict(args.modality),
-    )
     try:
-        build_report(spec, args.results, args.out, reference_tables=args.reference_tables,
-                     reference_robustness=args.reference_robustness)
+        build_report(read_settings(args.settings), args.out)
     except ReportError as error:
         log.error("%s", error)
         return 1

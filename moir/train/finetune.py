@@ -17,7 +17,7 @@ Usage (one Snakemake rule per run):
         --train-manifest data/manifests/synth-image/train.parquet --train-cache data/cache/synth-image/train/<enc> \
         --val-manifest data/manifests/synth-image/val.parquet --val-cache data/cache/synth-image/val/<enc> \
         [--train-transcripts data/transcripts/<ds>/train.parquet --val-transcripts ...] \
-        --placement attn --method moir --ratio 0.10 --seed 0 \
+        --placement attn --method moir --router '{"ratio": 0.1}' --seed 0 \
         --out-dir results/demo/runs/<run> --checkpoint-dir results/demo/checkpoints/<run>
 
 Outputs, written only when training has finished, atomically (a temporary directory renamed to --out-dir):
@@ -39,6 +39,7 @@ a checkpoint of another run, or a non-finite loss (which names the step; the las
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -47,7 +48,8 @@ import torch
 
 from moir.dataset import load_examples
 from moir.models import load_vlm
-from moir.router import ALIGNS, DIRECTIONS, SCOPES, RouterConfig
+from moir.cli import add_settings_argument, json_object, parse
+from moir.router import RouterConfig
 from moir.runtime import (
     cli,
     fingerprint,
@@ -72,10 +74,6 @@ PLACEMENTS = ("attn", "mlp", "proj")
 METHODS = ("ft", "moir")
 
 
-def _optional_rank(text: str) -> int | None:
-    return None if text.lower() in ("none", "null", "all") else int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m moir.train", description=__doc__.split("\n\n")[0],
@@ -97,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--revision", help="hub revision (branch, tag or commit) of --model; a directory ignores it")
     run.add_argument("--placement", choices=PLACEMENTS, required=True, help="where LoRA goes")
     run.add_argument("--method", choices=METHODS, required=True, help="ft: LoRA alone; moir: LoRA + router")
-    run.add_argument("--ratio", type=float, default=0.10, help="k': share of channels routed (moir only)")
     run.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the data order, dropout")
 
     optim = parser.add_argument_group("optimisation (defaults: the paper's Section 4.1)")
@@ -113,22 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
-    lora.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling alpha")
+    lora.add_argument("--lora-alpha", type=float, default=32, help="LoRA scaling alpha")
     lora.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on LoRA's input")
 
-    router = parser.add_argument_group("router (moir only; see moir/router.py)")
-    router.add_argument("--router-rank", type=_optional_rank, default=None,
-                        help="top-r singular components in Eq. 1; none = all (exact channel energy)")
-    router.add_argument("--router-center", action="store_true", help="center tokens before scoring")
-    router.add_argument("--router-scope", choices=SCOPES, default="sample",
-                        help="channel scores per example (sample) or over the batch")
-    router.add_argument("--router-align", choices=ALIGNS, default="pool",
-                        help="how a source sequence feeds each destination token")
-    router.add_argument("--router-rms-match", action=argparse.BooleanOptionalAction, default=True,
-                        help="scale the routed source to the destination's RMS")
-    router.add_argument("--router-directions", choices=DIRECTIONS, default="both",
-                        help="route text into visual tokens (a), visual into text (b), or both")
-    router.add_argument("--gate-init", type=float, default=0.5, help="initial alpha of every gate")
+    router = parser.add_argument_group("router (moir only)")
+    router.add_argument("--router", type=json_object, metavar="JSON",
+                        help="moir.router.RouterConfig as a JSON object, k' included, e.g. "
+                             "'{\"ratio\": 0.1, \"align\": \"attend\"}'; a field left out takes RouterConfig's "
+                             "default (the one home of the router's defaults)")
 
     system = parser.add_argument_group("system")
     system.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
@@ -143,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps; 0 = epoch ends only")
     output.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after the run")
     output.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add_settings_argument(parser)
     return parser
 
 
@@ -156,11 +146,13 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LoopConfig, RouterConfi
     )
     router = None
     if args.method == "moir":
-        router = RouterConfig(
-            ratio=args.ratio, rank=args.router_rank, center=args.router_center, scope=args.router_scope,
-            align=args.router_align, rms_match=args.router_rms_match, directions=args.router_directions,
-            gate_init=args.gate_init,
-        )
+        known = {item.name for item in dataclasses.fields(RouterConfig)}
+        unknown = sorted(set(args.router or {}) - known)
+        if unknown:
+            raise ValueError(f"--router: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        router = RouterConfig(**(args.router or {}))
+    elif args.router is not None:
+        raise ValueError("--router belongs to --method moir")
     if args.lora_r < 1:
         raise ValueError(f"lora_r must be a positive integer, got {args.lora_r}")
     if args.lora_alpha <= 0:
@@ -292,7 +284,7 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     setup_logging(args.log_level)
     try:
         train(args)

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+from moir.cli import add_settings_argument, parse
 from moir.dataset import load_examples
 from moir.models import load_vlm
 from moir.models.tiny import TINY_MODELS, build_tiny_model
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", type=Path, help="resumable checkpoints (none when not given)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="optimizer steps; 0 = epoch ends only")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add_settings_argument(parser)
     return parser
 
 
@@ -170,7 +172,7 @@ def pretrain(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     setup_logging(args.log_level)
     try:
         pretrain(args)

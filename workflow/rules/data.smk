@@ -7,17 +7,15 @@ of an interrupted transfer survive for the rerun to resume), then `moir.data con
 
 
 rule synthesize_data:
-    input:
-        code=moir_sources("moir.data.__main__"),
     output:
-        raw=directory("data/raw/{dataset}"),
-        manifests=expand("data/manifests/{{dataset}}/{split}.parquet", split=("pretrain", "train", "val", "test")),
+        raw=directory(PLAN.raw("{dataset}")),
+        manifests=[PLAN.manifest("{dataset}", split) for split in ("pretrain", "train", "val", "test")],
     log:
         f"{LOGS}/data/synthesize_{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/data/synthesize_{{dataset}}.tsv"
     wildcard_constraints:
-        dataset=one_of(datasets_from("synthetic")),
+        dataset=one_of(PLAN.datasets_from("synthetic")),
     conda:
         ENV
     threads: THREADS["data"]
@@ -25,53 +23,48 @@ rule synthesize_data:
         mem_mb=2000,
         runtime=30,
     params:
-        seed=lambda wc: synth(wc.dataset)["seed"],
-        sizes=lambda wc: synth_sizes(wc.dataset),
-        media=lambda wc: synth_media_args(wc.dataset),
-        hints=lambda wc: options(
-            synth(wc.dataset), ("choice_share", "eval_hint_accuracy", "hint_accuracy", "pretrain_hint_accuracy")
-        ),
+        settings=lambda wc: PLAN.synth_settings(wc.dataset).to_json(),
+        code=code("synthesize"),
+        manifests=lambda wc: PLAN.manifest_dir(wc.dataset),
     shell:
-        "python -m moir.data synth {wildcards.dataset} --raw {output.raw}"
-        " --manifests data/manifests/{wildcards.dataset} --seed {params.seed} {params.sizes} {params.media}"
-        " {params.hints} 2> {log}"
+        "python -m moir.data synth {wildcards.dataset:q} --raw {output.raw:q} --manifests {params.manifests:q}"
+        " --settings {params.settings:q} 2> {log:q}"
 
 
 rule download_data:
-    input:
-        code=moir_sources("moir.data.__main__"),
     output:
-        "data/raw/{dataset}/download.complete.json",
+        PLAN.download_marker("{dataset}"),
     log:
         f"{LOGS}/data/download_{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/data/download_{{dataset}}.tsv"
     wildcard_constraints:
-        dataset=one_of(datasets_from("download")),
+        dataset=one_of(PLAN.datasets_from("download")),
     conda:
         ENV
     threads: THREADS["data"]
     resources:
         mem_mb=4000,
         runtime=720,
+    params:
+        code=code("download"),
+        raw=lambda wc: PLAN.raw(wc.dataset),
     shell:
         # VizWiz publishes no checksums: its files are fetched unpinned, their sha256 logged (moir/data/download.py).
-        "python -m moir.data download {wildcards.dataset} --out data/raw/{wildcards.dataset} --allow-unpinned"
-        " 2> {log}"
+        "python -m moir.data download {wildcards.dataset:q} --out {params.raw:q} --allow-unpinned 2> {log:q}"
 
 
 rule convert_data:
     input:
-        download="data/raw/{dataset}/download.complete.json",
-        code=moir_sources("moir.data.__main__"),
+        download=PLAN.download_marker("{dataset}"),
     output:
-        expand("data/manifests/{{dataset}}/{split}.parquet", split=("train", "val", "test")),
+        [PLAN.manifest("{dataset}", split) for split in ("train", "val", "test")],
     log:
         f"{LOGS}/data/convert_{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/data/convert_{{dataset}}.tsv"
     wildcard_constraints:
-        dataset=one_of(datasets_from("download")),
+        dataset=one_of(PLAN.datasets_from("download")),
     conda:
         ENV
     threads: THREADS["data"]
@@ -79,7 +72,10 @@ rule convert_data:
         mem_mb=16000,
         runtime=120,
     params:
-        options=lambda wc: convert_args(wc.dataset),
+        settings=lambda wc: PLAN.convert_settings(wc.dataset).to_json(),
+        code=code("convert"),
+        raw=lambda wc: PLAN.raw(wc.dataset),
+        manifests=lambda wc: PLAN.manifest_dir(wc.dataset),
     shell:
-        "python -m moir.data convert {wildcards.dataset} --raw data/raw/{wildcards.dataset}"
-        " --manifests data/manifests/{wildcards.dataset} {params.options} 2> {log}"
+        "python -m moir.data convert {wildcards.dataset:q} --raw {params.raw:q} --manifests {params.manifests:q}"
+        " --settings {params.settings:q} 2> {log:q}"

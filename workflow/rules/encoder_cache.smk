@@ -1,37 +1,35 @@
-"""The encoder-token cache: the frozen vision tower's output for every image or video of a split, computed once
-per (dataset, split, encoder) and read by every run and evaluation instead of pixels.
+"""The encoder cache: the frozen vision tower's output for every image or video of a split, computed once per
+(dataset, split, encoder) and read by every run and evaluation instead of pixels.
 
 The declared output is meta.json, which the dump writes last: the shards of an interrupted dump survive, and the
 rerun resumes at the first missing shard.
 """
 
 
-rule dump_tokens:
+rule dump_encoder_cache:
     input:
-        unpack(dump_inputs),
+        unpack(lambda wc: PLAN.encoder_cache_inputs(wc.dataset, wc.split, wc.encoder)),
     output:
-        "data/cache/{dataset}/{split}/{encoder}/meta.json",
+        PLAN.encoder_cache_meta("{dataset}", "{split}", "{encoder}"),
     log:
-        f"{LOGS}/tokens/dump_{{dataset}}_{{split}}_{{encoder}}.log",
+        f"{LOGS}/encoder_cache/dump_{{dataset}}_{{split}}_{{encoder}}.log",
     benchmark:
-        f"{BENCHMARKS}/tokens/dump_{{dataset}}_{{split}}_{{encoder}}.tsv"
+        f"{BENCHMARKS}/encoder_cache/dump_{{dataset}}_{{split}}_{{encoder}}.tsv"
     wildcard_constraints:
         dataset=one_of(SC["datasets"]),
-        encoder=one_of({encoder(model) for model in SC["models"]}),
+        encoder=one_of({PLAN.encoder(model) for model in SC["models"]}),
     conda:
         ENV
-    threads: THREADS["tokens"]
+    threads: THREADS["encoder_cache"]
     resources:
         mem_mb=8000,
         runtime=480,
         gpu=GPU,
     params:
-        model=lambda wc: model_source(encoder_model(wc.encoder)),
-        revision=lambda wc: revision_arg(encoder_model(wc.encoder)),
-        frames=lambda wc, input: f"--frames {input.frames}" if "frames" in input.keys() else "",
-        cache=options(SC["tokens"], ("batch_size", "dtype", "shard_size")),
-        device=SC["device"],
-        out=lambda wc, output: os.path.dirname(output[0]),
+        settings=lambda wc: PLAN.encoder_cache_settings(wc.encoder).to_json(),
+        code=code("encoder_cache"),
+        frames=lambda wc, input: ["--frames", input.frames] if "frames" in input.keys() else [],
+        out=lambda wc, output: dirname(output[0]),
     shell:
-        "python -m moir.encoder_cache dump --manifest {input.manifest} --model {params.model} {params.revision}"
-        " {params.frames} {params.cache} --device {params.device} --out {params.out} 2> {log}"
+        "python -m moir.encoder_cache dump --manifest {input.manifest:q} {params.frames:q} --out {params.out:q}"
+        " --settings {params.settings:q} 2> {log:q}"

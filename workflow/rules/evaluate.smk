@@ -5,23 +5,25 @@
     <run>/clean                        accuracy, MDI/AEI, effective ranks and their deltas against the base
     <run>/noise                        (Table 2's runs) every image or frame replaced by noise: unchanged answers
 
+One rule for the clean and noise evaluations of runs and base models (the wildcard `evaluation` is
+"<name>/<mode>", one of the plan's), one for the no-image evaluation, which also writes the vision split.
 metrics.json is written last; an interrupted evaluation resumes from its predictions.parts/ (not a declared
 output, so Snakemake keeps it).
 """
 
 
-rule evaluate_base:
+rule evaluate:
     input:
-        unpack(lambda wc: eval_inputs(*BASES[wc.base])),
+        unpack(lambda wc: PLAN.evaluate_inputs(wc.evaluation)),
     output:
-        predictions=f"{RESULTS}/eval/{{base}}/clean/predictions.parquet",
-        metrics=f"{RESULTS}/eval/{{base}}/clean/metrics.json",
+        predictions=PLAN.predictions("{evaluation}"),
+        metrics=PLAN.metrics("{evaluation}"),
     log:
-        f"{LOGS}/evaluate/{{base}}_clean.log",
+        f"{LOGS}/evaluate/{{evaluation}}.log",
     benchmark:
-        f"{BENCHMARKS}/evaluate/{{base}}_clean.tsv"
+        f"{BENCHMARKS}/evaluate/{{evaluation}}.tsv"
     wildcard_constraints:
-        base=one_of(BASES),
+        evaluation=one_of(key for key, ev in PLAN.evaluations.items() if ev.mode != NO_IMAGE),
     conda:
         ENV
     threads: THREADS["evaluate"]
@@ -30,34 +32,27 @@ rule evaluate_base:
         runtime=480,
         gpu=GPU,
     params:
-        model=lambda wc: model_source(BASES[wc.base][1]),
-        revision=lambda wc: revision_arg(BASES[wc.base][1]),
-        data=lambda wc, input: eval_data_args(input),
-        options=options(SC["evaluate"], EVALUATE_OPTIONS),
-        generation=lambda wc: generation_args(BASES[wc.base][0]),
-        rank_layer=SC["evaluate"]["rank_layer"],
-        judge=lambda wc: judge_args(BASES[wc.base][0]),
-        device=SC["device"],
-        out=lambda wc, output: os.path.dirname(output.metrics),
+        settings=lambda wc: PLAN.evaluate_settings(wc.evaluation).to_json(),
+        code=evaluate_code,
+        paths=evaluate_paths,
+        out=lambda wc, output: dirname(output.metrics),
     shell:
-        "python -m moir.evaluate --model {params.model} {params.revision} --run-name {wildcards.base}"
-        " --manifest {input.manifest} {params.data} --mode clean {params.options} {params.generation}"
-        " --rank-layer {params.rank_layer} {params.judge} --device {params.device} --out-dir {params.out} 2> {log}"
+        "python -m moir.evaluate {params.paths:q} --out-dir {params.out:q} --settings {params.settings:q} 2> {log:q}"
 
 
 rule vision_split:
     input:
-        unpack(lambda wc: eval_inputs(*BASES[wc.base])),
+        unpack(lambda wc: PLAN.evaluate_inputs(f"{wc.base}/{NO_IMAGE}")),
     output:
-        predictions=f"{RESULTS}/eval/{{base}}/no-image/predictions.parquet",
-        metrics=f"{RESULTS}/eval/{{base}}/no-image/metrics.json",
-        split=f"{RESULTS}/eval/{{base}}/no-image/vision_split.parquet",
+        predictions=PLAN.predictions(f"{{base}}/{NO_IMAGE}"),
+        metrics=PLAN.metrics(f"{{base}}/{NO_IMAGE}"),
+        split=PLAN.vision_split("{base}"),
     log:
-        f"{LOGS}/evaluate/{{base}}_no-image.log",
+        f"{LOGS}/evaluate/{{base}}/{NO_IMAGE}.log",
     benchmark:
-        f"{BENCHMARKS}/evaluate/{{base}}_no-image.tsv"
+        f"{BENCHMARKS}/evaluate/{{base}}/{NO_IMAGE}.tsv"
     wildcard_constraints:
-        base=one_of(BASES),
+        base=one_of(key.split("/")[0] for key, ev in PLAN.evaluations.items() if ev.mode == NO_IMAGE),
     conda:
         ENV
     threads: THREADS["evaluate"]
@@ -66,89 +61,9 @@ rule vision_split:
         runtime=480,
         gpu=GPU,
     params:
-        model=lambda wc: model_source(BASES[wc.base][1]),
-        revision=lambda wc: revision_arg(BASES[wc.base][1]),
-        data=lambda wc, input: eval_data_args(input),
-        options=options(SC["evaluate"], EVALUATE_OPTIONS),
-        generation=lambda wc: generation_args(BASES[wc.base][0]),
-        judge=lambda wc: judge_args(BASES[wc.base][0]),
-        device=SC["device"],
-        out=lambda wc, output: os.path.dirname(output.metrics),
+        settings=lambda wc: PLAN.evaluate_settings(f"{wc.base}/{NO_IMAGE}").to_json(),
+        code=code("evaluate"),
+        paths=evaluate_paths,
+        out=lambda wc, output: dirname(output.metrics),
     shell:
-        "python -m moir.evaluate --model {params.model} {params.revision} --run-name {wildcards.base}"
-        " --manifest {input.manifest} {params.data} --mode no-image {params.options} {params.generation}"
-        " {params.judge} --device {params.device} --out-dir {params.out} 2> {log}"
-
-
-rule evaluate_run:
-    input:
-        unpack(run_eval_inputs),
-    output:
-        predictions=f"{RESULTS}/eval/{{run}}/clean/predictions.parquet",
-        metrics=f"{RESULTS}/eval/{{run}}/clean/metrics.json",
-    log:
-        f"{LOGS}/evaluate/{{run}}_clean.log",
-    benchmark:
-        f"{BENCHMARKS}/evaluate/{{run}}_clean.tsv"
-    wildcard_constraints:
-        run=one_of(RUNS),
-    conda:
-        ENV
-    threads: THREADS["evaluate"]
-    resources:
-        mem_mb=4000,
-        runtime=480,
-        gpu=GPU,
-    params:
-        model=lambda wc: model_source(run_of(wc).model),
-        revision=lambda wc: revision_arg(run_of(wc).model),
-        data=lambda wc, input: eval_data_args(input),
-        base=lambda wc, input: os.path.dirname(input.base_metrics),
-        options=options(SC["evaluate"], EVALUATE_OPTIONS),
-        generation=lambda wc: generation_args(run_of(wc).dataset),
-        rank_layer=SC["evaluate"]["rank_layer"],
-        judge=lambda wc: judge_args(run_of(wc).dataset),
-        device=SC["device"],
-        out=lambda wc, output: os.path.dirname(output.metrics),
-    shell:
-        "python -m moir.evaluate --model {params.model} {params.revision} --adapter {input.adapter}"
-        " --run-name {wildcards.run} --manifest {input.manifest} {params.data} --mode clean {params.options}"
-        " {params.generation} --rank-layer {params.rank_layer} --base-eval {params.base} {params.judge}"
-        " --device {params.device} --out-dir {params.out} 2> {log}"
-
-
-rule evaluate_noise:
-    input:
-        unpack(noise_eval_inputs),
-    output:
-        predictions=f"{RESULTS}/eval/{{run}}/noise/predictions.parquet",
-        metrics=f"{RESULTS}/eval/{{run}}/noise/metrics.json",
-    log:
-        f"{LOGS}/evaluate/{{run}}_noise.log",
-    benchmark:
-        f"{BENCHMARKS}/evaluate/{{run}}_noise.tsv"
-    wildcard_constraints:
-        run=one_of(NOISE_RUNS),
-    conda:
-        ENV
-    threads: THREADS["evaluate"]
-    resources:
-        mem_mb=4000,
-        runtime=480,
-        gpu=GPU,
-    params:
-        model=lambda wc: model_source(run_of(wc).model),
-        revision=lambda wc: revision_arg(run_of(wc).model),
-        data=lambda wc, input: eval_data_args(input),
-        clean=lambda wc, input: os.path.dirname(input.clean_metrics),
-        options=options(SC["evaluate"], EVALUATE_OPTIONS),
-        generation=lambda wc: generation_args(run_of(wc).dataset),
-        noise_seed=SC["evaluate"]["noise_seed"],
-        judge=lambda wc: judge_args(run_of(wc).dataset),
-        device=SC["device"],
-        out=lambda wc, output: os.path.dirname(output.metrics),
-    shell:
-        "python -m moir.evaluate --model {params.model} {params.revision} --adapter {input.adapter}"
-        " --run-name {wildcards.run} --manifest {input.manifest} {params.data} --mode noise"
-        " --noise-seed {params.noise_seed} {params.options} {params.generation} --clean-eval {params.clean}"
-        " --vision-split {input.vision_split} {params.judge} --device {params.device} --out-dir {params.out} 2> {log}"
+        "python -m moir.evaluate {params.paths:q} --out-dir {params.out:q} --settings {params.settings:q} 2> {log:q}"

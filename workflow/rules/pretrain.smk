@@ -1,20 +1,20 @@
 """The demo suite's base models: each tiny architecture is built from its config and fully pretrained, vision
-tower included, on the `pretrain` splits of the synthetic benchmark (results/<suite>/base/<model>/); the token
+tower included, on the `pretrain` splits of the synthetic benchmark (results/<suite>/base/<model>/); the encoder
 caches and the LoRA runs then load it exactly as they load a hub model. Hub models (the paper suite) need no job.
 """
 
 
 rule pretrain_base:
     input:
-        unpack(pretrain_inputs),
+        unpack(lambda wc: PLAN.pretrain_inputs(wc.model)),
     output:
-        directory(f"{RESULTS}/base/{{model}}"),
+        directory(PLAN.base_model("{model}")),
     log:
         f"{LOGS}/pretrain/{{model}}.log",
     benchmark:
         f"{BENCHMARKS}/pretrain/{{model}}.tsv"
     wildcard_constraints:
-        model=one_of(m for m, spec in SC["models"].items() if spec["source"] == "pretrain"),
+        model=one_of(PLAN.pretrained_models()),
     conda:
         ENV
     threads: THREADS["pretrain"]
@@ -23,12 +23,10 @@ rule pretrain_base:
         runtime=120,
         gpu=GPU,
     params:
-        architecture=lambda wc: SC["models"][wc.model]["architecture"],
-        seed=lambda wc: SC["models"][wc.model]["seed"],
-        data=lambda wc: pretrain_data(wc.model),
-        optim=lambda wc: options(SC["pretrain"], PRETRAIN_OPTIONS),
-        device=SC["device"],
-        checkpoints=lambda wc: f"{RESULTS}/checkpoints/base-{wc.model}",
+        settings=lambda wc: PLAN.pretrain_settings(wc.model).to_json(),
+        code=code("pretrain"),
+        data=lambda wc: [word for data in PLAN.pretrain_data(wc.model) for word in ("--data", *data)],
+        checkpoints=lambda wc: PLAN.base_checkpoints(wc.model),
     shell:
-        "python -m moir.train.pretrain --name {params.architecture} --seed {params.seed} {params.data} {params.optim}"
-        " --device {params.device} --out-dir {output} --checkpoint-dir {params.checkpoints} 2> {log}"
+        "python -m moir.train.pretrain {params.data:q} --out-dir {output:q} --checkpoint-dir {params.checkpoints:q}"
+        " --settings {params.settings:q} 2> {log:q}"

@@ -1,23 +1,26 @@
 """The report: Tables 1-3 (Markdown, CSV, LaTeX), the figures and report.md in results/<suite>/report/, each
 registered with `report()`, so `snakemake --report results/<suite>/report.html` builds a self-contained HTML
 report. The paper suite prints the paper's published numbers (moir/reference/) beside ours.
+
+The report reads exactly the files declared here: moir.plan.Plan.report_settings lists them (with the table layout)
+in the one JSON object the stage receives.
 """
 
 
 rule report:
     input:
-        unpack(report_inputs),
+        **PLAN.report_inputs(),
     output:
-        page=report(f"{RESULTS}/report/report.md", caption="../report/report.rst", category="Report"),
-        markdown=expand(f"{RESULTS}/report/{{table}}.md", table=REPORT_TABLES),
-        latex=expand(f"{RESULTS}/report/{{table}}.tex", table=REPORT_TABLES),
+        page=report(f"{PLAN.report_dir()}/report.md", caption="../report/report.rst", category="Report"),
+        markdown=[f"{PLAN.report_dir()}/{table}.md" for table in PLAN.REPORT_TABLES],
+        latex=[f"{PLAN.report_dir()}/{table}.tex" for table in PLAN.REPORT_TABLES],
         csv=[
-            report(f"{RESULTS}/report/{table}.csv", caption=f"../report/{table}.rst", category="Tables")
-            for table in REPORT_TABLES
+            report(f"{PLAN.report_dir()}/{table}.csv", caption=f"../report/{table}.rst", category="Tables")
+            for table in PLAN.REPORT_TABLES
         ],
         figures=[
-            report(f"{RESULTS}/report/{figure}.png", caption=f"../report/{figure}.rst", category="Figures")
-            for figure in REPORT_FIGURES
+            report(f"{PLAN.report_dir()}/{figure}.png", caption=f"../report/{figure}.rst", category="Figures")
+            for figure in PLAN.REPORT_FIGURES
         ],
     log:
         f"{LOGS}/report/report.log",
@@ -30,8 +33,8 @@ rule report:
         mem_mb=2000,
         runtime=30,
     params:
-        layout=report_args(),
-        results=lambda wc, output: os.path.dirname(os.path.dirname(output.page)),
-        out=lambda wc, output: os.path.dirname(output.page),
+        settings=PLAN.report_settings().to_json(),
+        code=code("report"),
+        out=lambda wc, output: dirname(output.page),
     shell:
-        "python -m moir.report --results {params.results} --out {params.out} {params.layout} 2> {log}"
+        "python -m moir.report --out {params.out:q} --settings {params.settings:q} 2> {log:q}"

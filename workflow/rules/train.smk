@@ -1,7 +1,7 @@
 """One LoRA run per (dataset, model, placement, method, k', seed) of the grid: results/<suite>/runs/<run>/
-(adapter with the router's gates, train_metrics.jsonl, run_card.json).
+(LoRA weights with the router's gates, train_metrics.jsonl, run_card.json).
 
-A run reads the train and val splits' manifests and token caches. Its checkpoints go to
+A run reads the train and val splits' manifests and encoder caches. Its checkpoints go to
 results/<suite>/checkpoints/<run>/, outside the declared output (Snakemake deletes a job's outputs before it runs
 the job): a run killed part-way, or preempted on a cluster, resumes from its last checkpoint when it reruns.
 """
@@ -9,15 +9,15 @@ the job): a run killed part-way, or preempted on a cluster, resumes from its las
 
 rule train_run:
     input:
-        unpack(train_inputs),
+        unpack(lambda wc: PLAN.train_inputs(wc.run)),
     output:
-        directory(f"{RESULTS}/runs/{{run}}"),
+        directory(PLAN.run_dir("{run}")),
     log:
         f"{LOGS}/train/{{run}}.log",
     benchmark:
         f"{BENCHMARKS}/train/{{run}}.tsv"
     wildcard_constraints:
-        run=one_of(RUNS),
+        run=one_of(PLAN.runs),
     conda:
         ENV
     threads: THREADS["train"]
@@ -26,18 +26,47 @@ rule train_run:
         runtime=1440,
         gpu=GPU,
     params:
-        model=lambda wc: model_source(run_of(wc).model),
-        revision=lambda wc: revision_arg(run_of(wc).model),
-        placement=lambda wc: run_of(wc).placement,
-        method=lambda wc: run_of(wc).method,
-        router=lambda wc: router_args(run_of(wc)),
-        seed=lambda wc: run_of(wc).seed,
-        optim=options(SC["train"], TRAIN_OPTIONS),
-        lora=lora_args(),
-        device=SC["device"],
-        data=lambda wc, input: train_data_args(input),
-        checkpoints=lambda wc: f"{RESULTS}/checkpoints/{wc.run}",
+        settings=lambda wc: PLAN.train_settings(wc.run).to_json(),
+        code=train_code,
+        data=lambda wc, input: [
+            word
+            for prefix in ("train", "val")
+            for word in (
+                f"--{prefix}-manifest",
+                input[f"{prefix}_manifest"],
+                f"--{prefix}-cache",
+                dirname(input[f"{prefix}_cache"]),
+                *(
+                    [f"--{prefix}-transcripts", input[f"{prefix}_transcripts"]]
+                    if f"{prefix}_transcripts" in input.keys()
+                    else []
+                ),
+            )
+        ],
+        checkpoints=lambda wc: PLAN.run_checkpoints(wc.run),
     shell:
-        "python -m moir.train --model {params.model} {params.revision} {params.data} --placement {params.placement}"
-        " --method {params.method} {params.router} --seed {params.seed} {params.optim} {params.lora}"
-        " --device {params.device} --out-dir {output} --checkpoint-dir {params.checkpoints} 2> {log}"
+        "python -m moir.train {params.data:q} --out-dir {output:q} --checkpoint-dir {params.checkpoints:q}"
+        " --settings {params.settings:q} 2> {log:q}"
+
+
+rule unknown_run:
+    """Matches only a run the grid does not have; its input function stops the plan with a message that names
+    the run and lists the grid."""
+    input:
+        not_in_grid,
+    output:
+        directory(PLAN.run_dir("{run}")),
+    log:
+        f"{LOGS}/train/unknown_{{run}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/unknown_{{run}}.tsv"
+    wildcard_constraints:
+        run=not_one_of(PLAN.runs),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=100,
+        runtime=1,
+    shell:
+        "false"

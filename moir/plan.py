@@ -1,0 +1,894 @@
+"""The experiment, in one place: from the validated config.yaml to every run, path and stage setting.
+
+    plan = Plan(config)                      # config.yaml after the JSON schema (validate_config)
+    plan.runs                                # run name -> Run (dataset, model, placement, method, k', seed)
+    plan.evaluations                         # evaluation name "<run or base>/<mode>" -> Evaluation
+    plan.train_settings(name).to_json()      # what `python -m moir.train --settings` receives
+    plan.code_fingerprint("train", name)     # sha256 of the code that can change that run's output
+
+The workflow (workflow/rules/*.smk) turns this into rules, and the report iterates the same grid (`Tables`), so
+the grid, the run names and the output paths have one definition. Nothing here imports torch: Snakemake imports
+this module while it plans the DAG.
+
+Settings. Each stage receives its settings as one canonical JSON object (sorted keys, no NaN), built from a small
+frozen dataclass below. A dataclass holds exactly the settings its stage's outputs depend on (an FT run carries no
+router settings; a dataset's generation budget reaches its evaluations only), so a rule whose `params` hold that
+JSON reruns exactly when one of them changes. The dataclasses have no defaults: config.yaml holds the experiment's
+values; the router's library defaults live in `moir.router.RouterConfig` alone.
+
+Code. `CODE` maps each stage to the source files that can change its outputs; `code_fingerprint` hashes their
+normalised syntax tree (docstrings dropped; comments are not in the tree), so a comment or docstring edit reruns
+nothing, an edit of the router reruns the MoIR runs and what follows them, and an edit of a metric reruns the
+evaluations and the report, never training.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PLACEMENTS = ("attn", "mlp", "proj")
+METHODS = ("ft", "moir")
+CLEAN, NO_IMAGE, NOISE = "clean", "no-image", "noise"
+
+
+class PlanError(ValueError):
+    """The config describes no valid experiment; the message names the key."""
+
+
+def canonical_json(value) -> str:
+    """One text per value: sorted keys, no spaces, NaN and infinities refused."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+# ------------------------------------------------------------------------------------------------ stage settings
+
+
+def omit_if_none():
+    """A field left out of the JSON when it is None: the stage does not depend on it in this job (the rank
+    layer of an evaluation without analysis, the noise seed of a clean one)."""
+    return field(metadata={"omit_if_none": True})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A stage's settings: serialised to canonical JSON, the one form in which a stage receives them."""
+
+    def to_dict(self) -> dict:
+        out = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if value is None and item.metadata.get("omit_if_none"):
+                continue
+            out[item.name] = value.to_dict() if isinstance(value, Settings) else value
+        return out
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+
+@dataclass(frozen=True)
+class SynthImageSettings(Settings):
+    seed: int
+    pretrain: int
+    train: int
+    val: int
+    test: int
+    image_size: int
+    hint_accuracy: float
+    eval_hint_accuracy: float
+    pretrain_hint_accuracy: float | None
+    choice_share: float
+
+
+@dataclass(frozen=True)
+class SynthVideoSettings(Settings):
+    seed: int
+    pretrain: int
+    train: int
+    val: int
+    test: int
+    frames: int
+    frame_size: int
+    fps: int
+    silent_share: float
+    tone_share: float
+    hint_accuracy: float
+    eval_hint_accuracy: float
+    pretrain_hint_accuracy: float | None
+    choice_share: float
+
+
+@dataclass(frozen=True)
+class ConvertSettings(Settings):
+    """A benchmark that ships one split (MMBench-Video) is split by video, seeded; the others have no settings."""
+
+    seed: int | None = omit_if_none()
+    val_fraction: float | None = omit_if_none()
+    test_fraction: float | None = omit_if_none()
+
+
+@dataclass(frozen=True)
+class ExtractSettings(Settings):
+    num_frames: int | None
+    fps: float | None
+    max_frames: int | None
+    image_format: str
+    jpeg_quality: int
+    max_bad_share: float
+
+
+@dataclass(frozen=True)
+class TranscribeSettings(Settings):
+    model: str
+    revision: str
+    language: str | None
+    batch_size: int
+    device: str
+
+
+@dataclass(frozen=True)
+class EncoderCacheSettings(Settings):
+    model: str  # a hub id, or the directory of a base the pipeline pretrained
+    revision: str | None
+    shard_size: int
+    batch_size: int
+    dtype: str
+    device: str
+
+
+@dataclass(frozen=True)
+class PretrainSettings(Settings):
+    name: str  # the tiny architecture
+    seed: int
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    grad_accum: int
+    max_grad_norm: float
+    max_length: int
+    limit: int | None
+    checkpoint_every: int
+    device: str
+
+
+@dataclass(frozen=True)
+class RouterSettings(Settings):
+    """moir.router.RouterConfig's fields, k' (`ratio`) included: a MoIR run's router, as a float, never a name."""
+
+    ratio: float
+    rank: int | None
+    center: bool
+    scope: str
+    align: str
+    rms_match: bool
+    directions: str
+    gate_init: float
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    model: str
+    revision: str | None
+    placement: str
+    method: str
+    router: RouterSettings | None  # None for an FT run: no router setting reruns it
+    seed: int
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    grad_accum: int
+    max_grad_norm: float
+    plateau_factor: float
+    plateau_patience: int
+    max_length: int
+    gradient_checkpointing: bool
+    checkpoint_every: int
+    train_limit: int | None
+    val_limit: int | None
+    lora_r: int
+    lora_alpha: float
+    lora_dropout: float
+    device: str
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    model: str
+    revision: str | None
+    run_name: str
+    mode: str
+    batch_size: int
+    limit: int | None
+    max_new_tokens: int
+    rank_layer: int | None = omit_if_none()  # clean mode (the analysis) only
+    noise_seed: int | None = omit_if_none()  # noise mode only
+    judge: str | None = omit_if_none()  # datasets with free-form answers only
+    judge_url: str | None = omit_if_none()
+    judge_model: str | None = omit_if_none()
+    judge_api_key_env: str | None = omit_if_none()
+    device: str
+
+
+@dataclass(frozen=True)
+class ReportSettings(Settings):
+    """The layout of the tables and the files the report reads, as the workflow declared them."""
+
+    tables: dict  # Tables.to_dict()
+    seeds: list[int]
+    modality: dict[str, str]
+    evaluations: dict[str, str]  # "<run>/<mode>" -> metrics.json
+    gates: dict[str, str]  # MoIR run -> train_metrics.jsonl
+    reference_tables: str | None
+    reference_robustness: str | None
+
+
+# ------------------------------------------------------------------------------------------------ the grid
+
+
+def format_ratio(ratio: float) -> str:
+    """k' as it appears in run names (`%g`: 0.1, 0.05, 0.15)."""
+    return f"{ratio:g}"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of a table: a (dataset, model, placement) setting trained by one method at one k'.
+
+    A later arm (a gate learning rate, a token-compression arm, a router option) is one more entry: `variant`
+    holds its name part and `overrides` the settings it changes ((key, value) pairs of TrainSettings, or of
+    RouterSettings as "router.<key>")."""
+
+    dataset: str
+    model: str
+    placement: str
+    method: str
+    ratio: float | None  # k' of a MoIR arm
+    variant: str = ""
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        arm = "ft" if self.method == "ft" else f"moir-k{format_ratio(self.ratio)}"
+        return arm + (f"+{self.variant}" if self.variant else "")
+
+    def run(self, seed: int) -> Run:
+        return Run(self, seed)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the grid: an arm at one seed."""
+
+    arm: Arm
+    seed: int
+
+    @property
+    def name(self) -> str:
+        a = self.arm
+        return f"{a.dataset}__{a.model}__{a.placement}__{a.label}__seed{self.seed}"
+
+    @property
+    def dataset(self) -> str:
+        return self.arm.dataset
+
+    @property
+    def model(self) -> str:
+        return self.arm.model
+
+    @property
+    def placement(self) -> str:
+        return self.arm.placement
+
+    @property
+    def method(self) -> str:
+        return self.arm.method
+
+    @property
+    def ratio(self) -> float | None:
+        return self.arm.ratio
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The paper's Tables 1-3 as arms: what runs, and what the report lays out."""
+
+    pairs: tuple[tuple[str, str], ...]
+    placements: tuple[str, ...]
+    ratio: float
+    table2: tuple[str, str, str]
+    table3: tuple[str, str, str]
+    ratios: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, suite: Mapping) -> Tables:
+        t1, t2, t3 = suite["table1"], suite["table2"], suite["table3"]
+        return cls(
+            pairs=tuple((pair["dataset"], pair["model"]) for pair in t1["pairs"]),
+            placements=tuple(t1["placements"]),
+            ratio=float(t1["ratio"]),
+            table2=(t2["dataset"], t2["model"], t2["placement"]),
+            table3=(t3["dataset"], t3["model"], t3["placement"]),
+            ratios=tuple(float(ratio) for ratio in t3["ratios"]),
+        )
+
+    @classmethod
+    def from_dict(cls, value: Mapping) -> Tables:
+        return cls(
+            pairs=tuple(tuple(pair) for pair in value["pairs"]),
+            placements=tuple(value["placements"]),
+            ratio=float(value["ratio"]),
+            table2=tuple(value["table2"]),
+            table3=tuple(value["table3"]),
+            ratios=tuple(float(ratio) for ratio in value["ratios"]),
+        )
+
+    def to_dict(self) -> dict:
+        return {"pairs": [list(pair) for pair in self.pairs], "placements": list(self.placements),
+                "ratio": self.ratio, "table2": list(self.table2), "table3": list(self.table3),
+                "ratios": list(self.ratios)}
+
+    def table1(self) -> list[Arm]:
+        return [
+            arm
+            for dataset, model in self.pairs
+            for placement in self.placements
+            for arm in (Arm(dataset, model, placement, "ft", None), Arm(dataset, model, placement, "moir", self.ratio))
+        ]
+
+    def table2_arms(self) -> list[Arm]:
+        dataset, model, placement = self.table2
+        return [Arm(dataset, model, placement, "ft", None), Arm(dataset, model, placement, "moir", self.ratio)]
+
+    def table3_arms(self) -> list[Arm]:
+        dataset, model, placement = self.table3
+        return [Arm(dataset, model, placement, "moir", ratio) for ratio in self.ratios]
+
+    def arms(self) -> list[tuple[Arm, frozenset[str]]]:
+        """Every arm of the tables with the evaluations it gets (Table 2's also get the noise evaluation)."""
+        return ([(arm, frozenset({CLEAN})) for arm in self.table1()]
+                + [(arm, frozenset({CLEAN, NOISE})) for arm in self.table2_arms()]
+                + [(arm, frozenset({CLEAN})) for arm in self.table3_arms()])
+
+
+def check_ratio_names(ratios: Iterable[float], where: str) -> None:
+    """Two different k' that print the same in a run name would silently share one run: refuse them."""
+    seen: dict[str, float] = {}
+    for ratio in ratios:
+        text = format_ratio(ratio)
+        if text in seen and seen[text] != ratio:
+            raise PlanError(f"config: {where}: k' values {seen[text]!r} and {ratio!r} both name runs 'moir-k{text}';"
+                            " use values that differ in their first 6 significant digits")
+        seen[text] = ratio
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation job: a run's (or a base model's) evaluation in one mode."""
+
+    name: str  # a run name, or "<dataset>__<model>__base"
+    mode: str  # clean | no-image | noise
+    dataset: str
+    model: str
+    run: Run | None  # None for the base model
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.mode}"
+
+
+# ------------------------------------------------------------------------------------------------ code
+
+
+# The source files each stage's outputs depend on (a directory: every .py file in it). Reviewed by hand: a module
+# belongs here when editing it can change what the stage writes. tests/test_workflow.py walks each stage's
+# imports and fails on a module of the package that is neither here nor in its NOT_OUTPUT list.
+_DATA = ("moir/data/manifest.py", "moir/storage.py")
+_MEDIA_READ = ("moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py")
+_MODELS = ("moir/models", "moir/data/manifest.py", "moir/storage.py") + _MEDIA_READ
+_EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/encoder_cache/cache.py")
+CODE: dict[str, tuple[str, ...]] = {
+    "synthesize": ("moir/data/__main__.py", "moir/data/synthetic.py") + _DATA,
+    "download": ("moir/data/__main__.py", "moir/data/download.py") + _DATA,
+    "convert": ("moir/data/__main__.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
+                "moir/data/mmbench_video.py", "moir/data/safe_pickle.py", "moir/data/download.py") + _DATA,
+    "extract": ("moir/media/__main__.py", "moir/media/extract.py", "moir/media/frames.py", "moir/media/audio.py")
+    + _DATA,
+    "transcribe": ("moir/media/__main__.py", "moir/media/transcripts.py", "moir/media/audio.py") + _DATA,
+    "encoder_cache": ("moir/encoder_cache",) + _MODELS,
+    # pretraining builds the tiny model from the synthetic benchmark's vocabulary; it attaches no router
+    "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
+    "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py") + _EXAMPLES + _MODELS,
+    "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py") + _EXAMPLES + _MODELS,
+    "report": ("moir/report", "moir/plan.py", "moir/storage.py"),
+}
+# The router changes the output of the MoIR runs and of their evaluations only.
+ROUTER_CODE = ("moir/router.py",)
+
+
+def code_files(stage: str, *, router: bool = False) -> list[str]:
+    """The files of CODE[stage] (and the router's), directories expanded, sorted."""
+    files = set()
+    for entry in CODE[stage] + (ROUTER_CODE if router else ()):
+        path = REPO / entry
+        if path.is_dir():
+            files.update(str(p.relative_to(REPO)) for p in path.rglob("*.py"))
+        elif path.is_file():
+            files.add(entry)
+        else:
+            raise PlanError(f"moir/plan.py: CODE[{stage!r}] names {entry}, which does not exist")
+    return sorted(files)
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.cache
+def source_digest(path: str) -> str:
+    """sha256 of a file's syntax tree without docstrings (comments and layout are not in the tree)."""
+    file = REPO / path
+    try:
+        tree = ast.parse(file.read_text(), filename=str(file))
+    except SyntaxError as error:
+        raise PlanError(f"{path}: not valid Python ({error})") from error
+    return hashlib.sha256(ast.dump(_strip_docstrings(tree), include_attributes=False).encode()).hexdigest()
+
+
+@functools.cache
+def code_fingerprint(stage: str, *, router: bool = False) -> str:
+    """One sha256 over the normalised code of a stage: a job's `params` carry it, so that a change to that code
+    (and only to it) reruns the job."""
+    digest = hashlib.sha256()
+    for path in code_files(stage, router=router):
+        digest.update(f"{path}\0{source_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def coerce_command_line(config: dict) -> None:
+    """`--config seeds=1` gives an int and `--config 'seeds=[0,1]'` a list of strings: make both a list of ints
+    (anything else is left for the schema to report)."""
+    seeds = config.get("seeds")
+    if isinstance(seeds, (int, str)) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if isinstance(seeds, list):
+        coerced = []
+        for seed in seeds:
+            if isinstance(seed, str) and seed.strip().isdigit():
+                seed = int(seed.strip())
+            coerced.append(seed)
+        config["seeds"] = coerced
+
+
+def check_values(value, where: str = "config") -> None:
+    """What the JSON schema lets through: NaN passes every comparison (each is false), infinity passes
+    `minimum`, and a pattern's `$` also matches before a final newline. Refuse non-finite numbers and strings
+    with control characters (newlines included) anywhere, naming the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PlanError(f"{where}: {value!r} is not a finite number")
+    if isinstance(value, str) and any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise PlanError(f"{where}: {value!r} contains a control character (a newline?)")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            check_values(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_values(item, f"{where}[{index}]")
+
+
+def validate_config(config: dict, schema_path: str | Path) -> None:
+    """The JSON schema, then what it cannot say. A PlanError names the key and the problem, and only those."""
+    import jsonschema  # noqa: PLC0415  (Snakemake's dependency; imported where it is used)
+    import yaml  # noqa: PLC0415
+
+    coerce_command_line(config)
+    check_values(config)
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        where = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        message = error.message
+        if error.validator in ("oneOf", "anyOf", "not", "if", "allOf"):
+            message = f"does not match the schema ({error.schema.get('description', error.validator)})"
+        elif error.validator == "pattern":
+            message = f"{error.instance!r} does not match {error.validator_value!r}"
+        raise PlanError(f"{where}: {message}")
+    check_references(config)
+
+
+def check_references(config: Mapping) -> None:
+    """Names that must refer to entries elsewhere in the config; k' values that would share a run name."""
+    for suite, sc in config["suites"].items():
+        where = f"suites.{suite}"
+        datasets, models = sc["datasets"], sc["models"]
+
+        def need(kind, names, value, key):
+            if value not in names:
+                raise PlanError(f"config: {key}: {value!r} is not one of {where}.{kind} ({', '.join(names)})")
+
+        for index, pair in enumerate(sc["table1"]["pairs"]):
+            need("datasets", datasets, pair["dataset"], f"{where}.table1.pairs[{index}].dataset")
+            need("models", models, pair["model"], f"{where}.table1.pairs[{index}].model")
+        for table in ("table2", "table3"):
+            need("datasets", datasets, sc[table]["dataset"], f"{where}.{table}.dataset")
+            need("models", models, sc[table]["model"], f"{where}.{table}.model")
+        synthetic = [name for name, spec in datasets.items() if spec["source"] == "synthetic"]
+        for name, spec in models.items():
+            for index, dataset in enumerate(spec.get("pretrain_datasets", [])):
+                need("datasets (synthetic)", synthetic, dataset, f"{where}.models.{name}.pretrain_datasets[{index}]")
+        if any(spec["source"] == "pretrain" for spec in models.values()) and "pretrain" not in sc:
+            raise PlanError(f"config: {where}.pretrain is required: a model of {where}.models has source: pretrain")
+        for block in ("train", "pretrain"):
+            if block in sc and sc[block]["batch_size"] % sc[block]["grad_accum"]:
+                raise PlanError(
+                    f"config: {where}.{block}.grad_accum ({sc[block]['grad_accum']}) must divide "
+                    f"{where}.{block}.batch_size ({sc[block]['batch_size']})"
+                )
+        check_ratio_names([sc["table1"]["ratio"], *sc["table3"]["ratios"]], f"{where}.table1.ratio/table3.ratios")
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+class Plan:
+    """The selected suite of a validated config: its runs, evaluations, paths and stage settings."""
+
+    def __init__(self, config: Mapping):
+        self.config = config
+        self.suite = config["suite"]
+        self.sc = config["suites"][self.suite]
+        self.seeds = sorted(set(config["seeds"]))
+        self.results = f"results/{self.suite}"
+        self.logs = f"logs/{self.suite}"
+        self.benchmarks = f"benchmarks/out/{self.suite}"
+        self.tables = Tables.from_config(self.sc)
+        self.runs: dict[str, Run] = {}
+        self.run_evaluations: dict[str, set[str]] = {}
+        for arm, modes in self.tables.arms():  # a run that several tables share is trained once
+            for seed in self.seeds:
+                run = arm.run(seed)
+                self.runs.setdefault(run.name, run)
+                self.run_evaluations.setdefault(run.name, set()).update(modes)
+        # The base model of each (dataset, model) is evaluated too: its effective ranks are what the runs' rank
+        # deltas subtract, and its answers without media define the vision split of the robustness evaluation.
+        self.bases = {self.base_name(run): (run.dataset, run.model) for run in self.runs.values()}
+        self.evaluations: dict[str, Evaluation] = {}
+        for name, (dataset, model) in self.bases.items():
+            self._add(Evaluation(name, CLEAN, dataset, model, None))
+        for name, run in self.runs.items():
+            for mode in sorted(self.run_evaluations[name]):
+                self._add(Evaluation(name, mode, run.dataset, run.model, run))
+                if mode == NOISE:
+                    self._add(Evaluation(self.base_name(run), NO_IMAGE, run.dataset, run.model, None))
+
+    def _add(self, evaluation: Evaluation) -> None:
+        self.evaluations.setdefault(evaluation.key, evaluation)
+
+    @staticmethod
+    def base_name(run: Run) -> str:
+        return f"{run.dataset}__{run.model}__base"
+
+    def run(self, name: str) -> Run:
+        if name not in self.runs:
+            raise PlanError(f"run {name!r} is not in the grid of suite {self.suite!r}; the grid: "
+                            + ", ".join(self.runs))
+        return self.runs[name]
+
+    # -------------------------------------------------------------------------------------- datasets, models
+
+    def dataset(self, name: str) -> Mapping:
+        return self.sc["datasets"][name]
+
+    def datasets_from(self, source: str) -> list[str]:
+        return [name for name, spec in self.sc["datasets"].items() if spec["source"] == source]
+
+    def is_video(self, dataset: str) -> bool:
+        return self.dataset(dataset)["media"] == "video"
+
+    def uses_transcripts(self, dataset: str) -> bool:
+        return self.dataset(dataset)["audio"] == "transcript"
+
+    def split(self, dataset: str, role: str) -> str:
+        """The split of `dataset` that plays `role` (train, val or eval)."""
+        return self.dataset(dataset)["splits"][role]
+
+    def encoder(self, model: str) -> str:
+        """The model's vision encoder in cache paths: models with the same frozen tower share a cache."""
+        return self.sc["models"][model].get("encoder", model)
+
+    def encoder_model(self, encoder: str) -> str:
+        """The model whose tower dumps the cache of `encoder` (the first in config order)."""
+        return next(model for model in self.sc["models"] if self.encoder(model) == encoder)
+
+    def pretrained_models(self) -> list[str]:
+        return [name for name, spec in self.sc["models"].items() if spec["source"] == "pretrain"]
+
+    def model_source(self, model: str) -> tuple[str, str | None]:
+        """(what a stage loads, its hub revision): a hub id, or the directory of a pretrained base."""
+        spec = self.sc["models"][model]
+        return (spec["hub_id"], spec["revision"]) if spec["source"] == "hub" else (self.base_model(model), None)
+
+    def model_inputs(self, model: str) -> list[str]:
+        """Files a stage that loads `model` depends on: the pretrained base; nothing for a hub model."""
+        return [] if self.sc["models"][model]["source"] == "hub" else [self.base_model(model)]
+
+    # -------------------------------------------------------------------------------------- paths
+
+    @staticmethod
+    def raw(dataset: str) -> str:
+        return f"data/raw/{dataset}"
+
+    @staticmethod
+    def download_marker(dataset: str) -> str:
+        return f"data/raw/{dataset}/download.complete.json"
+
+    @staticmethod
+    def manifest_dir(dataset: str) -> str:
+        return f"data/manifests/{dataset}"
+
+    @staticmethod
+    def manifest(dataset: str, split: str) -> str:
+        return f"data/manifests/{dataset}/{split}.parquet"
+
+    @staticmethod
+    def media_dir(dataset: str, split: str) -> str:
+        return f"data/media/{dataset}/{split}"
+
+    @staticmethod
+    def frames(dataset: str, split: str) -> str:
+        return f"data/media/{dataset}/{split}/frames.parquet"
+
+    @staticmethod
+    def audio(dataset: str, split: str) -> str:
+        return f"data/media/{dataset}/{split}/audio.parquet"
+
+    @staticmethod
+    def media_errors(dataset: str, split: str) -> str:
+        return f"data/media/{dataset}/{split}/errors.parquet"
+
+    @staticmethod
+    def transcripts(dataset: str, split: str) -> str:
+        return f"data/transcripts/{dataset}/{split}.parquet"
+
+    TRANSCRIPT_CACHE = "data/transcripts/cache"
+
+    @staticmethod
+    def encoder_cache_dir(dataset: str, split: str, encoder: str) -> str:
+        return f"data/cache/{dataset}/{split}/{encoder}"
+
+    @staticmethod
+    def encoder_cache_meta(dataset: str, split: str, encoder: str) -> str:
+        """The dump writes meta.json last: it is the declared output, so the shards of an interrupted dump survive
+        for the rerun to resume from."""
+        return f"data/cache/{dataset}/{split}/{encoder}/meta.json"
+
+    def encoder_cache_of(self, dataset: str, split: str, model: str) -> str:
+        return self.encoder_cache_meta(dataset, split, self.encoder(model))
+
+    def base_model(self, model: str) -> str:
+        return f"{self.results}/base/{model}"
+
+    def base_checkpoints(self, model: str) -> str:
+        return f"{self.results}/checkpoints/base-{model}"
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.results}/runs/{run}"
+
+    def run_checkpoints(self, run: str) -> str:
+        return f"{self.results}/checkpoints/{run}"
+
+    def evaluation_dir(self, key: str) -> str:
+        """key: "<run or base>/<mode>"."""
+        return f"{self.results}/eval/{key}"
+
+    def metrics(self, key: str) -> str:
+        return f"{self.evaluation_dir(key)}/metrics.json"
+
+    def predictions(self, key: str) -> str:
+        return f"{self.evaluation_dir(key)}/predictions.parquet"
+
+    def vision_split(self, base: str) -> str:
+        return f"{self.evaluation_dir(f'{base}/{NO_IMAGE}')}/vision_split.parquet"
+
+    def report_dir(self) -> str:
+        return f"{self.results}/report"
+
+    REPORT_TABLES = ("table1", "table2", "table3")
+    REPORT_FIGURES = ("mdi_aei", "accuracy_rank", "ablation", "gates", "robustness")
+    REFERENCE = {"tables": "moir/reference/paper_tables.csv", "robustness": "moir/reference/paper_robustness.csv"}
+
+    # -------------------------------------------------------------------------------------- inputs of each stage
+
+    def pretrain_inputs(self, model: str) -> dict[str, list[str]]:
+        inputs = {"manifests": [], "frames": []}
+        for dataset in self.sc["models"][model]["pretrain_datasets"]:
+            inputs["manifests"].append(self.manifest(dataset, "pretrain"))
+            if self.is_video(dataset):
+                inputs["frames"].append(self.frames(dataset, "pretrain"))
+        return inputs
+
+    def pretrain_data(self, model: str) -> list[list[str]]:
+        """[manifest] or [manifest, frames] of each dataset the base learns from (the CLI's --data)."""
+        return [[self.manifest(d, "pretrain")] + ([self.frames(d, "pretrain")] if self.is_video(d) else [])
+                for d in self.sc["models"][model]["pretrain_datasets"]]
+
+    def encoder_cache_inputs(self, dataset: str, split: str, encoder: str) -> dict:
+        inputs = {"manifest": self.manifest(dataset, split), "model": self.model_inputs(self.encoder_model(encoder))}
+        if self.is_video(dataset):
+            inputs["frames"] = self.frames(dataset, split)
+        return inputs
+
+    def split_inputs(self, prefix: str, dataset: str, split: str, model: str) -> dict:
+        """Manifest, encoder cache (and transcripts) of one split, keyed `<prefix>_manifest`, ..."""
+        inputs = {f"{prefix}_manifest": self.manifest(dataset, split),
+                  f"{prefix}_cache": self.encoder_cache_of(dataset, split, model)}
+        if self.uses_transcripts(dataset):
+            inputs[f"{prefix}_transcripts"] = self.transcripts(dataset, split)
+        return inputs
+
+    def train_inputs(self, name: str) -> dict:
+        run = self.run(name)
+        return {
+            **self.split_inputs("train", run.dataset, self.split(run.dataset, "train"), run.model),
+            **self.split_inputs("val", run.dataset, self.split(run.dataset, "val"), run.model),
+            "model": self.model_inputs(run.model),
+        }
+
+    def evaluation(self, key: str) -> Evaluation:
+        if key not in self.evaluations:
+            raise PlanError(f"evaluation {key!r} is not in the plan of suite {self.suite!r}")
+        return self.evaluations[key]
+
+    def evaluate_inputs(self, key: str) -> dict:
+        """The eval split's manifest, its encoder cache (clean, no-image) or frames (noise, on videos), the
+        transcripts; a run's LoRA directory; the base model's clean evaluation (rank deltas) or, for noise, the
+        run's clean evaluation and the base model's vision split."""
+        ev = self.evaluation(key)
+        split = self.split(ev.dataset, "eval")
+        inputs = {"manifest": self.manifest(ev.dataset, split), "model": self.model_inputs(ev.model)}
+        if ev.mode == NOISE:
+            if self.is_video(ev.dataset):
+                inputs["frames"] = self.frames(ev.dataset, split)
+        else:
+            inputs["cache"] = self.encoder_cache_of(ev.dataset, split, ev.model)
+        if self.uses_transcripts(ev.dataset):
+            inputs["transcripts"] = self.transcripts(ev.dataset, split)
+        if ev.run is not None:
+            inputs["run"] = self.run_dir(ev.name)
+            base = self.base_name(ev.run)
+            if ev.mode == CLEAN:
+                inputs["base_eval"] = self.metrics(f"{base}/{CLEAN}")
+            else:
+                inputs["clean_eval"] = self.metrics(f"{ev.name}/{CLEAN}")
+                inputs["vision_split"] = self.vision_split(base)
+        return inputs
+
+    def report_inputs(self) -> dict:
+        inputs = {
+            "metrics": [self.metrics(key) for key, ev in self.evaluations.items() if ev.run is not None],
+            "runs": [self.run_dir(name) for name, run in self.runs.items() if run.method == "moir"],
+        }
+        if self.suite == "paper":
+            inputs.update(self.REFERENCE)
+        return inputs
+
+    # -------------------------------------------------------------------------------------- settings
+
+    def synth_settings(self, dataset: str) -> Settings:
+        spec = self.dataset(dataset)["synthetic"]
+        common = {**spec["sizes"], "seed": spec["seed"], "hint_accuracy": spec["hint_accuracy"],
+                  "eval_hint_accuracy": spec["eval_hint_accuracy"],
+                  "pretrain_hint_accuracy": spec["pretrain_hint_accuracy"], "choice_share": spec["choice_share"]}
+        if self.is_video(dataset):
+            return SynthVideoSettings(**common, **{key: spec[key] for key in (
+                "frames", "frame_size", "fps", "silent_share", "tone_share")})
+        return SynthImageSettings(**common, image_size=spec["image_size"])
+
+    def convert_settings(self, dataset: str) -> ConvertSettings:
+        spec = self.dataset(dataset)
+        return ConvertSettings(seed=spec.get("split_seed"), val_fraction=spec.get("val_fraction"),
+                               test_fraction=spec.get("test_fraction"))
+
+    def extract_settings(self) -> ExtractSettings:
+        media = self.sc["media"]
+        return ExtractSettings(**{key: media[key] for key in (
+            "num_frames", "fps", "max_frames", "image_format", "jpeg_quality", "max_bad_share")})
+
+    def transcribe_settings(self) -> TranscribeSettings:
+        asr = self.sc["transcripts"]
+        return TranscribeSettings(model=asr["model"], revision=asr["revision"], language=asr["language"],
+                                  batch_size=asr["batch_size"], device=self.sc["device"])
+
+    def encoder_cache_settings(self, encoder: str) -> EncoderCacheSettings:
+        model, revision = self.model_source(self.encoder_model(encoder))
+        cache = self.sc["encoder_cache"]
+        return EncoderCacheSettings(model=model, revision=revision, shard_size=cache["shard_size"],
+                                    batch_size=cache["batch_size"], dtype=cache["dtype"], device=self.sc["device"])
+
+    def pretrain_settings(self, model: str) -> PretrainSettings:
+        spec, pretrain = self.sc["models"][model], self.sc["pretrain"]
+        return PretrainSettings(name=spec["architecture"], seed=spec["seed"], device=self.sc["device"],
+                                **{key: pretrain[key] for key in (
+                                    "epochs", "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm",
+                                    "max_length", "limit", "checkpoint_every")})
+
+    def train_settings(self, name: str) -> TrainSettings:
+        run = self.run(name)
+        model, revision = self.model_source(run.model)
+        train, lora = self.sc["train"], self.config["lora"]
+        router = None
+        if run.method == "moir":
+            router = RouterSettings(ratio=float(run.ratio), **self.config["router"])
+        settings = TrainSettings(
+            model=model, revision=revision, placement=run.placement, method=run.method, router=router, seed=run.seed,
+            lora_r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], device=self.sc["device"],
+            **{key: train[key] for key in (
+                "epochs", "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm", "plateau_factor",
+                "plateau_patience", "max_length", "gradient_checkpointing", "checkpoint_every", "train_limit",
+                "val_limit")},
+        )
+        for key, value in run.arm.overrides:  # a later arm's changes
+            if key.startswith("router."):
+                settings = dataclasses.replace(
+                    settings, router=dataclasses.replace(settings.router, **{key.removeprefix("router."): value}))
+            else:
+                settings = dataclasses.replace(settings, **{key: value})
+        return settings
+
+    def evaluate_settings(self, key: str) -> EvaluateSettings:
+        ev = self.evaluation(key)
+        model, revision = self.model_source(ev.model)
+        evaluate, dataset = self.sc["evaluate"], self.dataset(ev.dataset)
+        judge = self.sc["judge"] if dataset["judge"] else None
+        openai = judge is not None and judge["backend"] == "openai"
+        return EvaluateSettings(
+            model=model, revision=revision, run_name=ev.name, mode=ev.mode, batch_size=evaluate["batch_size"],
+            limit=evaluate["limit"], max_new_tokens=dataset["max_new_tokens"],
+            rank_layer=evaluate["rank_layer"] if ev.mode == CLEAN else None,
+            noise_seed=evaluate["noise_seed"] if ev.mode == NOISE else None,
+            judge=judge["backend"] if judge else None, judge_model=judge["model"] if judge else None,
+            judge_url=judge["url"] if openai else None, judge_api_key_env=judge["api_key_env"] if openai else None,
+            device=self.sc["device"],
+        )
+
+    def report_settings(self) -> ReportSettings:
+        return ReportSettings(
+            tables=self.tables.to_dict(),
+            seeds=self.seeds,
+            modality={name: spec["modality"] for name, spec in self.sc["datasets"].items()},
+            evaluations={key: self.metrics(key) for key, ev in self.evaluations.items() if ev.run is not None},
+            gates={name: f"{self.run_dir(name)}/train_metrics.jsonl"
+                   for name, run in self.runs.items() if run.method == "moir"},
+            reference_tables=self.REFERENCE["tables"] if self.suite == "paper" else None,
+            reference_robustness=self.REFERENCE["robustness"] if self.suite == "paper" else None,
+        )
+
+    # -------------------------------------------------------------------------------------- code
+
+    def train_code(self, name: str) -> str:
+        return code_fingerprint("train", router=self.run(name).method == "moir")
+
+    def evaluate_code(self, key: str) -> str:
+        ev = self.evaluation(key)
+        return code_fingerprint("evaluate", router=ev.run is not None and ev.run.method == "moir")
