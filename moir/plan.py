@@ -394,24 +394,25 @@ class Evaluation:
 # The source files each stage's outputs depend on (a directory: every .py file in it). Reviewed by hand: a module
 # belongs here when editing it can change what the stage writes. tests/test_workflow.py walks each stage's
 # imports and fails on a module of the package that is neither here nor in its NOT_OUTPUT list.
-_DATA = ("moir/data/manifest.py", "moir/storage.py")
-_MEDIA_READ = ("moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py")
-_MODELS = ("moir/models", "moir/data/manifest.py", "moir/storage.py") + _MEDIA_READ
+_DATA = ("moir/data/manifest.py", "moir/storage.py", "moir/runtime.py")
+_MEDIA_READ = ("moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py", "moir/media/images.py")
+_MODELS = ("moir/models", "moir/data/manifest.py", "moir/storage.py", "moir/runtime.py") + _MEDIA_READ
 _EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/encoder_cache/cache.py")
 CODE: dict[str, tuple[str, ...]] = {
     "synthesize": ("moir/data/__main__.py", "moir/data/synthetic.py") + _DATA,
     "download": ("moir/data/__main__.py", "moir/data/download.py") + _DATA,
     "convert": ("moir/data/__main__.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
                 "moir/data/mmbench_video.py", "moir/data/safe_pickle.py", "moir/data/download.py") + _DATA,
-    "extract": ("moir/media/__main__.py", "moir/media/extract.py", "moir/media/frames.py", "moir/media/audio.py")
+    "extract": ("moir/media/__main__.py", "moir/media/extract.py", "moir/media/frames.py", "moir/media/audio.py",
+                "moir/media/images.py") + _DATA,
+    "transcribe": ("moir/media/__main__.py", "moir/media/transcripts.py", "moir/media/audio.py", "moir/media/images.py")
     + _DATA,
-    "transcribe": ("moir/media/__main__.py", "moir/media/transcripts.py", "moir/media/audio.py") + _DATA,
     "encoder_cache": ("moir/encoder_cache",) + _MODELS,
     # pretraining builds the tiny model from the synthetic benchmark's vocabulary; it attaches no router
     "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
     "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py") + _EXAMPLES + _MODELS,
     "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py") + _EXAMPLES + _MODELS,
-    "report": ("moir/report", "moir/plan.py", "moir/storage.py"),
+    "report": ("moir/report", "moir/plan.py", "moir/storage.py", "moir/runtime.py"),
 }
 # The router changes the output of the MoIR runs and of their evaluations only.
 ROUTER_CODE = ("moir/router.py",)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 
-from moir.cli import add_settings_argument, parse
+from moir.settings import add_settings_argument, parse
 from moir.data import download, mmbench_video, scienceqa, synthetic, vizwiz
 from moir.runtime import cli, setup_logging
 

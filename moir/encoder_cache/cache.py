@@ -60,7 +60,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from moir.cli import add_settings_argument, parse
+from moir.settings import add_settings_argument, parse
 from moir.data.manifest import read_manifest
 from moir.media.pixels import MediaLoader
 from moir.runtime import cli, setup_logging

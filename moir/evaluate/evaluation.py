@@ -76,7 +76,7 @@ import torch
 from tqdm import tqdm
 
 from moir.data.manifest import ManifestError, read_manifest
-from moir.cli import add_settings_argument, parse
+from moir.settings import add_settings_argument, parse
 from moir.dataset import load_examples
 from moir.evaluate import EvaluationError
 from moir.evaluate.analysis import analyse, dominance_metrics, rank_metrics

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from moir.cli import add_settings_argument, parse
+from moir.settings import add_settings_argument, parse
 from moir.media.extract import TooManyBadFiles, extract_media
 from moir.media.frames import DEFAULT_MAX_SIDE, IMAGE_FORMATS, FrameSampling
 from moir.media.transcripts import CHUNK_LENGTH_S, AsrSettings, transcribe

@@ -49,7 +49,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from moir.cli import json_object  # noqa: E402
+from moir.settings import json_object  # noqa: E402
 from moir.plan import Arm, ReportSettings, Tables, format_ratio  # noqa: E402
 from moir.storage import write_text_atomic  # noqa: E402
 

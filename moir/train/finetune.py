@@ -48,7 +48,7 @@ import torch
 
 from moir.dataset import load_examples
 from moir.models import load_vlm
-from moir.cli import add_settings_argument, json_object, parse
+from moir.settings import add_settings_argument, json_object, parse
 from moir.router import RouterConfig
 from moir.runtime import (
     cli,

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
-from moir.cli import add_settings_argument, parse
+from moir.settings import add_settings_argument, parse
 from moir.dataset import load_examples
 from moir.models import load_vlm
 from moir.models.tiny import TINY_MODELS, build_tiny_model
