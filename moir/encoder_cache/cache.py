@@ -105,7 +105,10 @@ PLAN_FIELDS = ("format", "encoder", "dtype", "shard_size", "shard_bytes", "n_exa
 
 def plan_digest(plan: Mapping) -> str:
     """sha256 of a dump's plan (its PLAN_FIELDS; meta.json holds them too), the identity stamped on its shards."""
-    return hashlib.sha256(json.dumps({k: plan.get(k) for k in PLAN_FIELDS}, sort_keys=True).encode()).hexdigest()
+    fields = {k: plan.get(k) for k in PLAN_FIELDS}
+    if fields["shard_bytes"] is None:  # count-sized shards: the digest of caches written before the option
+        del fields["shard_bytes"]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- storage

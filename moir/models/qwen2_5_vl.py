@@ -55,14 +55,16 @@ class Qwen2_5_VLWrapper(VLMWrapper):
 
     def encoder_settings(self) -> dict[str, str | int]:
         image, video = self.processor.image_processor, self.processor.video_processor
-        return {
+        settings = {
             "patch_size": image.patch_size,
             "temporal_patch_size": image.temporal_patch_size,
             "merge_size": image.merge_size,
             "image_pixels": f"{image.size['shortest_edge']}-{image.size['longest_edge']}",
             "video_pixels": f"{video.size['shortest_edge']}-{video.size['longest_edge']}",
-            "video_total_pixels": None if self.pixel_budget is None else self.pixel_budget.video_total_pixels,
         }
+        if self.pixel_budget is not None and self.pixel_budget.video_total_pixels is not None:
+            settings["video_total_pixels"] = self.pixel_budget.video_total_pixels
+        return settings
 
     def encoder_state(self) -> dict[str, Tensor]:
         """The vision transformer without its merger: the merger runs after the cache point (and LoRA's `proj`
