@@ -31,6 +31,7 @@ import torch
 
 from moir.data.manifest import read_manifest
 from moir.media.pixels import MediaLoader
+from moir.media.transcript_cap import cap_transcript
 from moir.media.transcripts import read_transcripts
 from moir.models import Example
 from moir.prompts import build_prompt, target_answer
@@ -52,6 +53,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         vlm=None,
         with_answer: bool = True,
         limit: int | None = None,
+        transcript_max_tokens: int | None = None,
     ) -> None:
         self.manifest_path = Path(manifest_path)
         manifest = read_manifest(manifest_path)
@@ -67,6 +69,10 @@ class ExampleDataset(torch.utils.data.Dataset):
         self.media = None if self.cache is not None or not needs_media else MediaLoader(manifest, frames_path, vlm)
         self.transcripts = read_transcripts(transcripts_path) if transcripts_path is not None else None
         self.with_answer = with_answer
+        if transcript_max_tokens is not None and vlm is None:
+            raise ValueError(f"{manifest_path}: a transcript cap in tokens needs the model wrapper's tokenizer")
+        self.transcript_max_tokens = transcript_max_tokens
+        self.tokenizer = vlm.tokenizer if vlm is not None else None
 
         kept, undecodable = [], []
         for row in rows:
@@ -110,6 +116,8 @@ class ExampleDataset(torch.utils.data.Dataset):
         """The Example of one manifest row."""
         kind, path = row["media_kind"], row["media_path"]
         transcript = self.transcripts.get(path) if self.transcripts is not None and kind == "video" else None
+        if transcript and self.transcript_max_tokens is not None:
+            transcript = cap_transcript(transcript, tokenizer=self.tokenizer, max_tokens=self.transcript_max_tokens)
         media = pixels = fps = None
         if self.cache is not None and kind != "none":
             media = self.cache.get(path)
@@ -137,11 +145,13 @@ def load_examples(
     vlm=None,
     with_answer: bool = True,
     limit: int | None = None,
+    transcript_max_tokens: int | None = None,
 ) -> ExampleDataset:
     """The Examples of a manifest (module docstring): cached encoder output when `cache_dir` is given, else pixels.
 
     `vlm` is required when the examples have media: the cache is checked against its encoder signature, and
     pixels are loaded with its `load_media`. `limit` keeps the first N examples (smoke runs).
+    `transcript_max_tokens` caps each ASR transcript to that many of the model's tokens (moir.media.transcript_cap).
     """
     return ExampleDataset(
         manifest_path,
@@ -151,4 +161,5 @@ def load_examples(
         vlm=vlm,
         with_answer=with_answer,
         limit=limit,
+        transcript_max_tokens=transcript_max_tokens,
     )

@@ -21,6 +21,7 @@ from moir.dataset import load_examples
 from moir.media.extract import extract_media
 from moir.media.frames import FrameSampling
 from moir.storage import write_table_atomic
+from moir.media.transcript_cap import cap_transcript
 from moir.media.transcripts import TRANSCRIPTS_SCHEMA
 from moir.models import build_tiny_model, load_vlm
 from moir.prompts import build_prompt, target_answer
@@ -141,6 +142,13 @@ def test_transcripts_join_the_prompt_per_video(videos, qwen, work):
     assert examples[0].prompt == build_prompt(rows[0], transcript="a tone number 0")
     assert "Audio transcript: a tone number 0" in examples[0].prompt
     assert examples[1].prompt == build_prompt(rows[1])  # no audio: no transcript line
+    long_text = "a tone number 0 and then a tone number 1 " * 8
+    long_table = table.set_column(2, "text", pa.array([long_text if t else t for t in table.column("text").to_pylist()]))
+    long_path = write_table_atomic(long_table, work / "transcripts-long.parquet")
+    capped = load_examples(videos, frames_path=work / "media-video" / "frames.parquet", transcripts_path=long_path,
+                           vlm=qwen, transcript_max_tokens=12)
+    expected = cap_transcript(long_text, tokenizer=qwen.tokenizer, max_tokens=12)
+    assert expected.endswith(" ...") and capped[0].prompt == build_prompt(rows[0], transcript=expected)
 
 
 def test_dataloader_batches_with_the_wrapper_collate(images, llava, work, tiny_dirs):

@@ -9,7 +9,8 @@ what enters the merger, with its grid_thw), so a model fed from the cache comput
 
 Layout of a cache directory (data/cache/<dataset>/<split>/<encoder>/):
     shard-00000.parquet ...  one row per distinct media file of the manifest (key = its `media_path`; questions
-                             sharing an image or video share its row), `shard_size` rows per shard, in sorted
+                             sharing an image or video share its row), at most `shard_size` rows and about
+                             `shard_bytes` bytes of features per shard (whichever limit comes first), in sorted
                              key order; one row group per row, so reading one example reads one example.
     meta.json                written last: format, `encoder` (the model wrapper's encoder_signature()), model id and
                              revision, storage dtype, n_examples, shard_size, shards [{file, n, sha256}],
@@ -104,12 +105,15 @@ def keys_digest(keys: Sequence[str]) -> str:
 
 
 PLAN_METADATA_KEY = b"moir.plan_sha256"
-PLAN_FIELDS = ("format", "encoder", "dtype", "shard_size", "n_examples", "keys_sha256")
+PLAN_FIELDS = ("format", "encoder", "dtype", "shard_size", "shard_bytes", "n_examples", "keys_sha256")
 
 
 def plan_digest(plan: Mapping) -> str:
     """sha256 of a dump's plan (its PLAN_FIELDS; meta.json holds them too), the identity stamped on its shards."""
-    return hashlib.sha256(json.dumps({k: plan[k] for k in PLAN_FIELDS}, sort_keys=True).encode()).hexdigest()
+    fields = {k: plan.get(k) for k in PLAN_FIELDS}
+    if fields["shard_bytes"] is None:  # count-sized shards: the digest of caches written before the option
+        del fields["shard_bytes"]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- storage
@@ -198,7 +202,8 @@ def dump_cache(
     *,
     encoder: Mapping[str, str | int],
     dtype: str = "float16",
-    shard_size: int = 256,
+    shard_size: int | None = 256,
+    shard_bytes: int | None = None,
     batch_size: int = 16,
     missing: Sequence[str] = (),
     extra_meta: Mapping | None = None,
@@ -206,14 +211,19 @@ def dump_cache(
     """Encode `items` ((key, kind) pairs, keys unique) into a cache directory, shard by shard; returns meta.json.
 
     `encode_batch` maps a list of items to their EncodedMedia (in the CLI: load pixels, `vlm.encode`).
-    `encoder` is the encoder signature the cache will be checked against. Shards stamped with the same plan are
-    kept (resume); shards of any other plan are deleted and rewritten. A finished cache (meta.json) of another
-    plan is refused, naming the field.
+    `encoder` is the encoder signature the cache will be checked against. A shard is closed when it holds
+    `shard_size` rows or `shard_bytes` bytes of features, whichever comes first (None: no such limit; one must be
+    set): with byte-sized shards a dump holds at most shard_bytes plus one row of features in memory, whatever the
+    media's resolution. Shards stamped with the same plan are kept (resume: the boundaries are a function of the
+    plan and the encoder output, so the resumed dump writes the shards a fresh one would); shards of any other
+    plan are deleted and rewritten. A finished cache (meta.json) of another plan is refused, naming the field.
     """
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError("shard_size and batch_size must be >= 1")
+    if shard_size is None and shard_bytes is None:
+        raise ValueError("set shard_size, shard_bytes or both")
+    if (shard_size is not None and shard_size < 1) or (shard_bytes is not None and shard_bytes < 1) or batch_size < 1:
+        raise ValueError("shard_size, shard_bytes and batch_size must be >= 1")
     out_dir = Path(out_dir)
     items = sorted(items)
     keys = [key for key, _ in items]
@@ -224,6 +234,7 @@ def dump_cache(
         "encoder": dict(encoder),
         "dtype": dtype,
         "shard_size": shard_size,
+        "shard_bytes": shard_bytes,
         "n_examples": len(keys),
         "keys_sha256": keys_digest(keys),
     }
@@ -234,32 +245,60 @@ def dump_cache(
         log.info("%s: cache complete, nothing to do", out_dir)
         return meta_path
     digest = plan_digest(plan)
-    n_shards = -(-len(items) // shard_size)
-    current = {shard_name(index) for index in range(n_shards)}
-    stale = [p for p in sorted(out_dir.glob("shard-*.parquet")) if p.name not in current or shard_plan(p) != digest]
+    stale = [p for p in sorted(out_dir.glob("shard-*.parquet")) if shard_plan(p) != digest]
     if stale:
         log.warning("%s: deleting %d shard(s) of another dump plan", out_dir, len(stale))
         for path in stale:
             path.unlink()
     write_json_atomic(plan, plan_path)
 
+    # Resume: keep the run of complete shards 0, 1, ... that cover a prefix of the sorted items.
+    shards: list[dict] = []
+    done = 0
+    while (path := out_dir / shard_name(len(shards))).exists():
+        shard = shard_keys(path)
+        if not shard or shard != keys[done : done + len(shard)]:
+            break
+        log.info("%s: complete, kept", path.name)
+        shards.append({"file": path.name, "n": len(shard), "sha256": file_sha256(path)})
+        done += len(shard)
+    for path in sorted(out_dir.glob("shard-*.parquet")):
+        if path.name not in {shard["file"] for shard in shards}:
+            path.unlink()  # after a gap: its boundaries cannot be trusted
+
     torch_dtype = STORAGE_DTYPES[dtype]
-    shards = []
-    for index in tqdm(range(n_shards), desc=f"encoder cache {out_dir.name}", unit="shard"):
-        shard_items = items[index * shard_size : (index + 1) * shard_size]
-        path = out_dir / shard_name(index)
-        if path.exists():  # stamped with this plan (the others were deleted above): complete
-            log.info("%s: complete, kept", path.name)
-        else:
-            media: list[EncodedMedia] = []
-            for start in range(0, len(shard_items), batch_size):
-                batch = shard_items[start : start + batch_size]
-                encoded = encode_batch(batch)
-                if len(encoded) != len(batch):
-                    raise ValueError(f"encoder returned {len(encoded)} results for {len(batch)} inputs")
-                media.extend(to_storage(key, m, torch_dtype) for (key, _), m in zip(batch, encoded))
-            write_shard(path, [key for key, _ in shard_items], media, plan_sha256=digest)
-        shards.append({"file": path.name, "n": len(shard_items), "sha256": file_sha256(path)})
+    pending_keys: list[str] = []
+    pending: list[EncodedMedia] = []
+    pending_bytes = 0
+
+    def flush() -> None:
+        nonlocal pending_keys, pending, pending_bytes
+        path = out_dir / shard_name(len(shards))
+        write_shard(path, pending_keys, pending, plan_sha256=digest)
+        shards.append({"file": path.name, "n": len(pending_keys), "sha256": file_sha256(path)})
+        pending_keys, pending, pending_bytes = [], [], 0
+
+    with tqdm(total=len(items), initial=done, desc=f"encoder cache {out_dir.name}", unit="item") as progress:
+        start = done
+        while start < len(items):
+            room = batch_size if shard_size is None else min(batch_size, shard_size - len(pending))
+            batch = items[start : start + room]  # a batch never spans two count-sized shards
+            start += len(batch)
+            encoded = encode_batch(batch)
+            if len(encoded) != len(batch):
+                raise ValueError(f"encoder returned {len(encoded)} results for {len(batch)} inputs")
+            for (key, _), media in zip(batch, encoded):
+                stored = to_storage(key, media, torch_dtype)
+                pending_keys.append(key)
+                pending.append(stored)
+                pending_bytes += stored.features.numel() * stored.features.element_size()
+                if (shard_size is not None and len(pending) >= shard_size) or (
+                    shard_bytes is not None and pending_bytes >= shard_bytes
+                ):
+                    flush()
+            progress.update(len(batch))
+    if pending:
+        flush()
 
     meta = {**plan, **(extra_meta or {}), "shards": shards, "missing": sorted(missing)}
     write_json_atomic(meta, meta_path)
@@ -423,7 +462,8 @@ def dump_for_vlm(
     revision: str | None = None,
     frames_path: str | os.PathLike | None = None,
     dtype: str = "float16",
-    shard_size: int = 256,
+    shard_size: int | None = 256,
+    shard_bytes: int | None = None,
     batch_size: int = 16,
 ) -> Path:
     """Cache `vlm.encode` of every distinct media file of a manifest (videos: their extracted frames)."""
@@ -457,6 +497,7 @@ def dump_for_vlm(
         encoder=vlm.encoder_signature(),
         dtype=dtype,
         shard_size=shard_size,
+        shard_bytes=shard_bytes,
         batch_size=batch_size,
         missing=missing,
         extra_meta={

@@ -152,7 +152,7 @@ def http_request(method: str, url: str, *, headers: dict[str, str], body: bytes 
         if expired.is_set():
             raise TimeoutError
         return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks)
-    except (OSError, http.client.HTTPException) as error:
+    except (OSError, http.client.HTTPException):
         if expired.is_set():
             raise TimeoutError(f"{method} {url}: no complete reply within {timeout_s:g} s") from None
         raise

@@ -18,7 +18,10 @@ def effective_rank(matrix: torch.Tensor | np.ndarray) -> float:
         raise ValueError(f"effective_rank needs a non-empty 2-D matrix, got shape {tuple(values.shape)}")
     if not torch.isfinite(values).all():
         raise ValueError("effective_rank: the matrix has non-finite values")
-    sigma = torch.linalg.svdvals(values)
+    # The singular values are the square roots of the eigenvalues of the smaller Gram matrix (tokens x tokens or
+    # D x D): one small symmetric eigenproblem instead of an SVD of the whole matrix.
+    gram = values @ values.T if values.shape[0] <= values.shape[1] else values.T @ values
+    sigma = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
     total = sigma.sum()
     if total == 0:
         raise ValueError("effective_rank is undefined for a zero matrix")

@@ -31,6 +31,7 @@ from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneratio
 
 from moir.models.base import EncodedMedia, Example, VLMWrapper, check_model_directory
 from moir.models.llava import LlavaWrapper
+from moir.models.pixel_budget import PixelBudget, apply_pixel_budget
 from moir.models.qwen2_5_vl import Qwen2_5_VLWrapper
 from moir.models.tiny import build_tiny_model
 
@@ -51,13 +52,16 @@ def load_vlm(
     dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     revision: str | None = None,
+    pixel_budget: PixelBudget | None = None,
 ) -> VLMWrapper:
     """Load a model and its processor (hub id or local directory) behind the wrapper of its family (`VLMWrapper`).
 
     The family comes from the model's config (`model_type`). dtype: bfloat16 on a GPU, float32 on the CPU unless
     given. A local directory must hold the config, tokenizer and processor files; a missing one is named.
     revision: the hub revision (branch, tag or commit) of config, processor and weights alike; None is the hub's
-    default branch, and a local directory ignores it.
+    default branch, and a local directory ignores it. pixel_budget (Qwen2.5-VL only): the image and video pixel
+    limits (moir.models.pixel_budget) replacing the processor's; part of the encoder signature. Weights are
+    loaded straight onto `device` (device_map), not through a CPU copy.
     """
     name = str(path_or_hub_id)
     path = Path(path_or_hub_id)
@@ -74,8 +78,15 @@ def load_vlm(
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     processor = AutoProcessor.from_pretrained(name, revision=revision)
+    if pixel_budget is not None:
+        if config.model_type != "qwen2_5_vl":
+            raise ValueError(f"{name}: a pixel budget applies to qwen2_5_vl models, this is {config.model_type!r}")
+        apply_pixel_budget(processor, pixel_budget)
     model = model_class.from_pretrained(
-        name, dtype=dtype, attn_implementation=attn_implementation, revision=revision
-    ).to(device)
+        name, dtype=dtype, attn_implementation=attn_implementation, revision=revision, device_map=device
+    )
     log.info("loaded %s (%s, %s) on %s", name, config.model_type, dtype, device)
-    return wrapper_class(model, processor, name)
+    wrapper = wrapper_class(model, processor, name)
+    if pixel_budget is not None:
+        wrapper.pixel_budget = pixel_budget
+    return wrapper

@@ -243,6 +243,7 @@ class VLMWrapper:
             attention_mask=batch["attention_mask"].to(self.device),
             labels=None if labels is None else labels.to(self.device),
             output_hidden_states=output_hidden_states,
+            use_cache=False,  # a teacher-forced pass never reuses keys and values (13B validation: ~5 GB kept)
             **self.language_model_inputs(batch),
         )
 
@@ -302,9 +303,12 @@ class VLMWrapper:
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute the language model's layer activations in the backward pass (needed for 7B/13B at batch 8)."""
-        self.hf_model.activation_checkpointing_enable({"use_reentrant": False})
+    def enable_gradient_checkpointing(self, every_n_layers: int = 1) -> None:
+        """Recompute layer activations in the backward pass, every `every_n_layers`-th decoder layer (counted over
+        the model's layers in order; 1: all). 7B fits with every second layer at batch 8, 13B needs all."""
+        if every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be >= 1, got {every_n_layers}")
+        self.hf_model.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every_n_layers)
         self.hf_model.config.use_cache = False
 
     # ------------------------------------------------------------------ saving (moir.models.saving)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformers.vision_utils import get_vision_window_index
 
 from moir.models.base import EncodedMedia, Example, VLMWrapper
+from moir.models.pixel_budget import PixelBudget, process_videos
 
 # Qwen's video processor assumes this frame rate for bare frames (transformers.video_utils.VideoMetadata).
 DEFAULT_FPS = 24.0
@@ -29,6 +30,9 @@ DEFAULT_FPS = 24.0
 
 class Qwen2_5_VLWrapper(VLMWrapper):
     family = "qwen2_5_vl"
+    # set by load_vlm(pixel_budget=...): its per-video limit applies per call (process_videos); None: the
+    # processor's own limits
+    pixel_budget: PixelBudget | None = None
 
     @property
     def vision_tower(self) -> nn.Module:
@@ -51,13 +55,16 @@ class Qwen2_5_VLWrapper(VLMWrapper):
 
     def encoder_settings(self) -> dict[str, str | int]:
         image, video = self.processor.image_processor, self.processor.video_processor
-        return {
+        settings = {
             "patch_size": image.patch_size,
             "temporal_patch_size": image.temporal_patch_size,
             "merge_size": image.merge_size,
             "image_pixels": f"{image.size['shortest_edge']}-{image.size['longest_edge']}",
             "video_pixels": f"{video.size['shortest_edge']}-{video.size['longest_edge']}",
         }
+        if self.pixel_budget is not None and self.pixel_budget.video_total_pixels is not None:
+            settings["video_total_pixels"] = self.pixel_budget.video_total_pixels
+        return settings
 
     def encoder_state(self) -> dict[str, Tensor]:
         """The vision transformer without its merger: the merger runs after the cache point (and LoRA's `proj`
@@ -107,7 +114,7 @@ class Qwen2_5_VLWrapper(VLMWrapper):
                 inputs["pixel_values"] = processed["pixel_values"]
                 grids["image"] = list(processed["image_grid_thw"].split(1))
             if videos:
-                processed = self.processor.video_processor(videos=videos, return_tensors="pt")
+                processed = process_videos(self.processor.video_processor, videos, self.pixel_budget)
                 inputs["pixel_values_videos"] = processed["pixel_values_videos"]
                 grids["video"] = list(processed["video_grid_thw"].split(1))
         for kind in ("image", "video"):
@@ -193,8 +200,8 @@ class Qwen2_5_VLWrapper(VLMWrapper):
                 )
                 pixel_values, grid = processed["pixel_values"], processed["image_grid_thw"]
             else:
-                processed = self.processor.video_processor(
-                    videos=[np.stack(examples[i].pixels) for i in indices], return_tensors="pt"
+                processed = process_videos(
+                    self.processor.video_processor, [np.stack(examples[i].pixels) for i in indices], self.pixel_budget
                 )
                 pixel_values, grid = processed["pixel_values_videos"], processed["video_grid_thw"]
             features = self._vision_features(pixel_values, grid).float().cpu()

@@ -48,6 +48,7 @@ from torch import nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from moir.batching import grouped_order
 from moir.storage import atomic_path, file_sha256, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class LoopConfig:
     max_length: int = 2048
     seed: int = 0
     checkpoint_every: int = 200
+    group_by_length: bool = False  # batches grouped by modality and length (moir.batching); needs `lengths`
 
     def __post_init__(self) -> None:
         checks = [
@@ -114,6 +116,8 @@ class LoopConfig:
         """The settings that change the trained weights."""
         settings = dataclasses.asdict(self)
         del settings["checkpoint_every"]
+        if not self.group_by_length:  # the fingerprint of a random-order run is what it was before the option
+            del settings["group_by_length"]
         return settings
 
 
@@ -313,16 +317,26 @@ def filter_by_length(vlm, examples: Sequence, max_length: int, chunk_size: int =
     Lengths come from collating `chunk_size` examples at a time (one pass over the data, before training).
     Returns (the kept examples as a lazy view of `examples`, ids of the dropped ones).
     """
-    kept, dropped = [], []
+    kept, dropped, _, _ = filter_and_measure(vlm, examples, max_length, chunk_size)
+    return kept, dropped
+
+
+def filter_and_measure(vlm, examples: Sequence, max_length: int,
+                       chunk_size: int = 64) -> tuple[Sequence, list[str], list[int], list[str]]:
+    """`filter_by_length`, also returning the kept examples' lengths and media kinds (run_training's `lengths`
+    and `kinds` for batches grouped by length), from the same single pass."""
+    kept, dropped, kept_lengths, kept_kinds = [], [], [], []
     for start in range(0, len(examples), chunk_size):
         chunk = [examples[i] for i in range(start, min(start + chunk_size, len(examples)))]
         lengths = vlm.collate(chunk, with_answer=True)["attention_mask"].sum(1).tolist()
         for offset, (example, length) in enumerate(zip(chunk, lengths, strict=True)):
             if length <= max_length:
                 kept.append(start + offset)
+                kept_lengths.append(int(length))
+                kept_kinds.append(example.media_kind)
             else:
                 dropped.append(example.id)
-    return Subset(examples, kept), dropped
+    return Subset(examples, kept), dropped, kept_lengths, kept_kinds
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -407,15 +421,22 @@ def run_training(
     autocast_dtype: torch.dtype | None = None,
     step_statistics: Callable[[], Mapping[str, float]] | None = None,
     description: str = "train",
+    lengths: Sequence[int] | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> LoopResult:
     """Train `parameters` of `vlm.model` on `train_examples` for `config.epochs` epochs; resume when a
     checkpoint of this run (same `fingerprint`) is in `checkpoint_dir`.
 
     `parameters` (name -> parameter, all requiring grad) is what is optimised and checkpointed.
     `step_statistics` adds fields (e.g. the router's gate statistics) to every step's record.
+    `lengths` / `kinds`: each training example's token count and media kind (`filter_and_measure`), required by
+    `config.group_by_length` (each epoch's order is then moir.batching.grouped_order).
     """
     if not train_examples:
         raise TrainingError("the training split has no examples")
+    if config.group_by_length and (lengths is None or kinds is None
+                                   or not len(lengths) == len(kinds) == len(train_examples)):
+        raise TrainingError("group_by_length needs `lengths` and `kinds` with one entry per training example")
     model = vlm.model
     param_list = list(parameters.values())
     optimizer = torch.optim.AdamW(param_list, lr=config.lr, weight_decay=config.weight_decay)
@@ -473,7 +494,10 @@ def run_training(
     try:
         while state.epoch < config.epochs:
             if state.order is None:
-                state.order = epoch_order(len(train_examples), config.seed, state.epoch)
+                state.order = (
+                    grouped_order(lengths, kinds, config.batch_size, seed=config.seed, epoch=state.epoch)
+                    if config.group_by_length else epoch_order(len(train_examples), config.seed, state.epoch)
+                )
             elif len(state.order) != len(train_examples):
                 raise TrainingError(
                     f"checkpoint order covers {len(state.order)} examples, the training split has {len(train_examples)}"
