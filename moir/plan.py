@@ -218,6 +218,8 @@ class EvaluateSettings(Settings):
     judge_url: str | None = omit_if_none()
     judge_model: str | None = omit_if_none()
     judge_api_key_env: str | None = omit_if_none()
+    judge_correct_threshold: int | None = omit_if_none()
+    judge_max_failed_share: float | None = omit_if_none()
     device: str
 
 
@@ -870,6 +872,8 @@ class Plan:
             noise_seed=evaluate["noise_seed"] if ev.mode == NOISE else None,
             judge=judge["backend"] if judge else None, judge_model=judge["model"] if judge else None,
             judge_url=judge["url"] if openai else None, judge_api_key_env=judge["api_key_env"] if openai else None,
+            judge_correct_threshold=evaluate.get("judge_correct_threshold", 2) if judge else None,
+            judge_max_failed_share=judge.get("max_failed_share", 0.02) if judge else None,
             device=self.sc["device"],
         )
 

@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--judge-model", help="the endpoint's model name, or the local model's path / hub id")
     judge.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
                        help="environment variable holding the endpoint's API key (unset: no key sent)")
+    judge.add_argument("--judge-correct-threshold", type=int, default=2,
+                       help="an answer is judged correct when its judge score is >= this (2: 'largely correct')")
+    judge.add_argument("--judge-max-failed-share", type=float, default=0.02,
+                       help="stop when more than this share of the judge calls fail after their retries (a failed "
+                       "call scores -1 otherwise)")
     judge.add_argument("--judge-cache", type=Path, help="reply cache file (default: <out-dir>/judge_cache.jsonl)")
     system = parser.add_argument_group("system")
     system.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
@@ -175,6 +180,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise EvaluationError("robustness needs both --clean-eval and --vision-split")
     if args.base_eval is not None and (args.mode != "clean" or args.no_analysis):
         raise EvaluationError("--base-eval (rank deltas) needs clean mode with analysis")
+    if not 0.0 <= args.judge_max_failed_share <= 1.0:
+        raise EvaluationError(f"--judge-max-failed-share must lie in [0, 1], got {args.judge_max_failed_share}")
     if args.judge == "openai" and not (args.judge_url and args.judge_model):
         raise EvaluationError("--judge openai needs --judge-url and --judge-model")
     if args.judge == "local" and not args.judge_model:
@@ -289,7 +296,10 @@ def evaluate(args: argparse.Namespace) -> dict:
             judge = LocalJudge(judge, device=str(device))
         judge_name = judge.name
         judge_cache = JudgeCache(args.judge_cache or args.out_dir / "judge_cache.jsonl")
-    scored = score_predictions(rows, [r["prediction"] for r in raw], judge, judge_cache)
+    predictions = [r["prediction"] for r in raw]
+    scored = score_predictions(rows, predictions, judge, judge_cache,
+                               judge_correct_threshold=args.judge_correct_threshold,
+                               max_failed_share=args.judge_max_failed_share)
 
     metrics: dict[str, Any] = {
         "stage": "evaluate",
@@ -313,9 +323,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         "noise": {"seed": args.noise_seed, "distribution": f"N({NOISE_MEAN}, {NOISE_STD}^2) per pixel and channel, "
                   "rounded and clipped to 0..255", "stream": "numpy default_rng([seed, sha256(example id)])"}
         if args.mode == "noise" else None,
-        "accuracy": accuracy_metrics(rows, scored, judge_name),
+        "accuracy": accuracy_metrics(rows, scored, judge_name, predictions, args.judge_correct_threshold),
         "judge": {"name": judge_name, "prompt": "MMBench-Video (VLMEvalKit) 0-3 judge prompt",
-                  "cache": str(judge_cache.path)} if judge_name else None,
+                  "cache": str(judge_cache.path), "correct_threshold": args.judge_correct_threshold,
+                  "max_failed_share": args.judge_max_failed_share} if judge_name else None,
         "dominance": dominance_metrics(raw) if analysis else None,
         "effective_rank": rank_metrics(raw, ids, hidden_index, n_hidden, base) if analysis else None,
         "robustness": None,

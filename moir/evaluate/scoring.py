@@ -1,29 +1,54 @@
-"""Predictions scored by each benchmark's protocol (`moir.metrics`, `moir.prompts.protocol`): option letters,
-VQA accuracy, exact match, and the judge's 0-3 score for open-ended questions (the judge's wiring is here too);
-then accuracy by protocol and the robustness of the normalised predictions to noise."""
+"""Predictions scored by each benchmark's protocol (`moir.metrics`, `moir.prompts.protocol`): option letters
+(LLaVA's ScienceQA parser), the official VizWiz accuracy, exact match, and the judge's score for open-ended
+questions (the judge's wiring is here too); then accuracy by protocol and the robustness of the normalised
+predictions to noise.
+
+Open-ended questions (MMBench-Video): a judge call that still fails after its retries is a failed judgement,
+score -1, exactly like a reply that is not an integer (VLMEvalKit's convention: 0 in the "all" mean, left out of
+the "valid" one); the stage stops only when more than `max_failed_share` of the calls fail. An answer is judged
+correct when its score is >= `judge_correct_threshold` (default 2, "largely correct" in the judge prompt): the
+share judged correct is what the paper reports as MMBench-Video accuracy."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from moir.evaluate import EvaluationError
-from moir.evaluate.judge import MAX_SCORE, OpenAIJudge, judge_predictions
+from moir.evaluate.judge import (
+    FAILED_SCORE,
+    MAX_SCORE,
+    JudgeError,
+    OpenAIJudge,
+    judge_prompt,
+    parse_judge_score,
+)
 from moir.evaluate.store import PREDICTIONS_FILE
 from moir.metrics import (
+    JUDGED_CORRECT_THRESHOLD,
     exact_match,
+    judged_correct_share,
+    mmbench_video_dimension_ratings,
+    mmbench_video_mean_scores,
     normalize_answer,
+    normalize_vizwiz_answer,
     parse_option_letter,
     robustness_summary,
-    vqa_accuracy,
-    vqa_correct,
+    vizwiz_accuracy,
+    vizwiz_predicts_unanswerable,
+    vizwiz_unanswerability,
 )
 from moir.prompts import OPTION_LETTERS, protocol
 
-JUDGE_CORRECT_SCORE = 2  # "largely correct" on the 0-3 scale
+log = logging.getLogger("moir.evaluate")
+
+JUDGE_CORRECT_SCORE = JUDGED_CORRECT_THRESHOLD  # the default of --judge-correct-threshold
+MAX_FAILED_SHARE = 0.02  # the default of --judge-max-failed-share
 
 
 def normalized_prediction(row: dict, prediction: str) -> str:
@@ -34,19 +59,56 @@ def normalized_prediction(row: dict, prediction: str) -> str:
             return f"option:{OPTION_LETTERS[index]}"
     return f"text:{normalize_answer(prediction)}"
 
-def score_predictions(rows: list[dict], predictions: list[str], judge, judge_cache) -> list[dict]:
-    """protocol, normalized, score (in the protocol's unit), correct and judge_reply for each example."""
+def judge_all(judge, cache, questions: list[str], answers: list[str], predictions: list[str],
+              max_failed_share: float) -> list[tuple[str | None, int]]:
+    """(reply, score) of each open-ended prediction, asking the judge only for what `cache` lacks. A call that
+    fails (JudgeError after the judge's own retries) gives (None, -1) and is not cached, so a rerun asks again.
+    Raises EvaluationError, naming the share, as soon as more than `max_failed_share` of all the calls failed."""
+    allowed = max_failed_share * len(questions)
+    results, failed, last_error = [], 0, None
+    for question, answer, prediction in zip(questions, answers, predictions):
+        key = cache.key(judge.name, question, answer, prediction)
+        reply = cache.get(key)
+        if reply is None:
+            try:
+                reply = judge(judge_prompt(question, answer, prediction))
+            except JudgeError as error:
+                failed += 1
+                last_error = error
+                if failed > allowed:
+                    raise EvaluationError(
+                        f"judge {judge.name}: {failed} of {len(questions)} calls failed, more than the allowed "
+                        f"share judge.max_failed_share = {max_failed_share:g}; last error: {error}") from error
+                results.append((None, FAILED_SCORE))
+                continue
+            cache.put(key, judge.name, reply)
+        results.append((reply, parse_judge_score(reply)))
+    if failed:
+        log.warning("judge %s: %d of %d calls failed (scored -1); last error: %s", judge.name, failed,
+                    len(questions), last_error)
+    return results
+
+def vizwiz_correct(prediction: str, answers: list[str]) -> bool:
+    """Full VizWiz credit: the normalised prediction equals the released answer of at least 3 annotators (all,
+    when fewer than 3 answered), as the official evaluation compares them."""
+    predicted = normalize_vizwiz_answer(prediction)
+    return sum(answer == predicted for answer in answers) >= min(3, len(answers))
+
+def score_predictions(rows: list[dict], predictions: list[str], judge, judge_cache, *,
+                      judge_correct_threshold: int = JUDGE_CORRECT_SCORE,
+                      max_failed_share: float = MAX_FAILED_SHARE) -> list[dict]:
+    """protocol, normalized, score (in the protocol's unit), correct and judge_reply for each example. An
+    open-ended example's score is the judge's integer (-1: failed judgement), correct when >= the threshold."""
     scored = [{"protocol": protocol(row), "normalized": normalized_prediction(row, text), "judge_reply": None}
               for row, text in zip(rows, predictions)]
     open_ended = [i for i, item in enumerate(scored) if item["protocol"] == "open_ended"]
     if open_ended:
-        replies = judge_predictions(
+        replies = judge_all(
             judge, judge_cache, [rows[i]["question"] for i in open_ended],
-            [_answers(rows[i])[0] for i in open_ended], [predictions[i] for i in open_ended],
+            [_answers(rows[i])[0] for i in open_ended], [predictions[i] for i in open_ended], max_failed_share,
         )
         for i, (reply, score) in zip(open_ended, replies):
-            scored[i].update(judge_reply=reply, score=None if score < 0 else float(score),  # < 0: failed judgement
-                             correct=score >= JUDGE_CORRECT_SCORE)
+            scored[i].update(judge_reply=reply, score=float(score), correct=score >= judge_correct_threshold)
     for row, text, item in zip(rows, predictions, scored):
         kind = item["protocol"]
         if kind == "multiple_choice":
@@ -54,8 +116,8 @@ def score_predictions(rows: list[dict], predictions: list[str], judge, judge_cac
             item["correct"] = item["score"] == 1.0
         elif kind == "vizwiz":
             answers = _answers(row)
-            item["score"] = vqa_accuracy(text, answers)
-            item["correct"] = vqa_correct(text, answers)
+            item["score"] = vizwiz_accuracy(text, answers)
+            item["correct"] = vizwiz_correct(text, answers)
         elif kind == "short_answer":
             item["score"] = exact_match(text, _answers(row))
             item["correct"] = item["score"] == 1.0
@@ -70,7 +132,65 @@ def _answers(row: dict) -> list[str]:
 def _percent(values: list[float]) -> float | None:
     return 100.0 * sum(values) / len(values) if values else None
 
-def accuracy_metrics(rows: list[dict], scored: list[dict], judge_name: str | None) -> dict:
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: the mean of nothing is null."""
+    return None if math.isnan(value) else value
+
+def judge_metrics(rows: list[dict], scored: list[dict], indices: list[int], judge_name: str | None,
+                  threshold: int) -> dict:
+    """MMBench-Video as VLMEvalKit reports it (mean score all/valid, per coarse and fine dimension) and the share
+    judged correct at `threshold`, which is the entry's `accuracy` (in percent, the paper's unit)."""
+    scores = [int(scored[i]["score"]) for i in indices]
+    dimensions = [[d for d in rows[i]["category"].split("; ") if d] for i in indices]
+    means = mmbench_video_mean_scores(scores)
+    entry: dict[str, Any] = {
+        "metric": f"judged correct: judge score >= {threshold} (of 0-{MAX_SCORE}); a failed judgement (-1) counts "
+                  "as not correct",
+        "judge": judge_name, "n": len(indices),
+        "n_failed": sum(s < 0 for s in scores),
+        "n_call_failed": sum(scored[i]["judge_reply"] is None for i in indices),
+        "judge_correct_threshold": threshold,
+        "n_judged_correct": sum(s >= threshold for s in scores),
+        "accuracy": 100.0 * judged_correct_share(scores, threshold),
+        "mean_score": _finite(means["all"]),  # VLMEvalKit "all": failed judgements count 0
+        "mean_score_valid": _finite(means["valid"]),  # VLMEvalKit "valid": failed judgements left out
+        "mean_score_definition": "VLMEvalKit's MMBench-Video mean judge score: 'all' counts a failed judgement "
+                                 "(-1) as 0, 'valid' leaves it out",
+    }
+    if all(dimensions):  # the benchmark's rows list their capability dimensions; other open-ended data may not
+        ratings = mmbench_video_dimension_ratings(scores, dimensions)
+        entry["dimensions"] = {level: {name: _finite(value) for name, value in table.items()}
+                               for level, table in ratings.items()}
+    return entry
+
+def vizwiz_metrics(rows: list[dict], scored: list[dict], predictions: list[str], indices: list[int]) -> dict:
+    """The official VizWiz evaluation's numbers: accuracy overall and per answer type, and the unanswerability
+    average precision and F1 (a question is unanswerable when its answer type is "unanswerable"; a generated
+    answer declares it when it normalises to "unanswerable")."""
+    scores = [scored[i]["score"] for i in indices]
+    types: dict[str, list[float]] = defaultdict(list)
+    for i in indices:
+        types[rows[i]["answer_type"] or "unknown"].append(scored[i]["score"])
+    answerable = [int(rows[i]["answer_type"] != "unanswerable") for i in indices]
+    predicted = [0.0 if vizwiz_predicts_unanswerable(predictions[i]) else 1.0 for i in indices]
+    unanswerability = vizwiz_unanswerability(answerable, predicted)
+    return {
+        "metric": "VizWiz accuracy (official VQAEval: the prediction normalised, the annotators' answers as "
+                  "released, leave-one-out mean of min(matches/3, 1))",
+        "n": len(indices), "accuracy": _percent(scores),
+        "by_answer_type": {t: {"n": len(v), "accuracy": _percent(v)} for t, v in sorted(types.items())},
+        "unanswerability": {
+            "n_unanswerable": answerable.count(0),
+            "n_predicted_unanswerable": predicted.count(0.0),
+            "average_precision": 100.0 * unanswerability["average_precision"],
+            "f1": 100.0 * unanswerability["f1_score"],
+            "definition": "positive class: answer_type 'unanswerable'; a prediction says unanswerable when it "
+                          "normalises to 'unanswerable' (answerability score 0, else 1); percent",
+        },
+    }
+
+def accuracy_metrics(rows: list[dict], scored: list[dict], judge_name: str | None, predictions: list[str] | None = None,
+                     judge_correct_threshold: int = JUDGE_CORRECT_SCORE) -> dict:
     """Accuracy by protocol (see the module docstring) and the headline mean per-example score in percent."""
     by_protocol: dict[str, list[int]] = defaultdict(list)
     for i, item in enumerate(scored):
@@ -78,34 +198,24 @@ def accuracy_metrics(rows: list[dict], scored: list[dict], judge_name: str | Non
     result: dict[str, Any] = {}
     unit_scores = []
     for kind, indices in sorted(by_protocol.items()):
-        scores = [scored[i]["score"] for i in indices]
         if kind == "open_ended":
-            valid = [s for s in scores if s is not None]
-            all_scores = [s if s is not None else 0.0 for s in scores]
-            unit_scores += [s / MAX_SCORE for s in all_scores]
-            result[kind] = {
-                "metric": "judge score 0-3 (failed judgements count 0 in mean_score, are left out of "
-                          "mean_score_valid)",
-                "judge": judge_name, "n": len(indices), "n_failed": len(scores) - len(valid),
-                "mean_score": sum(all_scores) / len(all_scores),
-                "mean_score_valid": sum(valid) / len(valid) if valid else None,
-                "accuracy": 100.0 * sum(all_scores) / (MAX_SCORE * len(all_scores)),
-            }
+            result[kind] = judge_metrics(rows, scored, indices, judge_name, judge_correct_threshold)
+            unit_scores += [float(scored[i]["correct"]) for i in indices]
             continue
+        scores = [scored[i]["score"] for i in indices]
         unit_scores += scores
-        entry: dict[str, Any] = {"n": len(indices), "accuracy": _percent(scores)}
+        if kind == "vizwiz":
+            if predictions is None:
+                raise ValueError("accuracy_metrics: VizWiz rows need the predictions (unanswerability)")
+            entry = vizwiz_metrics(rows, scored, predictions, indices)
+        else:
+            entry = {"n": len(indices), "accuracy": _percent(scores)}
         if kind == "multiple_choice":
             entry["metric"] = "option letter (LLaVA ScienceQA parsing)"
             entry["n_unparsed"] = sum(scored[i]["normalized"].startswith("text:") for i in indices)
             image = [scored[i]["score"] for i in indices if rows[i]["has_image"]]
             entry["image_subset"] = {"n": len(image), "accuracy": _percent(image)}
-        elif kind == "vizwiz":
-            entry["metric"] = "VQA accuracy (leave-one-out min(matches/3, 1), official normalisation)"
-            types: dict[str, list[float]] = defaultdict(list)
-            for i in indices:
-                types[rows[i]["answer_type"] or "unknown"].append(scored[i]["score"])
-            entry["by_answer_type"] = {t: {"n": len(v), "accuracy": _percent(v)} for t, v in sorted(types.items())}
-        else:
+        elif kind == "short_answer":
             entry["metric"] = "exact match of the normalised answer"
         categories: dict[str, list[float]] = defaultdict(list)
         for i in indices:
@@ -115,7 +225,8 @@ def accuracy_metrics(rows: list[dict], scored: list[dict], judge_name: str | Non
             entry["by_category"] = {c: {"n": len(v), "accuracy": _percent(v)} for c, v in sorted(categories.items())}
         result[kind] = entry
     return {"value": _percent(unit_scores), "definition": "mean per-example score in percent (option letter and "
-            "exact match 0/1, VQA accuracy, judge score/3)", "n": len(scored), "by_protocol": result}
+            f"exact match 0/1, VizWiz accuracy, judged correct (judge score >= {judge_correct_threshold}) 0/1)",
+            "n": len(scored), "by_protocol": result}
 
 def robustness_metrics(clean: dict, split: dict[str, str], split_path: Path, rows: list[dict],
                        scored: list[dict]) -> dict:

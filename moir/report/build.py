@@ -52,6 +52,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from moir.settings import json_object  # noqa: E402
 from moir.plan import Arm, ReportSettings, Tables, format_ratio  # noqa: E402
 from moir.storage import write_text_atomic  # noqa: E402
+from moir.report.breakdowns import breakdown_sections  # noqa: E402
 
 log = logging.getLogger("moir.report")
 
@@ -542,6 +543,7 @@ def build_report(settings: ReportSettings, out: Path) -> Collected:
     page = [f"# MoIR: reproduced results ({out.parent})\n", f"Seeds: {seeds}.\n"]
     page += [rendered[table]["md"] for table in (1, 2, 3)]
     page += [f"![{caption}]({name})\n\n{caption}\n" for name, caption in FIGURES.items()]
+    page += breakdown_sections(settings, out)  # moir/report/breakdowns.py: VizWiz, MMBench-Video, paper intervals
     write_text_atomic(out / "report.md", "\n".join(page))
     log.info("report written to %s", out)
     return collected
