@@ -105,3 +105,96 @@ def test_hook_refuses_eager_models_and_nesting(vlms):
                 pass
         with torch.no_grad():
             vlm.forward(batch)
+
+
+# ---------------------------------------------------------------------------------------------- MDI's queries
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
+def test_queries_are_the_positions_that_produce_the_answer(vlms, name):
+    """query_mask: the last prompt token through the last answer token before the end of turn, i.e. each answer
+    token (end of turn included) shifted one position back."""
+    vlm = vlms[name]
+    batch = vlm.collate(_examples(name), with_answer=True)
+    special = set(vlm.tokenizer.all_special_ids)
+    for row in range(batch["input_ids"].shape[0]):
+        answer = batch["answer_mask"][row].nonzero().flatten()
+        query = batch["query_mask"][row].nonzero().flatten()
+        torch.testing.assert_close(query, answer - 1)
+        assert int(batch["input_ids"][row, answer[-1]]) in special  # the end of turn is produced, never fed
+        assert not batch["answer_mask"][row, query[0]]  # the first query is the last prompt token
+    # a one-token answer (one token before the end of turn): the last prompt token and that token are the queries
+    for word in ("yes", "no", "red", "a", "1", "A"):
+        batch = vlm.collate([Example("e", "Is it?", word, "none")], with_answer=True)
+        answer = batch["answer_mask"][0].nonzero().flatten().tolist()
+        produced = [p for p in answer if int(batch["input_ids"][0, p]) not in special]
+        if len(produced) == 1:
+            break
+    else:
+        pytest.fail("no one-token answer among the candidates")
+    assert batch["query_mask"][0].nonzero().flatten().tolist() == [answer[0] - 1, answer[0]]
+
+
+def test_hand_built_attention_pattern_gives_the_hand_computed_mdi():
+    """One layer, one head, keys of scores [log 3, 0, 0, 0]: query 2 sees keys 0-2 -> (3/5, 1/5, 1/5), query 3
+    sees keys 0-3 -> (1/2, 1/6, 1/6, 1/6). T = {0}, O = {1, 2}: A_T = (3/5 + 1/2)/2 = 11/20, A_O = (2/5 + 1/3)/2
+    = 11/30; MDI = (A_T/1) / (A_O/2) = 3; AEI = (A_T/(A_T+A_O)) / (1/3) = 9/5."""
+    from moir.evaluate.analysis import dominance_metrics
+    from moir.evaluate.attention import GroupAttentionRecord
+
+    queries = torch.tensor([[False, False, True, True]])
+    groups = torch.tensor([[[True, False, False, False], [False, True, True, False]]])
+    record = GroupAttentionRecord(queries, groups, ["text", "visual"], n_layers=1)
+    query = torch.ones(1, 1, 4, 1)
+    key = torch.tensor([3.0, 1.0, 1.0, 1.0]).log().view(1, 1, 4, 1)
+    record.reduce(0, query, key, None, 1.0)
+    torch.testing.assert_close(record.mass[0, 0], torch.tensor([11 / 20, 11 / 30]))
+    raw = [{"n_text": 1, "n_visual": 2, "attn_text": record.mass[0, :, 0].tolist(),
+            "attn_visual": record.mass[0, :, 1].tolist()}]
+    result = dominance_metrics(raw)
+    assert result["mdi"]["all"]["mean"] == pytest.approx(3.0)
+    assert result["aei"]["all"]["mean"] == pytest.approx(9 / 5)
+
+
+def test_mdi_averages_the_masses_over_layers_then_takes_the_ratio():
+    """Three layers, |T| = 4, |O| = 8: A_T = (0.6, 0.3, 0.3), A_O = (0.2, 0.1, 0.3). All layers: masses 0.4 and
+    0.2, MDI (0.4/4)/(0.2/8) = 4 (the mean of the per-layer ratios 6, 6, 2 would be 14/3), AEI (2/3)/(1/3) = 2;
+    each third is one layer: MDI 6, 6, 2."""
+    from moir.evaluate.analysis import dominance_metrics
+
+    result = dominance_metrics([{"n_text": 4, "n_visual": 8, "attn_text": [0.6, 0.3, 0.3],
+                                 "attn_visual": [0.2, 0.1, 0.3]}])
+    assert result["mdi"]["all"]["mean"] == pytest.approx(4.0)
+    assert result["aei"]["all"]["mean"] == pytest.approx(2.0)
+    assert [result["mdi"][third]["mean"] for third in ("early", "middle", "late")] == pytest.approx([6.0, 6.0, 2.0])
+
+
+# ---------------------------------------------------------------------------------------------- rank layers
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl"])
+def test_rank_is_taken_before_the_final_norm_and_at_the_router_output(vlms, name):
+    from moir.evaluate.analysis import analyse_batch
+    from moir.evaluate.attention import decoder_layers, record_layer_output
+    from moir.metrics import effective_rank
+
+    vlm = vlms[name]
+    examples = _examples(name)[:2]
+    batch = vlm.collate(examples, with_answer=True)
+    with torch.no_grad(), record_layer_output(vlm.hf_model, -1) as recorded:
+        output = vlm.forward(batch, output_hidden_states=True)
+    norm = vlm.hf_model.get_decoder().norm
+    with torch.no_grad():
+        # hidden_states[-1] is the final norm applied to the last decoder layer's output, not that output
+        torch.testing.assert_close(norm(recorded["output"]), output.hidden_states[-1])
+        assert not torch.allclose(recorded["output"], output.hidden_states[-1])
+        embeddings = vlm.input_embeddings(batch)
+    torch.testing.assert_close(output.hidden_states[0], embeddings)
+    n_hidden = len(decoder_layers(vlm.hf_model)) + 1
+    results = analyse_batch(vlm, examples, [ex.answer for ex in examples], n_hidden - 1)
+    for row, result in enumerate(results):
+        text, visual = batch["text_mask"][row], batch["visual_mask"][row]
+        assert result["erank_text"] == pytest.approx(effective_rank(recorded["output"][row][text]), rel=1e-5)
+        assert result["erank_visual"] == pytest.approx(effective_rank(recorded["output"][row][visual]), rel=1e-5)
+        assert result["erank_text_input"] == pytest.approx(effective_rank(embeddings[row][text]), rel=1e-5)
+        assert result["erank_visual_input"] == pytest.approx(effective_rank(embeddings[row][visual]), rel=1e-5)

@@ -16,7 +16,9 @@ import torch
 
 import moir.models.base
 from moir.data.manifest import read_manifest, write_manifest
+from moir.evaluate import EvaluationError
 from moir.evaluate.evaluation import main
+from moir.evaluate.judge import JudgeCache, JudgeError
 from moir.evaluate.noise import noise_like
 from moir.evaluate.scoring import accuracy_metrics, robustness_metrics, score_predictions
 from moir.metrics import layer_groups, modality_dominance, normalize_answer, parse_option_letter
@@ -247,12 +249,15 @@ def test_open_ended_questions_are_judged_and_cached(work, caplog):
     assert server.calls == 3
     predictions = [_predictions(root / "a")[row["id"]] for row in rows]
     assert [(r["judge_reply"], r["score"], r["correct"]) for r in predictions] == [
-        ("3", 3.0, True), ("1", 1.0, False), ("fine", None, False)]
+        ("3", 3.0, True), ("1", 1.0, False), ("fine", -1.0, False)]  # "fine": a failed judgement, -1
     metrics = json.loads((root / "a" / "metrics.json").read_text())
     judged = metrics["accuracy"]["by_protocol"]["open_ended"]
     assert judged["mean_score"] == pytest.approx(4 / 3)  # a failed judgement counts 0
     assert judged["mean_score_valid"] == pytest.approx(2.0) and judged["n_failed"] == 1
-    assert judged["accuracy"] == pytest.approx(100 * 4 / 9) and metrics["summary"]["acc"] == pytest.approx(100 * 4 / 9)
+    assert judged["n_call_failed"] == 0 and judged["judge_correct_threshold"] == 2
+    # the paper's unit: the share judged correct (score >= 2), 1 of 3
+    assert judged["accuracy"] == pytest.approx(100 / 3) and metrics["summary"]["acc"] == pytest.approx(100 / 3)
+    assert "dimensions" not in judged  # these rows list no MMBench-Video dimension
     assert judged["judge"] == metrics["judge"]["name"] == f"openai:judge@{url}"
 
     caplog.clear()  # the judge is gone: refused before the model is even loaded
@@ -271,24 +276,102 @@ def test_scoring_by_protocol_on_hand_made_rows():
         _row(3, dataset="vizwiz", answers=["yes"] * 3 + ["no"] * 7, answer_type="yes/no"),
         _row(4, dataset="vizwiz", answers=["2"] * 10, answer_type="number"),
         _row(5, answers=["red"]),
+        _row(6, dataset="vizwiz", answers=["unanswerable"] * 10, answer_type="unanswerable"),
+        # the official VizWiz evaluation compares with the answers as released: 0 here, 1.0 by vqa_accuracy
+        _row(7, dataset="vizwiz", answers=["the dog"] * 3 + ["a dog"] * 3 + ["cat"] * 4, answer_type="other"),
+        _row(8, dataset="vizwiz", answers=["red"] * 10, answer_type="other"),
     ]
-    predictions = ["B", "The answer is A.", "maybe", "Yes.", "three", "Red"]
+    predictions = ["B", "The answer is A.", "maybe", "Yes.", "three", "Red", "Unanswerable.", "dog", "unanswerable"]
     scored = score_predictions(rows, predictions, judge=None, judge_cache=None)
-    assert [s["protocol"] for s in scored] == ["multiple_choice"] * 3 + ["vizwiz"] * 2 + ["short_answer"]
-    assert [s["score"] for s in scored] == [1.0, 1.0, 0.0, pytest.approx(0.9), 0.0, 1.0]
-    assert [s["correct"] for s in scored] == [True, True, False, True, False, True]
+    assert [s["protocol"] for s in scored] == (["multiple_choice"] * 3 + ["vizwiz"] * 2 + ["short_answer"]
+                                               + ["vizwiz"] * 3)
+    assert [s["score"] for s in scored] == [1.0, 1.0, 0.0, pytest.approx(0.9), 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert [s["correct"] for s in scored] == [True, True, False, True, False, True, True, False, False]
     assert [s["normalized"] for s in scored] == ["option:B", "option:A", "text:maybe", "text:yes", "text:3",
-                                                 "text:red"]
-    metrics = accuracy_metrics(rows, scored, judge_name=None)
-    choice, vqa = metrics["by_protocol"]["multiple_choice"], metrics["by_protocol"]["vizwiz"]
+                                                 "text:red", "text:unanswerable", "text:dog", "text:unanswerable"]
+    metrics = accuracy_metrics(rows, scored, None, predictions)
+    choice, vizwiz = metrics["by_protocol"]["multiple_choice"], metrics["by_protocol"]["vizwiz"]
     assert choice["accuracy"] == pytest.approx(200 / 3) and choice["n_unparsed"] == 1
     assert choice["image_subset"] == {"n": 2, "accuracy": pytest.approx(50.0)}
     assert choice["by_category"] == {"animals": {"n": 1, "accuracy": 100.0}}
-    assert vqa["accuracy"] == pytest.approx(45.0)
-    assert vqa["by_answer_type"] == {
-        "number": {"n": 1, "accuracy": 0.0}, "yes/no": {"n": 1, "accuracy": pytest.approx(90.0)}
+    assert vizwiz["accuracy"] == pytest.approx(38.0) and vizwiz["metric"].startswith("VizWiz accuracy")
+    assert vizwiz["by_answer_type"] == {
+        "number": {"n": 1, "accuracy": 0.0}, "other": {"n": 2, "accuracy": 0.0},
+        "unanswerable": {"n": 1, "accuracy": 100.0}, "yes/no": {"n": 1, "accuracy": pytest.approx(90.0)},
     }
-    assert metrics["value"] == pytest.approx(100 * (1 + 1 + 0 + 0.9 + 0 + 1) / 6)
+    # one unanswerable question; two predictions say "unanswerable" (one wrongly): precision 1/2 at the only
+    # threshold, recall 1 -> AP 50; F1 = 2*1 / (2*1 + 1 + 0)
+    unanswerability = vizwiz["unanswerability"]
+    assert unanswerability["average_precision"] == pytest.approx(50.0)
+    assert unanswerability["f1"] == pytest.approx(200 / 3)
+    assert (unanswerability["n_unanswerable"], unanswerability["n_predicted_unanswerable"]) == (1, 2)
+    assert metrics["value"] == pytest.approx(100 * (1 + 1 + 0 + 0.9 + 0 + 1 + 1 + 0 + 0) / 9)
+    with pytest.raises(ValueError, match="predictions"):
+        accuracy_metrics(rows, scored, None)
+
+
+class _FlakyJudge:
+    """Replies "3" except for the questions in `fails`, where the call fails (JudgeError, as after retries)."""
+
+    name = "flaky"
+
+    def __init__(self, fails):
+        self.fails, self.calls = set(fails), 0
+
+    def __call__(self, prompt):
+        self.calls += 1
+        if any(f"Question: question {i}?\n" in prompt for i in self.fails):
+            raise JudgeError("HTTP 503: overloaded")
+        return "3"
+
+
+def _mmbench_rows(n):
+    dimensions = ["Counting", "Video Topic; Causal Reasoning", "OCR"]
+    return [_row(i, dataset="mmbench_video", media_kind="none", media_path=None, has_image=False,
+                 answers=[f"answer {i}"], category=dimensions[i % 3]) for i in range(n)]
+
+
+def test_a_failed_judge_call_is_a_failed_judgement_not_an_aborted_stage(tmp_path):
+    rows = _mmbench_rows(6)
+    predictions = [f"prediction {i}" for i in range(6)]
+    judge, cache = _FlakyJudge(fails={1}), JudgeCache(tmp_path / "cache.jsonl")
+    scored = score_predictions(rows, predictions, judge, cache, max_failed_share=0.2)
+    assert [s["score"] for s in scored] == [3.0, -1.0, 3.0, 3.0, 3.0, 3.0]
+    assert [s["judge_reply"] for s in scored] == ["3", None, "3", "3", "3", "3"]
+    assert len(cache.replies) == 5  # the failed call is not cached: a rerun asks again
+    judged = accuracy_metrics(rows, scored, "flaky", predictions)["by_protocol"]["open_ended"]
+    assert judged["n_failed"] == judged["n_call_failed"] == 1
+    assert judged["mean_score"] == pytest.approx(15 / 6) and judged["mean_score_valid"] == pytest.approx(3.0)
+    assert judged["accuracy"] == pytest.approx(500 / 6)
+    # VLMEvalKit's dimension ratings: question 1 (failed) is in "Video Topic" (CP) and "Causal Reasoning" (TR)
+    dims = judged["dimensions"]
+    assert dims["fine_all"]["Counting"] == 3.0 and dims["fine_all"]["Video Topic"] == pytest.approx(1.5)
+    assert dims["coarse_all"]["TR"] == pytest.approx(1.5) and dims["coarse_valid"]["TR"] == 3.0
+    assert dims["fine_all"]["Hallucination"] is None  # no question: VLMEvalKit's nan, null in JSON
+
+    judge = _FlakyJudge(fails={0, 1, 2})
+    with pytest.raises(EvaluationError, match=r"2 of 6 calls failed.*judge.max_failed_share = 0.2"):
+        score_predictions(rows, predictions, judge, JudgeCache(tmp_path / "other.jsonl"), max_failed_share=0.2)
+    assert judge.calls == 2  # stopped as soon as the share could no longer be met
+
+
+def test_judged_correct_threshold_is_a_setting(tmp_path):
+    rows = _mmbench_rows(3)
+    cache = JudgeCache(tmp_path / "cache.jsonl")
+    replies = iter(["1", "2", "3"])
+
+    class Judge:
+        name = "fixed"
+
+        def __call__(self, prompt):
+            return next(replies)
+
+    scored = score_predictions(rows, ["a", "b", "c"], Judge(), cache, judge_correct_threshold=3)
+    assert [s["correct"] for s in scored] == [False, False, True]
+    judged = accuracy_metrics(rows, scored, "fixed", ["a", "b", "c"], 3)["by_protocol"]["open_ended"]
+    assert judged["accuracy"] == pytest.approx(100 / 3) and judged["judge_correct_threshold"] == 3
+    scored = score_predictions(rows, ["a", "b", "c"], Judge(), cache)  # from the cache, default threshold 2
+    assert [s["correct"] for s in scored] == [False, True, True]
 
 
 def test_robustness_on_hand_made_predictions(tmp_path):

@@ -1,7 +1,10 @@
-"""Per-group attention mass of the answer tokens, recorded on the fly while the model runs with SDPA.
+"""Per-group attention mass of chosen query positions, recorded on the fly while the model runs with SDPA; and the
+output of one decoder layer (`record_layer_output`).
 
-MDI and AEI need, for every decoder layer, how much attention the answer tokens put on the prompt's text tokens
-and on its visual tokens (heads averaged). Asking the model for its attention maps would force eager attention and
+MDI and AEI need, for every decoder layer, how much attention the positions that produce the answer (the batch's
+`query_mask`: the last prompt token through the last answer token before the end-of-turn token) put on the
+prompt's text tokens and on its visual tokens (heads averaged). The record calls these query positions the
+"answer mask" (any boolean (batch, length) mask of query rows works). Asking the model for its attention maps would force eager attention and
 keep an (heads x L x L) map per layer; instead, `record_group_attention` swaps transformers' "sdpa" entry in the
 `AttentionInterface` for a wrapper while a forward pass runs. For the decoder's attention modules the wrapper
 calls the original SDPA function for the layer output (so the model's output is exactly what SDPA gives), then
@@ -32,14 +35,41 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 _active = False
 
 
-def decoder_attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The self-attention module of every layer of the (language) decoder, in layer order."""
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of the (language) decoder, in order."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model
     decoder = base.get_decoder()
     layers = getattr(decoder, "layers", None)
     if layers is None or len(layers) == 0 or not all(hasattr(layer, "self_attn") for layer in layers):
         raise ValueError(f"{type(base).__name__}: cannot find the decoder layers' self_attn modules")
-    return [layer.self_attn for layer in layers]
+    return list(layers)
+
+
+def decoder_attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention module of every layer of the (language) decoder, in layer order."""
+    return [layer.self_attn for layer in decoder_layers(model)]
+
+
+@contextmanager
+def record_layer_output(model: nn.Module, layer: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The output hidden states (batch, L, D) of decoder layer `layer` (0-based; negative counts from the end)
+    during the forward pass in the block, as the layer returns them: before the decoder's final norm (which
+    `hidden_states[-1]` of a transformers model includes). `recorded["output"]` after the pass."""
+    layers = decoder_layers(model)
+    if not -len(layers) <= layer < len(layers):
+        raise ValueError(f"decoder layer {layer} does not exist (the decoder has {len(layers)})")
+    recorded: dict[str, torch.Tensor] = {}
+
+    def keep(module, inputs, output):
+        recorded["output"] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+
+    handle = layers[layer].register_forward_hook(keep)
+    try:
+        yield recorded
+    finally:
+        handle.remove()
+    if "output" not in recorded:
+        raise RuntimeError(f"decoder layer {layer} was not called")
 
 
 class GroupAttentionRecord:

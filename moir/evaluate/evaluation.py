@@ -6,10 +6,13 @@ Predictions are greedy generations through the model wrapper (`moir.models`) wit
 
     clean      the inputs as they are (encoder cache or pixels). Also, unless --no-analysis: one teacher-forced
                forward pass over the model's own answer that records (i) per layer, the attention mass from the
-               answer tokens to the prompt's text tokens T and visual tokens O (heads averaged; `moir.evaluate.attention`,
-               SDPA stays on) and (ii) the effective rank of the visual and the text hidden states of each example
-               at --rank-layer. With --base-eval (the base model's clean evaluation on the same manifest) the rank
-               deltas (this run minus the base, same examples) are reported.
+               positions that produce the answer (the last prompt token through the last answer token before the
+               end-of-turn token) to the prompt's text tokens T and visual tokens O (heads and query positions
+               averaged; `moir.evaluate.attention`, SDPA stays on) and (ii) the effective rank of the visual and
+               the text token states of each example at --rank-layer (the output of that decoder layer, before the
+               final norm) and at the input embeddings (the router's output). With --base-eval (the base model's
+               clean evaluation on the same manifest) the rank deltas (this run minus the base, same examples,
+               same layer) are reported.
     noise      every image, and every frame of every video, replaced by Gaussian noise of the same size
                (N(127.5, 64^2) per pixel and channel, clipped to 0..255, uint8), drawn from a stream seeded by
                (--noise-seed, sha256 of the example id), so it does not depend on batching or order. Needs pixels
@@ -27,9 +30,12 @@ VizWiz full VQA credit (>= 3 annotators gave it); exact match for the synthetic 
 ("largely correct") for MMBench-Video.
 
 Accuracy follows each benchmark's protocol (`moir.metrics`): ScienceQA option letters (all questions and the
-image subset), VizWiz VQA accuracy (overall and per answer type), MMBench-Video judge scores 0-3 (mean score,
-mean/3*100; `moir.evaluate.judge`, --judge openai|local), exact match for the synthetic short answers. The headline
-`accuracy.value` is the mean per-example score in percent (option and exact match 0/1, VQA accuracy, judge/3).
+image subset), the official VizWiz accuracy (overall, per answer type, unanswerability AP and F1), MMBench-Video
+judge scores (`moir.evaluate.judge`, --judge openai|local): the share judged correct (score >=
+--judge-correct-threshold) and VLMEvalKit's mean scores all/valid and per dimension; exact match for the synthetic
+short answers. The headline `accuracy.value` is the mean per-example score in percent (option and exact match 0/1,
+VizWiz accuracy, judged correct 0/1). A judge call that fails after its retries scores -1 (a failed judgement);
+more than --judge-max-failed-share failed calls stop the evaluation.
 
 Usage (one rule per (run, evaluation)):
 
@@ -47,9 +53,10 @@ Usage (one rule per (run, evaluation)):
 Outputs in --out-dir, each written atomically once complete:
 
     predictions.parquet   one row per example: id, protocol, prediction, normalized, score, correct, judge_reply
-                          (+ clean analysis: n_text, n_visual, n_answer (token counts), attn_text, attn_visual
-                          (per decoder layer: attention mass on T / O, heads averaged, mean over answer tokens),
-                          erank_text, erank_visual)
+                          (+ clean analysis: n_text, n_visual, n_answer (token counts; n_answer: the query
+                          positions), attn_text, attn_visual (per decoder layer: attention mass on T / O, heads
+                          averaged, mean over the query positions), erank_text, erank_visual (at --rank-layer),
+                          erank_text_input, erank_visual_input (at the input embeddings))
     metrics.json          every number and how it was measured (mode, layers, rank layer, split, judge, noise,
                           inputs); `summary` holds the report's columns (acc, mdi, aei, rank_delta_image,
                           rank_delta_text, unchanged_all, unchanged_vision_dependent, unchanged_vision_irrelevant)
@@ -79,7 +86,7 @@ from moir.data.manifest import ManifestError, read_manifest
 from moir.settings import add_settings_argument, parse
 from moir.dataset import load_examples
 from moir.evaluate import EvaluationError
-from moir.evaluate.analysis import analyse, dominance_metrics, rank_metrics
+from moir.evaluate.analysis import RANK_SITE, analyse, dominance_metrics, rank_metrics
 from moir.evaluate.judge import JudgeCache, JudgeError, LocalJudge
 from moir.evaluate.noise import NOISE_MEAN, NOISE_STD, prepare_example
 from moir.evaluate.scoring import accuracy_metrics, make_judge, robustness_metrics, score_predictions
@@ -133,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=8)
     evaluation.add_argument("--no-analysis", action="store_true", help="clean mode: skip MDI/AEI and ranks")
     evaluation.add_argument("--rank-layer", type=int, default=-1,
-                            help="index into the hidden states (0 = embeddings, -1 = last layer)")
+                            help="where the effective rank is taken: k >= 1 the output of decoder layer k-1 before "
+                            "the final norm, 0 the input embeddings, -1 the last decoder layer's output")
     evaluation.add_argument("--base-eval", type=Path, help="the base model's clean evaluation dir (rank deltas)")
     evaluation.add_argument("--clean-eval", type=Path, help="noise mode: this run's clean evaluation dir")
     evaluation.add_argument("--vision-split", type=Path, help="noise mode: the base model's vision_split.parquet")
@@ -228,6 +236,8 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         "transcripts_fingerprint": fingerprint(args.transcripts),
         "mode": args.mode, "noise_seed": args.noise_seed if args.mode == "noise" else None,
         "max_new_tokens": args.max_new_tokens, "analysis": analysis, "hidden_index": hidden_index if analysis else None,
+        "analysis_queries": "answer-producing positions" if analysis else None,
+        "rank_site": RANK_SITE if analysis else None,
         "dtype": str(dtype), "limit": args.limit,
     }
     store = PartStore(args.out_dir, settings)
@@ -378,6 +388,10 @@ def summary(metrics: dict) -> dict:
         "rank_text": pick(rank, "text", "mean"),
         "rank_delta_image": pick(rank, "delta", "visual", "mean"),
         "rank_delta_text": pick(rank, "delta", "text", "mean"),
+        "rank_image_input": pick(rank, "input_embeddings", "visual", "mean"),
+        "rank_text_input": pick(rank, "input_embeddings", "text", "mean"),
+        "rank_delta_image_input": pick(rank, "input_embeddings", "delta", "visual", "mean"),
+        "rank_delta_text_input": pick(rank, "input_embeddings", "delta", "text", "mean"),
         "unchanged_all": pick(robust, "all", "unchanged_rate"),
         "unchanged_vision_dependent": pick(robust, "vision_dependent", "unchanged_rate"),
         "unchanged_vision_irrelevant": pick(robust, "vision_irrelevant", "unchanged_rate"),

@@ -31,6 +31,8 @@ RAW_SCHEMA = pa.schema([
     pa.field("attn_visual", pa.list_(pa.float64())),
     pa.field("erank_text", pa.float64()),
     pa.field("erank_visual", pa.float64()),
+    pa.field("erank_text_input", pa.float64()),
+    pa.field("erank_visual_input", pa.float64()),
 ])
 
 SCORED_FIELDS = [

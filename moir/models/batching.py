@@ -1,5 +1,10 @@
 """Prompts and batches: an example's prompt rendered in the family's chat template, tokenised with the masks the
-router and the analysis read (text, visual, answer), and a batch of examples padded into tensors."""
+router and the analysis read (text, visual, answer, query), and a batch of examples padded into tensors.
+
+`query_mask` (batches with answers): the positions that produce the answer, i.e. the queries a generation loop
+feeds: the last prompt token through the last answer token before the end-of-turn token (the trailing special
+tokens of the answer text). Position i's output predicts token i+1, so these positions produce every answer token
+and the end-of-turn token; a one-token answer has the last prompt token and that token as queries."""
 
 from __future__ import annotations
 
@@ -38,6 +43,13 @@ def render_prompt(vlm, example: Example, n_visual_tokens: int) -> tuple[str, tup
 
 def tokenize(vlm, example: Example, n_visual_tokens: int, with_answer: bool) -> tuple[list[int], list[bool], int]:
     """(input ids, text mask, number of answer tokens at the end) of one example."""
+    ids, text_mask, n_answer, _ = tokenize_with_end(vlm, example, n_visual_tokens, with_answer)
+    return ids, text_mask, n_answer
+
+
+def tokenize_with_end(vlm, example: Example, n_visual_tokens: int,
+                      with_answer: bool) -> tuple[list[int], list[bool], int, int]:
+    """`tokenize`, and the number of end-of-turn tokens closing the answer (its trailing special tokens)."""
     for kind, token_id in vlm.placeholder_ids().items():
         token = vlm.tokenizer.convert_ids_to_tokens(token_id)
         if token in example.prompt:
@@ -62,7 +74,11 @@ def tokenize(vlm, example: Example, n_visual_tokens: int, with_answer: bool) -> 
         i < len(prompt_ids) and token_id not in special and token_start < end and token_end > start
         for i, (token_id, (token_start, token_end)) in enumerate(zip(ids, encoding["offset_mapping"]))
     ]
-    return ids, text_mask, len(ids) - len(prompt_ids)
+    n_answer = len(ids) - len(prompt_ids)
+    n_end = 0
+    while n_end < n_answer and ids[len(ids) - 1 - n_end] in special:
+        n_end += 1
+    return ids, text_mask, n_answer, n_end
 
 
 def collate(vlm, examples: Sequence[Example], with_answer: bool = True) -> dict[str, Tensor]:
@@ -83,20 +99,23 @@ def collate(vlm, examples: Sequence[Example], with_answer: bool = True) -> dict[
             raise ValueError(f"example {example.id}: media_kind is {example.media_kind!r} but its cached "
                              f"features are of a {example.media.kind!r}")
     media, n_visual = vlm.media_inputs(examples)
-    rows = [tokenize(vlm, ex, n, with_answer) for ex, n in zip(examples, n_visual)]
+    rows = [tokenize_with_end(vlm, ex, n, with_answer) for ex, n in zip(examples, n_visual)]
 
-    length = max(len(ids) for ids, _, _ in rows)
+    length = max(len(ids) for ids, _, _, _ in rows)
     batch_size = len(rows)
     input_ids = torch.full((batch_size, length), vlm.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros(batch_size, length, dtype=torch.long)
     text_mask = torch.zeros(batch_size, length, dtype=torch.bool)
     answer_mask = torch.zeros(batch_size, length, dtype=torch.bool)
-    for row, (ids, row_text_mask, n_answer) in enumerate(rows):
+    query_mask = torch.zeros(batch_size, length, dtype=torch.bool)
+    for row, (ids, row_text_mask, n_answer, n_end) in enumerate(rows):
         span = slice(0, len(ids)) if with_answer else slice(length - len(ids), length)
         input_ids[row, span] = torch.tensor(ids)
         attention_mask[row, span] = 1
         text_mask[row, span] = torch.tensor(row_text_mask)
         answer_mask[row, span.stop - n_answer: span.stop] = n_answer > 0
+        if n_answer > 0:  # the last prompt token through the last answer token before the end of turn
+            query_mask[row, span.stop - n_answer - 1: span.stop - n_end] = True
     visual_mask = torch.zeros_like(text_mask)
     for token_id in vlm.placeholder_ids().values():
         visual_mask |= input_ids == token_id
@@ -109,5 +128,6 @@ def collate(vlm, examples: Sequence[Example], with_answer: bool = True) -> dict[
         **media,
     }
     if with_answer:
+        batch["query_mask"] = query_mask
         batch["labels"] = input_ids.masked_fill(~answer_mask, IGNORE_INDEX)
     return batch
