@@ -549,6 +549,22 @@ def check_references(config: Mapping) -> None:
                     f"{where}.{block}.batch_size ({sc[block]['batch_size']})"
                 )
         check_ratio_names([sc["table1"]["ratio"], *sc["table3"]["ratios"]], f"{where}.table1.ratio/table3.ratios")
+        check_split_roles(datasets, where)
+
+
+def check_split_roles(datasets: Mapping, where: str) -> None:
+    """The validation split (read by the plateau scheduler) and the training split must share no example with
+    the evaluation split. Within a dataset, different splits share none (the converters make them so: the
+    official splits; MMBench-Video's split by video; VizWiz's val_heldout, cut from train), so two roles share
+    examples exactly when they name the same split: refuse that, naming the key."""
+    for name, spec in datasets.items():
+        splits = spec["splits"]
+        for role in ("val", "train"):
+            if splits[role] == splits["eval"]:
+                raise PlanError(
+                    f"config: {where}.datasets.{name}.splits: {role} and eval are both {splits['eval']!r}: the "
+                    f"{'validation loss would tune training on' if role == 'val' else 'run would train on'} the "
+                    "evaluation examples; give them different splits (VizWiz: val: val_heldout)")
 
 
 # ------------------------------------------------------------------------------------------------ the plan

@@ -4,6 +4,7 @@ restricted unpickler MMBench-Video's video pickles go through."""
 import io
 import json
 import pickle
+from pathlib import Path
 from collections import OrderedDict
 
 import numpy as np
@@ -143,12 +144,32 @@ def test_vizwiz_keeps_all_ten_answers_and_the_answer_type(tmp_path):
     ten = _write_vizwiz(raw)
     main(["--log-level", "WARNING", "convert", "vizwiz", "--raw", str(raw), "--manifests", str(tmp_path / "m")])
     train = read_manifest(tmp_path / "m" / "train.parquet")
-    first = train.to_pylist()[0]
-    assert first["id"] == "vizwiz/train/VizWiz_train_00000000" and first["answers"] == ten
+    heldout = read_manifest(tmp_path / "m" / "val_heldout.parquet")
+    rows = {row["media_path"]: row for row in train.to_pylist() + heldout.to_pylist()}
+    first = rows["train/VizWiz_train_00000000.jpg"]
+    assert first["id"].endswith("/VizWiz_train_00000000") and first["answers"] == ten
     assert first["answer_type"] == "other" and first["category"] == "other" and first["choices"] == []
     assert resolve_media(train, first["media_path"]).is_file()
+    assert train.num_rows == heldout.num_rows == 1  # two train questions: one is held out for validation
+    assert heldout.to_pylist()[0]["split"] == "val_heldout"
+    assert heldout.to_pylist()[0]["id"].startswith("vizwiz/val_heldout/")
     test = read_manifest(tmp_path / "m" / "test.parquet").to_pylist()
     assert [(row["answers"], row["answer_type"]) for row in test] == [([], None), ([], None)]
+
+
+def test_vizwiz_validation_is_a_seeded_slice_of_train_disjoint_from_val():
+    """val_heldout: a seeded, order-independent 10% of train; no example or image in two of train, val_heldout
+    and val (the evaluation split)."""
+    rows = [vizwiz._row("train", _vizwiz_entry("train", i, ["a"] * 10), i, Path("train.json")) for i in range(200)]
+    keep, heldout = vizwiz.split_heldout(rows)
+    assert len(heldout) == 20 and len(keep) == 180
+    assert vizwiz.heldout_ids(rows[::-1]) == vizwiz.heldout_ids(rows)  # the order does not matter
+    assert vizwiz.heldout_ids(rows, seed=1) != vizwiz.heldout_ids(rows)  # the seed does
+    assert not {r["media_path"] for r in keep} & {r["media_path"] for r in heldout}
+    assert not {r["id"] for r in keep} & {r["id"] for r in heldout}
+    val = [vizwiz._row("val", _vizwiz_entry("val", i, ["a"] * 10), i, Path("val.json")) for i in range(50)]
+    assert not {r["media_path"] for r in heldout} & {r["media_path"] for r in val}
+    assert not {r["id"] for r in heldout} & {r["id"] for r in val}
 
 
 def test_vizwiz_bad_input_names_file_and_field(tmp_path):

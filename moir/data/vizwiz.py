@@ -1,4 +1,4 @@
-"""VizWiz VQA -> manifests (train, val, test).
+"""VizWiz VQA -> manifests (train, val_heldout, val, test).
 
 Input: the official release as `python -m moir.data download vizwiz` extracts it (vizwiz.org): `Annotations.zip`
 -> `Annotations/{train,val,test}.json` (a top-level `{split}.json` is accepted too) and `{split}.zip` ->
@@ -12,10 +12,18 @@ id: the image name without its extension. Every image must exist; the first miss
 name must be a plain file name (no directory, no `..`) and its file must lie inside `raw_dir` (a symbolic link
 pointing out is refused): a hostile annotation file cannot make a manifest read files elsewhere. The splits are
 all read and checked before any manifest is written; a failure leaves none of this run's manifests behind.
+
+Validation. VizWiz's test answers are private, so the paper's protocol evaluates on the official val split; the
+plateau scheduler must then not read val. Converting train also writes `val_heldout`: a seeded slice of the
+official train split (HELDOUT_FRACTION of its questions: those whose sha256 of "<seed>:<image name>" ranks first),
+the validation split of training; `train` is the rest. Each VizWiz image has one question, so the two share no
+example and no image, and neither shares one with val. A held-out row's id and split are "val_heldout"; its image
+stays under train/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +35,9 @@ log = logging.getLogger(__name__)
 
 DATASET = "vizwiz"
 SPLITS = ("train", "val", "test")
+HELDOUT = "val_heldout"  # written with train: the validation split held out of the official train split
+HELDOUT_FRACTION = 0.1  # ~2,050 of train's 20,523 questions (val, the evaluation split, has 4,319)
+HELDOUT_SEED = 0
 ANSWER_TYPES = ("yes/no", "number", "other", "unanswerable")
 
 
@@ -79,13 +90,38 @@ def _row(split: str, entry: dict, position: int, source: Path) -> dict:
     }
 
 
-def convert(raw_dir: str | os.PathLike, manifest_dir: str | os.PathLike, *, splits: tuple[str, ...] = SPLITS) -> dict[str, Path]:
-    """Write `manifest_dir/<split>.parquet` for each split; media paths are relative to `raw_dir`."""
+def heldout_ids(rows: list[dict], fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> set[str]:
+    """The ids of the train rows held out for validation: the max(1, round(fraction * n)) rows whose sha256 of
+    "<seed>:<media path>" is smallest (independent of the rows' order)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the held-out fraction must lie strictly between 0 and 1, got {fraction}")
+    ranked = sorted(rows, key=lambda row: hashlib.sha256(f"{seed}:{row['media_path']}".encode()).hexdigest())
+    return {row["id"] for row in ranked[:max(1, round(fraction * len(rows)))]}
+
+
+def split_heldout(rows: list[dict], fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> tuple[list[dict], list[dict]]:
+    """(train rows, val_heldout rows) of the official train split's rows (module docstring)."""
+    held = heldout_ids(rows, fraction, seed)
+    keep = [row for row in rows if row["id"] not in held]
+    heldout = [{**row, "split": HELDOUT, "id": row["id"].replace("/train/", f"/{HELDOUT}/", 1)}
+               for row in rows if row["id"] in held]
+    if not keep or not heldout:
+        raise VizWizError(f"vizwiz/train: {len(rows)} question(s) cannot be split into train and {HELDOUT} "
+                          f"at fraction {fraction}")
+    return keep, heldout
+
+
+def convert(raw_dir: str | os.PathLike, manifest_dir: str | os.PathLike, *, splits: tuple[str, ...] = SPLITS,
+            heldout_fraction: float = HELDOUT_FRACTION, heldout_seed: int = HELDOUT_SEED) -> dict[str, Path]:
+    """Write `manifest_dir/<split>.parquet` for each split (train: also val_heldout, see the module docstring);
+    media paths are relative to `raw_dir`."""
     raw_dir, manifest_dir = Path(raw_dir), Path(manifest_dir)
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown VizWiz split(s) {sorted(unknown)}; expected some of {SPLITS}")
     split_rows = {split: _split_rows(raw_dir, split) for split in splits}  # everything checked before any write
+    if "train" in split_rows:
+        split_rows["train"], split_rows[HELDOUT] = split_heldout(split_rows["train"], heldout_fraction, heldout_seed)
     written = {}
     try:
         for split, rows in split_rows.items():

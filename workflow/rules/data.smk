@@ -64,7 +64,7 @@ rule convert_data:
     benchmark:
         f"{BENCHMARKS}/data/convert_{{dataset}}.tsv"
     wildcard_constraints:
-        dataset=one_of(PLAN.datasets_from("download")),
+        dataset=one_of(d for d in PLAN.datasets_from("download") if d != "vizwiz"),
     conda:
         ENV
     threads: THREADS["data"]
@@ -79,3 +79,11 @@ rule convert_data:
     shell:
         "python -m moir.data convert {wildcards.dataset:q} --raw {params.raw:q} --manifests {params.manifests:q}"
         " --settings {params.settings:q} 2> {log:q}"
+
+
+# VizWiz's conversion also writes val_heldout, its validation split held out of train (moir/data/vizwiz.py).
+use rule convert_data as convert_vizwiz with:
+    output:
+        [PLAN.manifest("{dataset}", split) for split in ("train", "val_heldout", "val", "test")],
+    wildcard_constraints:
+        dataset=one_of(d for d in PLAN.datasets_from("download") if d == "vizwiz"),
