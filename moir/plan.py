@@ -201,6 +201,7 @@ class TrainSettings(Settings):
     lora_alpha: float
     lora_dropout: float
     device: str
+    keep: str | None = omit_if_none()  # which weights a run writes: None = "last" (the JSON stays as it was)
 
 
 @dataclass(frozen=True)
@@ -866,6 +867,7 @@ class Plan:
                 "epochs", "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm", "plateau_factor",
                 "plateau_patience", "max_length", "gradient_checkpointing", "checkpoint_every", "train_limit",
                 "val_limit")},
+            keep=None if train.get("keep", "last") == "last" else train["keep"],
         )
         for key, value in run.arm.overrides:  # a later arm's changes
             if key.startswith("router."):

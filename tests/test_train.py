@@ -104,6 +104,32 @@ def test_run_writes_adapter_metrics_and_card(demo, method):
     assert loss == pytest.approx(card["final_val_loss"], rel=1e-5)
 
 
+def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(demo):
+    """Every run records its best-validation epoch; --keep best writes that epoch's weights (a large learning rate
+    makes the validation loss rise after the first epoch, so best and last differ)."""
+    assert train_main(train_args(demo, "best", "--keep", "best", "--epochs", "3", "--lr", "0.05")) == 0
+    out = demo["root"] / "runs" / "best"
+    card = json.loads((out / "run_card.json").read_text())
+    losses = [r["val_loss"] for r in metrics(out) if r["kind"] == "epoch"]
+    assert card["best_epoch"] == 1 + losses.index(min(losses)) and card["best_val_loss"] == min(losses)
+    assert card["keep"] == "best" and card["kept_epoch"] == card["best_epoch"] < 3  # best is not last here
+    vlm = load_vlm(demo["base"])
+    vlm.load_trainable(out)
+    val = load_examples(demo["val_manifest"], cache_dir=demo["val_cache"], vlm=vlm)
+    assert validation_loss(vlm, val, 4, torch.device("cpu"), None) == pytest.approx(card["best_val_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="keep must be one of last, best"):
+        LoopConfig(keep="first")
+
+
+def test_keep_last_is_the_default_and_still_records_the_best_epoch(demo):
+    assert train_main(train_args(demo, "last", "--epochs", "3", "--lr", "0.05")) == 0
+    card = json.loads((demo["root"] / "runs" / "last" / "run_card.json").read_text())
+    losses = [r["val_loss"] for r in metrics(demo["root"] / "runs" / "last") if r["kind"] == "epoch"]
+    assert card["keep"] == "last" and card["kept_epoch"] == 3
+    assert card["best_epoch"] == 1 + losses.index(min(losses)) and card["final_val_loss"] == losses[-1]
+    assert "keep" not in LoopConfig().fingerprint()  # runs that keep the last weights resume as before
+
+
 def _run(args: list[str], log: Path) -> subprocess.Popen:
     """`python -m moir.train` in a fresh process on one thread (the same arithmetic in every run)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -27,7 +27,9 @@ Outputs, written only when training has finished, atomically (a temporary direct
                                     grad_norm, examples, tokens, step_time_s, tokens_per_s, alpha_{a,b}_{mean,
                                     min,max} (moir)} and per epoch {"kind": "epoch", epoch, step, val_loss, lr}
     <out-dir>/run_card.json         config, package versions, data/cache/model fingerprints, example counts,
-                                    trainable parameters, wall time, peak memory, resumed steps, final val loss
+                                    trainable parameters, wall time, peak memory, resumed steps, final val loss,
+                                    best_epoch and best_val_loss (the lowest validation loss), keep and kept_epoch
+                                    (whose weights the adapter holds: --keep last, the default, or best)
 
 Checkpoints (`moir.train.loop`) go to --checkpoint-dir every --checkpoint-every optimizer steps and at every
 epoch end; a run started again with the same arguments resumes from the newest one and ends with the same weights
@@ -61,6 +63,7 @@ from moir.runtime import (
 )
 from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
 from moir.train.loop import (
+    KEEP,
     LoopConfig,
     TrainingError,
     filter_by_length,
@@ -131,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable checkpoints of this run")
     output.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps; 0 = epoch ends only")
     output.add_argument("--keep-checkpoints", action="store_true", help="keep the last checkpoint after the run")
+    output.add_argument("--keep", choices=KEEP, default="last",
+                        help="which weights the run writes: those after the last epoch, or those of the epoch with "
+                        "the lowest validation loss (the paper does not say; last is its literal reading)")
     output.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     add_settings_argument(parser)
     return parser
@@ -142,7 +148,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LoopConfig, RouterConfi
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, plateau_factor=args.plateau_factor,
         plateau_patience=args.plateau_patience, max_length=args.max_length, seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, keep=args.keep,
     )
     router = None
     if args.method == "moir":
@@ -266,7 +272,10 @@ def train(args: argparse.Namespace) -> Path:
         "optimizer_steps": result.global_step,
         "resumed_from_steps": result.resumed_from,
         "final_val_loss": result.val_losses[-1],
-        "best_val_loss": min(result.val_losses),
+        "best_val_loss": result.best_val_loss,
+        "best_epoch": result.best_epoch,
+        "keep": args.keep,
+        "kept_epoch": result.kept_epoch,
         "train_time_s": round(result.train_time_s, 3),
         "wall_time_s_this_session": round(time.perf_counter() - started, 3),
         **peak_memory(device),

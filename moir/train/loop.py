@@ -25,6 +25,11 @@ whole validation split, and drives ReduceLROnPlateau at each epoch end (no sched
 
 A non-finite loss or gradient norm stops the run with `NonFiniteLossError` naming the step; nothing is written
 for that step, so the last good checkpoint stays the newest.
+
+Which weights a run returns (`keep`): "last", the parameters after the last epoch (the default: the paper does not
+say, and this is its literal reading), or "best", those of the epoch with the lowest validation loss (the first
+of equals), kept in memory and in every checkpoint from then on. Either way the result names the best epoch and
+its validation loss.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 CHECKPOINT_PREFIX = "step-"
 CHECKPOINT_SUFFIX = ".pt"
+KEEP = ("last", "best")
 CHECKSUM_SUFFIX = ".sha256"
 
 
@@ -87,6 +93,7 @@ class LoopConfig:
     seed: int = 0
     checkpoint_every: int = 200
     group_by_length: bool = False  # batches grouped by modality and length (moir.batching); needs `lengths`
+    keep: str = "last"  # which weights the run returns: "last" (after the last epoch) or "best" (lowest val loss)
 
     def __post_init__(self) -> None:
         checks = [
@@ -103,6 +110,7 @@ class LoopConfig:
             ("max_length", self.max_length >= 1, "a positive integer"),
             ("seed", self.seed >= 0, "an integer >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0 = only at epoch ends)"),
+            ("keep", self.keep in KEEP, f"one of {', '.join(KEEP)}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -118,6 +126,8 @@ class LoopConfig:
         del settings["checkpoint_every"]
         if not self.group_by_length:  # the fingerprint of a random-order run is what it was before the option
             del settings["group_by_length"]
+        if self.keep == "last":  # likewise: a run that keeps its last weights is what it was before the option
+            del settings["keep"]
         return settings
 
 
@@ -132,6 +142,8 @@ class LoopState:
     records: list[dict] = field(default_factory=list)  # train_metrics.jsonl so far
     train_time_s: float = 0.0  # wall time spent in the loop, over all sessions, up to this state
     resumed_from: list[int] = field(default_factory=list)  # global steps this run was resumed at
+    best_epoch: int | None = None  # the epoch (1-based) of the lowest validation loss so far, and that loss
+    best_val_loss: float | None = None
 
 
 @dataclass
@@ -141,6 +153,9 @@ class LoopResult:
     train_time_s: float
     resumed_from: list[int]
     val_losses: list[float]
+    best_epoch: int | None = None  # lowest validation loss (first of equals); None without a validation split
+    best_val_loss: float | None = None
+    kept_epoch: int | None = None  # the epoch whose weights `parameters` hold on return (keep: last or best)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -446,8 +461,11 @@ def run_training(
         )
         if val_examples else None
     )
+    if config.keep == "best" and not val_examples:
+        raise TrainingError("keep: best needs a validation split")
     fingerprint = {**fingerprint, "loop": config.fingerprint()}
     state = LoopState()
+    best_parameters: dict[str, torch.Tensor] | None = None  # keep: best, the weights of state.best_epoch
 
     resume_path = latest_checkpoint(checkpoint_dir)
     if resume_path is not None:
@@ -461,6 +479,12 @@ def run_training(
         if scheduler is not None:
             scheduler.load_state_dict(payload["scheduler"])
         state = LoopState(**payload["state"])
+        best_parameters = payload.get("best_parameters")
+        if state.best_epoch is None:  # a checkpoint from before the field: the epoch records say it
+            for record in state.records:
+                if record["kind"] == "epoch" and record["val_loss"] is not None and (
+                        state.best_val_loss is None or record["val_loss"] < state.best_val_loss):
+                    state.best_epoch, state.best_val_loss = record["epoch"], record["val_loss"]
         restore_rng_states(payload["rng"])
         state.resumed_from.append(state.global_step)
         log.info("resumed from %s (epoch %d, step %d of the epoch, global step %d)",
@@ -478,6 +502,7 @@ def run_training(
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_states(),
             "state": dataclasses.asdict(state),
+            "best_parameters": best_parameters,
         }
         path = _save_checkpoint(checkpoint_dir, payload)
         log.info("checkpoint %s (%s)", path, "epoch end" if epoch_end else "step interval")
@@ -543,6 +568,10 @@ def run_training(
                 if not math.isfinite(val_loss):
                     raise NonFiniteLossError(f"non-finite validation loss ({val_loss}) after epoch {state.epoch + 1}")
                 scheduler.step(val_loss)
+                if state.best_val_loss is None or val_loss < state.best_val_loss:
+                    state.best_epoch, state.best_val_loss = state.epoch + 1, val_loss
+                    if config.keep == "best":
+                        best_parameters = {name: param.detach().cpu().clone() for name, param in parameters.items()}
             state.records.append({
                 "kind": "epoch", "epoch": state.epoch + 1, "step": state.global_step, "val_loss": val_loss,
                 "lr": optimizer.param_groups[0]["lr"],
@@ -558,12 +587,22 @@ def run_training(
     finally:
         progress.close()
     state.train_time_s = train_time_before + time.perf_counter() - session_start
+    kept_epoch = state.epoch
+    if config.keep == "best":
+        with torch.no_grad():
+            for name, param in parameters.items():
+                param.copy_(best_parameters[name])
+        kept_epoch = state.best_epoch
+        log.info("keep: best: the weights of epoch %d (validation loss %.4f)", state.best_epoch, state.best_val_loss)
     return LoopResult(
         records=state.records,
         global_step=state.global_step,
         train_time_s=state.train_time_s,
         resumed_from=state.resumed_from,
         val_losses=[r["val_loss"] for r in state.records if r["kind"] == "epoch" and r["val_loss"] is not None],
+        best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss,
+        kept_epoch=kept_epoch,
     )
 
 
