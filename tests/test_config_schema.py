@@ -219,6 +219,32 @@ def test_k_values_that_share_a_run_name_are_refused_naming_both(config):
     assert "0.05 and 0.05000001" in message and "'moir-k0.05'" in message
 
 
+@pytest.mark.parametrize("suite, dataset, role", [("paper", "vizwiz", "val"), ("paper", "scienceqa", "train"),
+                                                 ("demo", "synth-video", "val")])
+def test_a_validation_or_training_split_that_is_the_evaluation_split_is_refused(config, suite, dataset, role):
+    splits = config["suites"][suite]["datasets"][dataset]["splits"]
+    splits[role] = splits["eval"]
+    message = rejected(config)
+    assert f"suites.{suite}.datasets.{dataset}.splits: {role} and eval are both {splits['eval']!r}" in message
+
+
+def test_vizwiz_validation_is_held_out_of_train_and_settings_reach_the_stages(config):
+    assert config["suites"]["paper"]["datasets"]["vizwiz"]["splits"] == {
+        "train": "train", "val": "val_heldout", "eval": "val"}
+    validate(config)
+    plan = Plan(config)
+    run = next(name for name, run in plan.runs.items() if run.dataset == "vizwiz")
+    assert plan.train_inputs(run)["val_manifest"] == "data/manifests/vizwiz/val_heldout.parquet"
+    assert "keep" not in plan.train_settings(run).to_dict()  # keep: last, the JSON of every run as before
+    config["suites"]["paper"]["train"]["keep"] = "best"
+    assert Plan(config).train_settings(run).to_dict()["keep"] == "best"
+    judged = next(key for key, ev in plan.evaluations.items() if ev.dataset == "mmbench_video")
+    settings = plan.evaluate_settings(judged).to_dict()
+    assert settings["judge_correct_threshold"] == 2 and settings["judge_max_failed_share"] == 0.02
+    unjudged = next(key for key, ev in plan.evaluations.items() if ev.dataset == "vizwiz")
+    assert "judge_correct_threshold" not in plan.evaluate_settings(unjudged).to_dict()
+
+
 def test_seeds_from_the_command_line_are_coerced(config):
     for given, expected in ((1, [1]), ("1", [1]), (["0", "1"], [0, 1]), ([0, 1], [0, 1])):
         config["seeds"] = given
