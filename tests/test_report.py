@@ -325,3 +325,67 @@ def test_command_line_arguments_are_checked(tmp_path):
         passed = settings(DEMO, tmp_path).to_dict()
         del passed["gates"]
         report.read_settings({**passed, "typo": 1})
+
+
+# ---------------------------------------------------------------------------------------------- breakdowns
+
+
+def _with_breakdowns(arm: Arm, metrics: dict) -> dict:
+    """A clean evaluation's metrics with the VizWiz or MMBench-Video entry moir.evaluate writes for them."""
+    if arm.dataset == "vizwiz":
+        metrics["accuracy"]["by_protocol"]["vizwiz"] = {
+            "n": 40, "accuracy": 55.5,
+            "by_answer_type": {"yes/no": {"n": 10, "accuracy": 80.0}, "number": {"n": 5, "accuracy": 20.0},
+                               "other": {"n": 20, "accuracy": 50.0}, "unanswerable": {"n": 5, "accuracy": 70.0}},
+            "unanswerability": {"average_precision": 33.3, "f1": 44.4},
+        }
+    if arm.dataset == "mmbench_video":
+        dimensions = {f"{level}_{kind}": {"CP" if level == "coarse" else "Video Topic": 1.5, "HL"
+                                          if level == "coarse" else "Hallucination": None}
+                      for level in ("coarse", "fine") for kind in ("all", "valid")}
+        metrics["accuracy"]["by_protocol"]["open_ended"] = {
+            "n": 22, "accuracy": 100 * 12 / 22, "judge_correct_threshold": 2, "mean_score": 1.75,
+            "mean_score_valid": 1.8, "n_failed": 1, "dimensions": dimensions}
+    return metrics
+
+
+def test_vizwiz_and_mmbench_video_breakdowns_and_the_papers_intervals(tmp_path):
+    from moir.metrics import paper_percentage_interval
+
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, PAPER, lambda arm, seed: (50.0, 100.0, 9.0, 20.0, 30.0))
+    for arm in PAPER.tables.table1() + PAPER.tables.table3_arms():
+        path = results / "eval" / run_name(arm, 0) / "clean" / "metrics.json"
+        path.write_text(json.dumps(_with_breakdowns(arm, json.loads(path.read_text()))))
+    build_report(settings(PAPER, results, reference_tables=REFERENCE / "paper_tables.csv",
+                          reference_robustness=REFERENCE / "paper_robustness.csv"), out)
+    vizwiz = read_csv(out / "vizwiz_breakdown.csv")
+    assert len(vizwiz) == 6 + 2  # Table 1's six VizWiz arms and Table 3's two other k'
+    assert all(r["evaluation"].startswith("vizwiz__") and r["evaluation"].endswith("/clean") for r in vizwiz)
+    row = vizwiz[0]
+    assert (float(row["accuracy"]), float(row["acc_yes/no"]), float(row["acc_unanswerable"]),
+            float(row["unanswerable_ap"]), float(row["unanswerable_f1"])) == (55.5, 80.0, 70.0, 33.3, 44.4)
+    mmbench = read_csv(out / "mmbench_video_breakdown.csv")
+    assert len(mmbench) == 6 and float(mmbench[0]["judged_correct"]) == pytest.approx(100 * 12 / 22)
+    assert mmbench[0]["threshold"] == "2" and float(mmbench[0]["CP"]) == 1.5 and mmbench[0]["HL"] == ""
+    dimensions = read_csv(out / "mmbench_video_dimensions.csv")
+    assert {(r["level"], r["dimension"]) for r in dimensions} == {("coarse", "CP"), ("coarse", "HL"),
+                                                                   ("fine", "Video Topic"), ("fine", "Hallucination")}
+    intervals = read_csv(out / "paper_intervals.csv")
+    first = next(r for r in intervals if r["table"] == "1" and r["dataset"] == "mmbench_video")
+    expected = paper_percentage_interval(float(first["paper"]))
+    assert (int(first["implied_n"]), int(first["implied_k"])) == (expected["n"], expected["k"])
+    assert float(first["low95"]) == pytest.approx(expected["low"]) and float(first["high95"]) == pytest.approx(
+        expected["high"])
+    assert {r["metric"] for r in intervals} == {"acc", "unchanged_all", "unchanged_vision_dependent",
+                                                "unchanged_vision_irrelevant"}
+    page = (out / "report.md").read_text()
+    assert "## VizWiz: the official evaluation's breakdown" in page and "## MMBench-Video" in page
+    assert "How much the paper's percentages can mean" in page
+
+
+def test_the_demo_has_no_breakdown_tables(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, DEMO, demo_value)
+    build_report(settings(DEMO, results), out)
+    assert not list(out.glob("vizwiz_*")) and not list(out.glob("mmbench_*")) and not list(out.glob("paper_*"))
