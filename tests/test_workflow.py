@@ -88,9 +88,10 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
     workdir = copy_repository(tmp_path)
     output = dry_run(workdir, "--workflow-profile", "workflow/profiles/slurm", "--config", "suite=paper")
     assert job_counts(output) == {
-        "download_data": 3, "convert_data": 3,              # ScienceQA, VizWiz, MMBench-Video
+        "download_data": 3, "convert_data": 2, "convert_vizwiz": 1,   # ScienceQA, MMBench-Video; VizWiz
         "extract_media": 3, "transcribe_audio": 3,          # MMBench-Video train/val/test (V+A+T)
-        "dump_encoder_cache": 8,   # 3 splits x (ScienceQA, MMBench-Video) + VizWiz train/val: 7B, 13B share a tower
+        # 3 splits x (ScienceQA, MMBench-Video) + VizWiz train/val_heldout/val: 7B, 13B share a tower
+        "dump_encoder_cache": 9,
         "train_run": 26,    # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15
         "evaluate": 4 + 26 + 2,   # the 4 base models and the 26 runs (clean), Table 2's 2 runs (noise)
         "vision_split": 1,

@@ -72,6 +72,11 @@ def one_of(names):
     return "|".join(re.escape(name) for name in sorted(names)) or "(?!)"
 
 
+def converted_manifests(splits):
+    """The manifests one `moir.data convert` job writes for the {dataset} wildcard."""
+    return [PLAN.manifest("{dataset}", split) for split in splits]
+
+
 def not_one_of(names):
     """A wildcard constraint matching any single path component but these names."""
     return f"(?!(?:{one_of(names)})$)[^/]+"

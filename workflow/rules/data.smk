@@ -84,6 +84,6 @@ rule convert_data:
 # VizWiz's conversion also writes val_heldout, its validation split held out of train (moir/data/vizwiz.py).
 use rule convert_data as convert_vizwiz with:
     output:
-        [PLAN.manifest("{dataset}", split) for split in ("train", "val_heldout", "val", "test")],
+        converted_manifests(("train", "val_heldout", "val", "test")),
     wildcard_constraints:
         dataset=one_of(d for d in PLAN.datasets_from("download") if d == "vizwiz"),
