@@ -408,3 +408,11 @@ def test_videos_on_qwen_clean_noise_and_no_image(tmp_path, tiny_dirs, synth_vide
     # 8 frames of 32 px: 4 temporal patches x (8 x 8 patches merged 2 x 2) = 64 video tokens
     assert all(row["n_visual"] == 64 for row in _predictions(clean).values())
     assert json.loads((noise / "metrics.json").read_text())["robustness"]["all"]["n"] == 3
+
+
+def test_an_unknown_mmbench_video_dimension_is_named(tmp_path):
+    rows = _mmbench_rows(3)
+    rows[2]["category"] = "Counting; Telepathy"
+    scored = score_predictions(rows, ["a", "b", "c"], _FlakyJudge(fails=()), JudgeCache(tmp_path / "c.jsonl"))
+    with pytest.raises(EvaluationError, match=r"example d/test/2: field 'category' names unknown .*'Telepathy'"):
+        accuracy_metrics(rows, scored, "flaky", ["a", "b", "c"])

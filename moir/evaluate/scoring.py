@@ -30,6 +30,7 @@ from moir.evaluate.judge import (
 )
 from moir.evaluate.store import PREDICTIONS_FILE
 from moir.metrics import (
+    FINE_DIMENSIONS,
     JUDGED_CORRECT_THRESHOLD,
     exact_match,
     judged_correct_share,
@@ -158,6 +159,11 @@ def judge_metrics(rows: list[dict], scored: list[dict], indices: list[int], judg
                                  "(-1) as 0, 'valid' leaves it out",
     }
     if all(dimensions):  # the benchmark's rows list their capability dimensions; other open-ended data may not
+        for i, listed in zip(indices, dimensions):
+            unknown = [name for name in listed if name not in FINE_DIMENSIONS]
+            if unknown:
+                raise EvaluationError(f"example {rows[i]['id']}: field 'category' names unknown MMBench-Video "
+                                      f"dimension(s) {unknown}")
         ratings = mmbench_video_dimension_ratings(scores, dimensions)
         entry["dimensions"] = {level: {name: _finite(value) for name, value in table.items()}
                                for level, table in ratings.items()}
