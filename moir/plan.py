@@ -400,7 +400,8 @@ class Evaluation:
 _DATA = ("moir/data/manifest.py", "moir/storage.py", "moir/runtime.py")
 _MEDIA_READ = ("moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py", "moir/media/images.py")
 _MODELS = ("moir/models", "moir/data/manifest.py", "moir/storage.py", "moir/runtime.py") + _MEDIA_READ
-_EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/encoder_cache/cache.py")
+_EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/media/transcript_cap.py",
+             "moir/encoder_cache/cache.py")
 CODE: dict[str, tuple[str, ...]] = {
     "synthesize": ("moir/data/__main__.py", "moir/data/synthetic.py") + _DATA,
     "download": ("moir/data/__main__.py", "moir/data/download.py") + _DATA,
@@ -412,9 +413,11 @@ CODE: dict[str, tuple[str, ...]] = {
     + _DATA,
     "encoder_cache": ("moir/encoder_cache",) + _MODELS,
     # pretraining builds the tiny model from the synthetic benchmark's vocabulary; it attaches no router
-    "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
-    "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py") + _EXAMPLES + _MODELS,
-    "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py") + _EXAMPLES + _MODELS,
+    "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/batching.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
+    "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py", "moir/batching.py")
+    + _EXAMPLES + _MODELS,
+    "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py", "moir/batching.py")
+    + _EXAMPLES + _MODELS,
     "report": ("moir/report", "moir/plan.py", "moir/storage.py", "moir/runtime.py",
                "moir/metrics", "moir/prompts.py"),  # breakdowns.py: the paper's intervals (moir.metrics)
 }
