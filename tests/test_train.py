@@ -121,6 +121,19 @@ def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(demo):
         LoopConfig(keep="first")
 
 
+def test_keep_best_survives_a_resume_from_the_last_checkpoint(demo):
+    """The best epoch's weights travel in the checkpoints: a run resumed after its last epoch writes them."""
+    args = train_args(demo, "best-resume", "--keep", "best", "--epochs", "3", "--lr", "0.05", "--keep-checkpoints")
+    assert train_main(args) == 0
+    first = demo["root"] / "runs" / "best-resume"
+    first.rename(demo["root"] / "runs" / "best-resume-first")
+    assert train_main(args) == 0  # resumes at the end of epoch 3: nothing left to train
+    card = json.loads((first / "run_card.json").read_text())
+    assert card["resumed_from_steps"] == [18] and card["kept_epoch"] == card["best_epoch"] < 3
+    expected, got = saved_tensors(demo["root"] / "runs" / "best-resume-first"), saved_tensors(first)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
 def test_keep_last_is_the_default_and_still_records_the_best_epoch(demo):
     assert train_main(train_args(demo, "last", "--epochs", "3", "--lr", "0.05")) == 0
     card = json.loads((demo["root"] / "runs" / "last" / "run_card.json").read_text())
