@@ -19,7 +19,7 @@ REFERENCE = Path(report.__file__).parents[1] / "reference"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def clean_metrics(acc, mdi, aei, delta_image, delta_text, *, acc_img=None, judge=None):
+def clean_metrics(acc, mdi, aei, delta_image, delta_text, *, acc_img=None, judge=None, n=300):
     """A clean evaluation's metrics.json as moir.evaluate writes it (the fields the report reads)."""
     by_protocol = {}
     if acc_img is not None:
@@ -28,7 +28,7 @@ def clean_metrics(acc, mdi, aei, delta_image, delta_text, *, acc_img=None, judge
         by_protocol["open_ended"] = {"accuracy": 100 * judge / 3, "mean_score": judge}
     return {
         "mode": "clean",
-        "accuracy": {"value": acc, "by_protocol": by_protocol},
+        "accuracy": {"value": acc, "n": n, "by_protocol": by_protocol},
         "dominance": {
             "mdi": {third: {"mean": mdi + i} for i, third in enumerate(("all", "early", "middle", "late"))},
             "aei": {third: {"mean": aei} for third in ("all", "early", "middle", "late")},
@@ -44,7 +44,8 @@ def clean_metrics(acc, mdi, aei, delta_image, delta_text, *, acc_img=None, judge
 def noise_metrics(all_, dependent, irrelevant):
     return {"mode": "noise", "summary": {"acc": 10.0, "unchanged_all": all_,
                                          "unchanged_vision_dependent": dependent,
-                                         "unchanged_vision_irrelevant": irrelevant}}
+                                         "unchanged_vision_irrelevant": irrelevant},
+            "robustness": {"all": {"n": 300}, "vision_dependent": {"n": 180}, "vision_irrelevant": {"n": 120}}}
 
 
 def write(results: Path, run: str, evaluation: str, metrics: dict) -> None:
@@ -66,6 +67,10 @@ def run_name(arm: Arm, seed: int) -> str:
     return arm.run(seed).name
 
 
+def base_name(dataset: str, model: str) -> str:
+    return f"{dataset}__{model}__base"  # the workflow's name of a base model's evaluation (moir.plan.Plan.base_name)
+
+
 def settings(spec: Spec, results: Path, **references) -> ReportSettings:
     """What the report rule passes: the layout and the path of every file it reads (here: the workflow's layout)."""
     tables = spec.tables
@@ -77,6 +82,9 @@ def settings(spec: Spec, results: Path, **references) -> ReportSettings:
                                                                    / "metrics.json")
                 if arm.method == "moir":
                     gates[run_name(arm, seed)] = str(results / "runs" / run_name(arm, seed) / "train_metrics.jsonl")
+    for dataset, model in tables.pairs:
+        evaluations[f"{base_name(dataset, model)}/clean"] = str(results / "eval" / base_name(dataset, model) / "clean"
+                                                               / "metrics.json")
     return ReportSettings(tables=tables.to_dict(), seeds=list(spec.seeds), modality=spec.modality,
                           evaluations=evaluations, gates=gates,
                           reference_tables=str(references["reference_tables"]) if references else None,
@@ -90,6 +98,10 @@ def fill(results: Path, spec: Spec, value) -> None:
             write(results, run_name(arm, seed), "clean", clean_metrics(*value(arm, seed)))
             if arm.method == "moir":
                 write_gates(results, run_name(arm, seed))
+    for dataset, model in spec.tables.pairs:
+        base = clean_metrics(*value(Arm(dataset, model, "attn", "ft", None), 0))
+        base["summary"].update(acc=base["summary"]["acc"] - 20, rank_delta_image=None, rank_delta_text=None)
+        write(results, base_name(dataset, model), "clean", base)
     for arm, numbers in zip(spec.tables.table2_arms(), ((60.0, 55.0, 70.0), (30.0, 25.0, 40.0))):
         for seed in spec.seeds:
             write(results, run_name(arm, seed), "noise", noise_metrics(*numbers))
@@ -144,7 +156,12 @@ def test_demo_tables_hold_the_evaluations_numbers(tmp_path):
     rows = tables(DEMO, results, out)
 
     table1 = read_csv(out / "table1.csv")
-    assert len(table1) == 2 * 3 * 2
+    assert len(table1) == 2 * (1 + 3 * 2)  # per pair: the base model, then FT and MoIR per placement
+    base = [row for row in table1 if row["method"] == "base"]
+    assert [(row["dataset"], row["placement"], float(row["acc"]), row["rank_delta_image"]) for row in base] == [
+        ("synth-image", "", 51.0 - 20, ""), ("synth-video", "", 31.0 - 20, "")]
+    assert table1.index(base[1]) == 7 and float(table1[0]["n_questions"]) == 300
+    table1 = [row for row in table1 if row["method"] != "base"]
     for row in table1:
         ratio = float(row["k_ratio"]) if row["k_ratio"] else None
         arm = Arm(row["dataset"], row["model"], row["placement"], row["method"], ratio)
@@ -153,6 +170,7 @@ def test_demo_tables_hold_the_evaluations_numbers(tmp_path):
         assert float(row["mdi"]) == pytest.approx(mdi)
         assert float(row["mdi_late"]) == pytest.approx(mdi + 3)
         assert float(row["aei"]) == pytest.approx(aei)
+        assert float(row["mdi_abs_log"]) == pytest.approx(abs(math.log(mdi)))
         assert float(row["rank_delta_image"]) == pytest.approx(d_image)
         assert float(row["rank_delta_text"]) == pytest.approx(d_text)
         assert row["acc_std"] == ""  # one seed
@@ -174,9 +192,15 @@ def test_demo_tables_hold_the_evaluations_numbers(tmp_path):
 
     markdown = (out / "table1.md").read_text()
     assert "| synth-image | I+T | tiny-llava | Attn | FT w/ MoIR (k'=0.1) | 61.00 | 3.05 | 1.22 | 6.10 | 1.61 |" in markdown
+    assert "| synth-image | I+T | tiny-llava | – | Base (no fine-tuning) | 31.00 | – | – | 5.10 | 1.51 |" in markdown
+    assert "|---|---|---|---|---|---:|---:|---:|---:|---:|" in markdown  # numbers right-aligned
+    assert "↓" not in markdown and "lower" not in markdown  # MDI/AEI: 1 is balanced, never "lower is better"
+    assert "synth-image: 300 test questions, one question = 0.33 points" in markdown
+    assert "Rates over 300 questions with an image (one question = 0.33 points)" in (out / "table2.md").read_text()
+    assert "synth-image (I+T), tiny-llava, LoRA on the attention layers (Attn)" in (out / "table3.md").read_text()
     latex = (out / "table3.tex").read_text()
     assert r"\begin{tabular}" in latex and r"\bottomrule" in latex and latex.count(r"\\") == 1 + 3
-    assert rows[1][1]["method"] == "moir"
+    assert rows[1][2]["method"] == "moir"
 
 
 def test_figures_and_page_are_written(tmp_path):
@@ -199,14 +223,18 @@ def test_seeds_are_averaged_with_their_standard_deviation(tmp_path):
     results, out = tmp_path / "results", tmp_path / "report"
     fill(results, spec, lambda arm, seed: (40.0 + 2 * seed, 5.0, 2.0, float(seed), 1.0))
     tables(spec, results, out)
-    row = read_csv(out / "table1.csv")[0]
+    base, row = read_csv(out / "table1.csv")[:2]
+    assert base["method"] == "base" and base["n_seeds"] == "1" and base["acc_ci95"] == ""  # one base model
     assert float(row["acc"]) == pytest.approx(42.0)  # mean of 40, 42, 44
     assert float(row["acc_std"]) == pytest.approx(2.0)  # sample standard deviation
     assert float(row["rank_delta_image"]) == pytest.approx(1.0) and float(row["rank_delta_image_std"]) == pytest.approx(1.0)
     assert float(row["mdi"]) == 5.0 and float(row["mdi_std"]) == 0.0
     assert row["n_seeds"] == "3"
     assert float(row["acc_ci95"]) == pytest.approx(4.303 * 2.0 / math.sqrt(3))  # t(0.975, 2 dof) * s / sqrt(n)
-    assert "42.00 ± 2.00" in (out / "table1.md").read_text()
+    markdown = (out / "table1.md").read_text()
+    assert f"42.00 ± {4.303 * 2.0 / math.sqrt(3):.2f}" in markdown  # the 95% interval, not only the mean
+    assert "Mean ± half-width of the 95% t-interval over 3 seeds." in markdown
+    assert "| synth-image | I+T | tiny-llava | – | Base (no fine-tuning) | 20.00 | – | – | 5.00 | 2.00 |" in markdown
 
 
 PAPER = Spec(
@@ -226,7 +254,7 @@ def test_paper_suite_prints_the_papers_numbers_beside_ours(tmp_path):
            reference_robustness=REFERENCE / "paper_robustness.csv")
     with (REFERENCE / "paper_tables.csv").open(newline="") as handle:
         paper = list(csv.DictReader(handle))
-    table1 = read_csv(out / "table1.csv")
+    table1 = [row for row in read_csv(out / "table1.csv") if row["method"] != "base"]
     assert len(table1) == 24
     for row in table1:
         match = [p for p in paper if p["table"] == "1" and
