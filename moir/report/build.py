@@ -9,7 +9,10 @@ does, so a reader compares the two side by side:
   vision-dependent, vision-irrelevant), FT against MoIR, from the noise evaluation.
 - Table 3: the k' ablation, Table 1's columns for MoIR at each k'.
 
-With several seeds a cell is the mean and the CSV also holds the sample standard deviation (`<metric>_std`) and
+Table 1 also has each (dataset, model) pair's base model row (no fine-tuning). MDI and AEI are read as the distance
+from 1 (balanced), |log MDI| in the CSV, never "lower is better". Every caption names its setting and what one test
+question is worth in points (100 / the number of questions the evaluation scored). With several seeds a cell is the
+mean ± the half-width of its 95% t-interval, and the CSV also holds the sample standard deviation (`<metric>_std`) and
 the half-width of the mean's 95% t-interval (`<metric>_ci95`); the tabular work is done with polars. When reference
 tables are given (the `paper` suite), every cell also shows the paper's number: in the CSV as `<metric>_paper`,
 in Markdown and LaTeX in parentheses after ours. Figures (PNG, matplotlib Agg): MDI/AEI per arm, accuracy and
