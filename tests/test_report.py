@@ -6,9 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.text
 import pytest
 
 from moir.plan import Arm, ReportSettings, Tables
@@ -353,3 +357,138 @@ def test_command_line_arguments_are_checked(tmp_path):
         passed = settings(DEMO, tmp_path).to_dict()
         del passed["gates"]
         report.read_settings({**passed, "typo": 1})
+
+
+# ---------------------------------------------------------------------------------------------- figures, page, LaTeX
+
+
+def legend_texts(fig) -> set[str]:
+    return {text.get_text() for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if legend
+            for text in legend.get_texts()}
+
+
+def horizontal_lines_at(ax, y: float) -> list:
+    return [line for line in ax.get_lines() if len(line.get_ydata()) == 2 and all(v == y for v in line.get_ydata())]
+
+
+def test_figures_label_their_axes_and_keep_honest_scales(tmp_path):
+    spec = Spec(DEMO.tables, (0, 1, 2), DEMO.modality)
+    results = tmp_path / "results"
+    fill(results, spec, lambda arm, seed: (50.0 + seed, 1.05 + 0.01 * seed, 0.9, 0.2 * seed, -0.1))
+    write_gates(results, run_name(Arm("synth-video", "tiny-qwen2.5-vl", "attn", "moir", 0.1), 0), steps=9)
+    collected = collect(settings(spec, results))
+    rows = collected.rows
+
+    fig = report.figure_mdi_aei(rows[1], tmp_path / "mdi_aei.png", with_reference=False)
+    assert fig.get_size_inches()[0] == pytest.approx(report.TWO_COLUMNS)
+    for ax, name in zip(fig.axes, ("MDI", "AEI")):
+        assert ax.get_ylabel() == f"{name} (ratio, log scale)" and ax.get_yscale() == "log"
+        assert horizontal_lines_at(ax, 1.0)  # y = 1, balanced
+        low, high = ax.get_ylim()
+        assert low <= 0.5 and high >= 2.0  # never zoomed into the noise around 1
+        assert any(container.has_yerr for container in ax.containers)  # 95% intervals over the 3 seeds
+    assert {"FT", "FT w/ MoIR (k'=0.1)", "base model", "balanced (1)"} <= legend_texts(fig)
+    assert "95% interval over 3 seeds" in fig._suptitle.get_text()
+    assert [tick.get_text() for tick in fig.axes[1].get_xticklabels()] == ["Attn", "MLP", "Proj."] * 2
+
+    fig = report.figure_accuracy_rank(rows[1], tmp_path / "accuracy_rank.png", with_reference=False)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["accuracy (%)", "Δ effective rank (dims)", "Δ effective rank (dims)"]
+    assert fig.axes[0].get_ylim() == (0.0, 100.0)
+    assert horizontal_lines_at(fig.axes[1], 0.0)
+
+    fig = report.figure_ablation(rows[3], tmp_path / "ablation.png", with_reference=False, ft=rows[1][1])
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [0.05, 0.1, 0.15]  # only the k' that ran
+        assert ax.get_xlabel() == "exchange ratio k'" and ax.get_ylabel()
+    assert fig.axes[0].get_ylim() == (0.0, 100.0) and fig.axes[2].get_yscale() == "log"
+    assert "synth-image (I+T), tiny-llava, LoRA on the attention layers (Attn)" in fig._suptitle.get_text()
+    assert {"Rank ΔI", "Rank ΔT", "MDI", "AEI", "FT w/ MoIR at k'", "FT (no router)"} <= legend_texts(fig)
+
+    fig = report.figure_gates(collected.gates, tmp_path / "gates.png")
+    assert fig.axes[0].get_xlim() == fig.axes[1].get_xlim()  # one step axis for runs of 4 and of 9 steps
+    assert fig.axes[0].get_xlim()[1] >= 9 and fig.axes[0].get_ylim() == (0.0, 1.0)
+    assert fig.axes[0].get_xlabel() == "optimizer step" and fig.axes[0].get_ylabel().startswith("alpha")
+    assert "synth-video / tiny-qwen2.5-vl / Attn" in legend_texts(fig)
+    assert f"moved at most {report.gate_moves(collected.gates):.3g} from 0.5" in fig._suptitle.get_text()
+    assert report.gate_moves(collected.gates) == pytest.approx(0.09)  # write_gates: 0.5 + 0.01 * step, 9 steps
+
+    fig = report.figure_robustness(rows[2], tmp_path / "robustness.png", with_reference=False)
+    assert fig.get_size_inches()[0] == pytest.approx(report.ONE_COLUMN)
+    assert fig.axes[0].get_ylim() == (0.0, 100.0) and fig.axes[0].get_ylabel() == "unchanged predictions (%)"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][0] == "All\n(n=300)"
+
+    for name in report.FIGURES:  # legible at print size: no text under 8 pt
+        fig = {"mdi_aei.png": report.figure_mdi_aei, "accuracy_rank.png": report.figure_accuracy_rank,
+               "ablation.png": report.figure_ablation, "robustness.png": report.figure_robustness}.get(name)
+        if fig is None:
+            continue
+        drawn = fig(rows[{"ablation.png": 3, "robustness.png": 2}.get(name, 1)], tmp_path / name, with_reference=False)
+        sizes = [text.get_fontsize() for text in drawn.findobj(matplotlib.text.Text) if text.get_text()]
+        assert min(sizes) >= 8, name
+
+
+def test_report_page_stands_alone(tmp_path):
+    spec = Spec(DEMO.tables, (0, 1), DEMO.modality)
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, spec, lambda arm, seed: (50.0 + seed, 1.05, 0.9, 0.2, -0.1))
+    build_report(settings(spec, results), out)
+    page = (out / "report.md").read_text()
+    for definition in ("**MDI** (Modality Dominance Index)", "**AEI** (Attention", "**Rank ΔI, Rank ΔT**",
+                       "**Acc. (%)**", "**Unchanged (%)**", "**Base**", "|log MDI|"):
+        assert definition in page, definition
+    assert "**Table 2.** Robustness" in page and "**Table 3.** The ablation" in page
+    assert page.count("synth-image (I+T), tiny-llava, LoRA on the attention layers (Attn)") >= 2  # Tables 2 and 3
+    assert "Base (no fine-tuning)" in page
+    assert "synth-image: 300 test questions, one question = 0.33 points" in page
+    assert "Mean ± half-width of the 95% t-interval over 2 seeds." in page
+    assert "50.50 ± 6.35" in page  # mean of 50 and 51, t(0.975, 1) * 0.707 / sqrt(2)
+    assert "moved at most 0.04 from it" in page  # gates.png's caption: max |alpha - 0.5| of write_gates' 4 steps
+
+
+def test_resolution_follows_the_number_of_evaluated_questions(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, DEMO, demo_value)
+    for path in (results / "eval").rglob("metrics.json"):
+        if "synth-video" in str(path):
+            metrics = json.loads(path.read_text())
+            if "accuracy" in metrics:
+                metrics["accuracy"]["n"] = 80
+                path.write_text(json.dumps(metrics))
+    tables(DEMO, results, out)
+    text = (out / "table1.md").read_text()
+    assert "synth-image: 300 test questions, one question = 0.33 points; synth-video: 80 test questions, one " \
+           "question = 1.25 points." in text
+
+
+LATEX_ROW = re.compile(r"^(?!%|\\)(.*) \\\\$")
+
+
+@pytest.mark.parametrize("table", [1, 2, 3])
+def test_latex_tables_are_paste_ready(tmp_path, table):
+    spec = Spec(DEMO.tables, (0, 1), DEMO.modality)
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, spec, demo_value)
+    tables(spec, results, out)
+    tex = (out / f"table{table}.tex").read_text()
+    lines = tex.splitlines()
+    environment = "table*" if table == 1 else "table"
+    assert lines[1] == rf"\begin{{{environment}}}[t]" and lines[-1] == rf"\end{{{environment}}}"
+    caption = next(line for line in lines if line.startswith(r"\caption{"))
+    assert not caption.startswith(r"\caption{Table")  # LaTeX numbers the tables itself
+    assert rf"\label{{tab:moir-table{table}}}" in lines
+    assert [tex.count(rule) for rule in (r"\toprule", r"\midrule", r"\bottomrule")] == [1, 1, 1]
+    spec_text = re.search(r"\\begin\{tabular\}\{@\{\}(\w+)@\{\}\}", tex).group(1)
+    rows = [match.group(1) for line in lines if (match := LATEX_ROW.match(line))]
+    assert all(row.count("&") == len(spec_text) - 1 for row in rows)
+    assert spec_text.endswith("r" * (3 if table == 2 else 5))  # the metric columns are right-aligned
+    assert not re.search(r"(?<!\\)[_%#&](?![^$]*\$)", "".join(row.replace("&", "") for row in rows) + caption)
+    assert tex.count("{") == tex.count("}")
+    if shutil.which("pdflatex"):  # compile it where a LaTeX engine is installed
+        (tmp_path / "doc.tex").write_text(
+            "\\documentclass[twocolumn]{article}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n"
+            f"\\usepackage{{graphicx}}\n\\begin{{document}}\n{tex}\nTable~\\ref{{tab:moir-table{table}}}.\n"
+            "\\end{document}\n")
+        result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text()

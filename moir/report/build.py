@@ -52,6 +52,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import matplotlib.ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from moir.settings import json_object  # noqa: E402
@@ -516,12 +517,21 @@ def seeds_text(rows: Sequence[Mapping]) -> str:
 
 
 def balance_axis(ax, values: Sequence[float]) -> None:
-    """A log-scale y axis symmetric around 1, at least 1/2..2, so that 0.8 and 1.25 sit equally far from 1 (drawn),
-    with ticks at pairs of reciprocals."""
-    spread = max([math.log(2.0)] + [1.15 * abs(math.log(v)) for v in values if v > 0 and math.isfinite(v)])
+    """A log-scale y axis that always shows 1 (balanced, drawn in green) and at least 1/2..2, so that 0.8 and 1.25
+    sit equally far from 1, with ticks at reciprocal pairs (decades when the values span more than 10x)."""
+    finite_values = [v for v in values if v > 0 and math.isfinite(v)]
+    low = min([0.5] + [v / 1.15 for v in finite_values])
+    high = max([2.0] + [v * 1.15 for v in finite_values])
     ax.set_yscale("log")
-    ax.set_ylim(math.exp(-spread), math.exp(spread))
-    ticks = [t for t in (0.01, 0.1, 0.2, 0.5, 0.8, 1.0, 1.25, 2.0, 5.0, 10.0, 100.0) if abs(math.log(t)) <= spread]
+    ax.set_ylim(low, high)
+    span = max(1 / low, high)
+    if span <= 3:
+        candidates = (0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
+    elif span <= 12:
+        candidates = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+    else:
+        candidates = tuple(10.0 ** k for k in range(-6, 7))
+    ticks = [t for t in candidates if low <= t <= high]
     ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{t:g}" for t in ticks]))
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -584,7 +594,7 @@ def save_figure(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def figure_mdi_aei(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> None:
+def figure_mdi_aei(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> Figure:
     """MDI and AEI of Table 1 on a log scale symmetric around 1 (balanced), y = 1 drawn."""
     with plt.rc_context(FIGURE_STYLE):
         fig, axes = plt.subplots(2, 1, figsize=(TWO_COLUMNS, 4.6), sharex=True, layout="constrained")
@@ -601,9 +611,10 @@ def figure_mdi_aei(rows: Sequence[Mapping], path: Path, *, with_reference: bool)
         axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         fig.suptitle(f"Table 1: modality dominance per arm ({seeds_text(rows)})")
         save_figure(fig, path)
+    return fig
 
 
-def figure_accuracy_rank(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> None:
+def figure_accuracy_rank(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> Figure:
     """Accuracy (0-100 %) and the rank deltas (around 0) of Table 1."""
     with plt.rc_context(FIGURE_STYLE):
         fig, axes = plt.subplots(3, 1, figsize=(TWO_COLUMNS, 6.0), sharex=True, layout="constrained")
@@ -626,9 +637,10 @@ def figure_accuracy_rank(rows: Sequence[Mapping], path: Path, *, with_reference:
         axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         fig.suptitle(f"Table 1: accuracy and effective-rank deltas per arm ({seeds_text(rows)})")
         save_figure(fig, path)
+    return fig
 
 
-def figure_ablation(rows: Sequence[Mapping], path: Path, *, with_reference: bool, ft: Mapping | None = None) -> None:
+def figure_ablation(rows: Sequence[Mapping], path: Path, *, with_reference: bool, ft: Mapping | None = None) -> Figure:
     """Table 3 against k' (ticks at the k' that ran), with 95% intervals; FT of the same setting as a dotted line."""
     ratios = [row["k_ratio"] for row in rows]
     panels = (
@@ -677,6 +689,7 @@ def figure_ablation(rows: Sequence[Mapping], path: Path, *, with_reference: bool
         setting = setting_text(rows[0]) if rows else ""
         fig.suptitle(f"Table 3: k' ablation ({seeds_text(rows)})\n{setting}")
         save_figure(fig, path)
+    return fig
 
 
 def gate_moves(gates: Mapping[str, list[dict[str, float]]], init: float = 0.5) -> float:
@@ -686,9 +699,10 @@ def gate_moves(gates: Mapping[str, list[dict[str, float]]], init: float = 0.5) -
                 if key in point), default=0.0)
 
 
-def figure_gates(gates: Mapping[str, list[dict[str, float]]], path: Path) -> float:
+def figure_gates(gates: Mapping[str, list[dict[str, float]]], path: Path) -> Figure:
     """Per direction, per MoIR run of Table 1: the mean gate of the selected channels (all channels for runs
-    that did not record them) with the range over channels shaded, on one step axis. Returns max |alpha - 0.5|."""
+    that did not record them) with the range over channels shaded, on one step axis; the title says how far the
+    gates moved (max |alpha - 0.5|, `gate_moves`)."""
     moved = gate_moves(gates)
     with plt.rc_context(FIGURE_STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(TWO_COLUMNS, 3.2), sharex=True, sharey=True, layout="constrained")
@@ -717,10 +731,10 @@ def figure_gates(gates: Mapping[str, list[dict[str, float]]], path: Path) -> flo
         fig.legend(loc="outside lower center", ncol=3, frameon=False, title=title)
         fig.suptitle(f"Router gates over training, first seed: the gates moved at most {moved:.3g} from 0.5")
         save_figure(fig, path)
-    return moved
+    return fig
 
 
-def figure_robustness(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> None:
+def figure_robustness(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> Figure:
     """Table 2's unchanged rates (0-100 %), FT beside MoIR, with 95% intervals."""
     with plt.rc_context(FIGURE_STYLE):
         fig, ax = plt.subplots(figsize=(ONE_COLUMN, 2.8), layout="constrained")
@@ -750,6 +764,7 @@ def figure_robustness(rows: Sequence[Mapping], path: Path, *, with_reference: bo
         setting = setting_text(rows[0]).replace(", LoRA", ",\nLoRA") if rows else ""
         ax.set_title(f"Table 2: images replaced by noise ({seeds_text(rows)})\n{setting}")
         save_figure(fig, path)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -829,7 +844,8 @@ def write_figures(collected: Collected, out: Path) -> dict[str, str]:
                (row["dataset"], row["model"], row["placement"]) ==
                (table3["dataset"], table3["model"], table3["placement"])), None)
     figure_ablation(rows[3], out / "ablation.png", with_reference=reference[3], ft=ft)
-    moved = figure_gates(collected.gates, out / "gates.png")
+    figure_gates(collected.gates, out / "gates.png")
+    moved = gate_moves(collected.gates)
     figure_robustness(rows[2], out / "robustness.png", with_reference=reference[2])
     captions = dict(FIGURES)
     if table3 is not None:
