@@ -808,9 +808,14 @@ class Plan:
                 inputs["vision_split"] = self.vision_split(base)
         return inputs
 
+    @staticmethod
+    def reported(ev: Evaluation) -> bool:
+        """The evaluations the report reads: every run's, and the base models' clean ones (Table 1's base rows)."""
+        return ev.run is not None or ev.mode == CLEAN
+
     def report_inputs(self) -> dict:
         inputs = {
-            "metrics": [self.metrics(key) for key, ev in self.evaluations.items() if ev.run is not None],
+            "metrics": [self.metrics(key) for key, ev in self.evaluations.items() if self.reported(ev)],
             "runs": [self.run_dir(name) for name, run in self.runs.items() if run.method == "moir"],
         }
         if self.suite == "paper":
@@ -904,7 +909,7 @@ class Plan:
             tables=self.tables.to_dict(),
             seeds=self.seeds,
             modality={name: spec["modality"] for name, spec in self.sc["datasets"].items()},
-            evaluations={key: self.metrics(key) for key, ev in self.evaluations.items() if ev.run is not None},
+            evaluations={key: self.metrics(key) for key, ev in self.evaluations.items() if self.reported(ev)},
             gates={name: f"{self.run_dir(name)}/train_metrics.jsonl"
                    for name, run in self.runs.items() if run.method == "moir"},
             reference_tables=self.REFERENCE["tables"] if self.suite == "paper" else None,

@@ -356,12 +356,19 @@ class MoIRRouter(nn.Module):
 
     @torch.no_grad()
     def gate_statistics(self) -> dict[str, float]:
-        """Mean/min/max of both gates' alpha, for the training log."""
+        """Mean/min/max of both gates' alpha, for the training log; `alpha_<a|b>_selected` counts the channels
+        whose gate has left its initial value (those the bottom-k' selection routed through: a gate of a channel
+        never selected gets no gradient) and `alpha_<a|b>_selected_mean` is their mean alpha (gate_init if none)."""
         stats = {}
+        initial_logit = math.log(self.config.gate_init / (1.0 - self.config.gate_init))
         for name, logit in (("a", self.logit_a), ("b", self.logit_b)):
             alpha = torch.sigmoid(logit.float())
             stats.update({f"alpha_{name}_mean": alpha.mean().item(), f"alpha_{name}_min": alpha.min().item(),
                           f"alpha_{name}_max": alpha.max().item()})
+            selected = logit.detach() != torch.tensor(initial_logit, dtype=logit.dtype, device=logit.device)
+            stats[f"alpha_{name}_selected"] = int(selected.sum().item())
+            stats[f"alpha_{name}_selected_mean"] = (alpha[selected].mean().item() if bool(selected.any())
+                                                    else self.config.gate_init)
         return stats
 
     def extra_repr(self) -> str:

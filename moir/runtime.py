@@ -12,6 +12,15 @@ and in a stage's `__main__.py`:
     if __name__ == "__main__":
         runtime.cli(main)
 
+and around a stage's loop:
+
+    for item in runtime.progress(items, desc="encoder cache", unit="item"):   # or: with runtime.progress(total=n) as bar
+        ...
+
+`progress` is a tqdm bar on a terminal; when stderr is not one (a Snakemake job writes it to its log file) it writes
+one plain line every 10% of the total or every 60 s instead of carriage-return redraws that would pile up on one
+line of the log.
+
 `cli` runs `main` and exits with its status. A known error (one of the project's own error classes, or a
 ValueError / OSError, whose messages name the file and the field) prints one line `error: ...` on stderr and exits
 1; with MOIR_DEBUG=1 the full traceback is printed instead. Any other exception is a bug and keeps its traceback.
@@ -25,11 +34,14 @@ import os
 import platform
 import resource
 import sys
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import IO, Any
 
 import torch
+from tqdm import tqdm
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Files up to this size are hashed whole; a larger one (a hub-sized weight shard, pinned by its revision) by its size.
@@ -70,6 +82,107 @@ def peak_memory(device: torch.device) -> dict[str, float | None]:
 def setup_logging(level: str | int = "INFO") -> None:
     """The one logging set-up of every stage: `LOG_FORMAT` on stderr at `level`."""
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+def progress(iterable: Iterable | None = None, *, total: int | None = None, initial: int = 0, desc: str = "",
+             unit: str = "it", unit_scale: bool = False, leave: bool = True, stream: IO[str] | None = None,
+             every_percent: float = 10.0, every_seconds: float = 60.0, **bar_options: Any):
+    """Progress of a loop, for a person: on a terminal (`stream`, default stderr, is a TTY) a tqdm bar; otherwise a
+    `LineProgress` writing one line every `every_percent` of the total or `every_seconds`. Both iterate over
+    `iterable`, and have update(n), set_postfix(**values) and close() and work as context managers."""
+    stream = sys.stderr if stream is None else stream
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if stream.isatty():
+        return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale, leave=leave,
+                    file=stream, **bar_options)
+    return LineProgress(iterable, total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale,
+                        stream=stream, every_percent=every_percent, every_seconds=every_seconds)
+
+
+class LineProgress:
+    """`progress` for a log file: a line at the start, whenever another `every_percent` of the total is done or
+    `every_seconds` have passed since the last line, and at the end:
+
+        2026-11-30 08:40:01 progress train synth-image: 120/300 step (40%), 2.10 step/s, elapsed 0:57, left ~1:25, loss=0.41
+    """
+
+    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, initial: int = 0,
+                 desc: str = "", unit: str = "it", unit_scale: bool = False, stream: IO[str] | None = None,
+                 every_percent: float = 10.0, every_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.iterable, self.total, self.n, self.initial = iterable, total, initial, initial
+        self.desc, self.unit, self.unit_scale = desc, unit, unit_scale
+        self.stream = sys.stderr if stream is None else stream
+        self.every_percent, self.every_seconds, self.clock = every_percent, every_seconds, clock
+        self.postfix = ""
+        self.started = self.last_time = clock()
+        self.last_n: int | None = None
+        self.closed = False
+        self.write()
+
+    def __iter__(self) -> Iterator:
+        if self.iterable is None:
+            raise TypeError("LineProgress: nothing to iterate over (pass an iterable, or call update)")
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        due = now - self.last_time >= self.every_seconds
+        if self.total and self.last_n is not None:
+            step = self.total * self.every_percent / 100
+            due = due or int(self.n / step) > int(self.last_n / step)
+        if due:
+            self.write(now)
+
+    def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **values: Any) -> None:
+        values = {**(ordered_dict or {}), **values}
+        self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.n != self.last_n:
+                self.write()
+
+    def amount(self, n: float) -> str:
+        return tqdm.format_sizeof(n) if self.unit_scale else f"{n:g}"
+
+    def write(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        elapsed = now - self.started
+        text = f"{self.amount(self.n)}"
+        if self.total:
+            text += f"/{self.amount(self.total)} {self.unit} ({100 * self.n / self.total:.0f}%)"
+        else:
+            text += f" {self.unit}"
+        done = self.n - self.initial
+        if done > 0 and elapsed > 0:
+            rate = done / elapsed
+            rate_text = tqdm.format_sizeof(rate) if self.unit_scale else f"{rate:.2f}" if rate < 100 else f"{rate:.0f}"
+            text += f", {rate_text} {self.unit}/s, elapsed {tqdm.format_interval(elapsed)}"
+            if self.total and self.n < self.total:
+                text += f", left ~{tqdm.format_interval((self.total - self.n) * elapsed / done)}"
+        if self.postfix:
+            text += f", {self.postfix}"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.stream.write(f"{stamp} progress {self.desc + ': ' if self.desc else ''}{text}\n")
+        self.stream.flush()
+        self.last_time, self.last_n = now, self.n
 
 
 # ---------------------------------------------------------------------------------------------- provenance

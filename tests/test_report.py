@@ -6,9 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.text
 import pytest
 
 from moir.plan import Arm, ReportSettings, Tables
@@ -19,7 +23,7 @@ REFERENCE = Path(report.__file__).parents[1] / "reference"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def clean_metrics(acc, mdi, aei, delta_image, delta_text, *, acc_img=None, judge=None):
+def clean_metrics(acc, mdi, aei, delta_image, delta_text, *, acc_img=None, judge=None, n=300):
     """A clean evaluation's metrics.json as moir.evaluate writes it (the fields the report reads)."""
     by_protocol = {}
     if acc_img is not None:
@@ -28,7 +32,7 @@ def clean_metrics(acc, mdi, aei, delta_image, delta_text, *, acc_img=None, judge
         by_protocol["open_ended"] = {"accuracy": 100 * judge / 3, "mean_score": judge}
     return {
         "mode": "clean",
-        "accuracy": {"value": acc, "by_protocol": by_protocol},
+        "accuracy": {"value": acc, "n": n, "by_protocol": by_protocol},
         "dominance": {
             "mdi": {third: {"mean": mdi + i} for i, third in enumerate(("all", "early", "middle", "late"))},
             "aei": {third: {"mean": aei} for third in ("all", "early", "middle", "late")},
@@ -44,7 +48,8 @@ def clean_metrics(acc, mdi, aei, delta_image, delta_text, *, acc_img=None, judge
 def noise_metrics(all_, dependent, irrelevant):
     return {"mode": "noise", "summary": {"acc": 10.0, "unchanged_all": all_,
                                          "unchanged_vision_dependent": dependent,
-                                         "unchanged_vision_irrelevant": irrelevant}}
+                                         "unchanged_vision_irrelevant": irrelevant},
+            "robustness": {"all": {"n": 300}, "vision_dependent": {"n": 180}, "vision_irrelevant": {"n": 120}}}
 
 
 def write(results: Path, run: str, evaluation: str, metrics: dict) -> None:
@@ -66,6 +71,10 @@ def run_name(arm: Arm, seed: int) -> str:
     return arm.run(seed).name
 
 
+def base_name(dataset: str, model: str) -> str:
+    return f"{dataset}__{model}__base"  # the workflow's name of a base model's evaluation (moir.plan.Plan.base_name)
+
+
 def settings(spec: Spec, results: Path, **references) -> ReportSettings:
     """What the report rule passes: the layout and the path of every file it reads (here: the workflow's layout)."""
     tables = spec.tables
@@ -77,6 +86,9 @@ def settings(spec: Spec, results: Path, **references) -> ReportSettings:
                                                                    / "metrics.json")
                 if arm.method == "moir":
                     gates[run_name(arm, seed)] = str(results / "runs" / run_name(arm, seed) / "train_metrics.jsonl")
+    for dataset, model in tables.pairs:
+        evaluations[f"{base_name(dataset, model)}/clean"] = str(results / "eval" / base_name(dataset, model) / "clean"
+                                                               / "metrics.json")
     return ReportSettings(tables=tables.to_dict(), seeds=list(spec.seeds), modality=spec.modality,
                           evaluations=evaluations, gates=gates,
                           reference_tables=str(references["reference_tables"]) if references else None,
@@ -90,6 +102,10 @@ def fill(results: Path, spec: Spec, value) -> None:
             write(results, run_name(arm, seed), "clean", clean_metrics(*value(arm, seed)))
             if arm.method == "moir":
                 write_gates(results, run_name(arm, seed))
+    for dataset, model in spec.tables.pairs:
+        base = clean_metrics(*value(Arm(dataset, model, "attn", "ft", None), 0))
+        base["summary"].update(acc=base["summary"]["acc"] - 20, rank_delta_image=None, rank_delta_text=None)
+        write(results, base_name(dataset, model), "clean", base)
     for arm, numbers in zip(spec.tables.table2_arms(), ((60.0, 55.0, 70.0), (30.0, 25.0, 40.0))):
         for seed in spec.seeds:
             write(results, run_name(arm, seed), "noise", noise_metrics(*numbers))
@@ -144,7 +160,12 @@ def test_demo_tables_hold_the_evaluations_numbers(tmp_path):
     rows = tables(DEMO, results, out)
 
     table1 = read_csv(out / "table1.csv")
-    assert len(table1) == 2 * 3 * 2
+    assert len(table1) == 2 * (1 + 3 * 2)  # per pair: the base model, then FT and MoIR per placement
+    base = [row for row in table1 if row["method"] == "base"]
+    assert [(row["dataset"], row["placement"], float(row["acc"]), row["rank_delta_image"]) for row in base] == [
+        ("synth-image", "", 51.0 - 20, ""), ("synth-video", "", 31.0 - 20, "")]
+    assert table1.index(base[1]) == 7 and float(table1[0]["n_questions"]) == 300
+    table1 = [row for row in table1 if row["method"] != "base"]
     for row in table1:
         ratio = float(row["k_ratio"]) if row["k_ratio"] else None
         arm = Arm(row["dataset"], row["model"], row["placement"], row["method"], ratio)
@@ -153,6 +174,7 @@ def test_demo_tables_hold_the_evaluations_numbers(tmp_path):
         assert float(row["mdi"]) == pytest.approx(mdi)
         assert float(row["mdi_late"]) == pytest.approx(mdi + 3)
         assert float(row["aei"]) == pytest.approx(aei)
+        assert float(row["mdi_abs_log"]) == pytest.approx(abs(math.log(mdi)))
         assert float(row["rank_delta_image"]) == pytest.approx(d_image)
         assert float(row["rank_delta_text"]) == pytest.approx(d_text)
         assert row["acc_std"] == ""  # one seed
@@ -174,9 +196,15 @@ def test_demo_tables_hold_the_evaluations_numbers(tmp_path):
 
     markdown = (out / "table1.md").read_text()
     assert "| synth-image | I+T | tiny-llava | Attn | FT w/ MoIR (k'=0.1) | 61.00 | 3.05 | 1.22 | 6.10 | 1.61 |" in markdown
+    assert "| synth-image | I+T | tiny-llava | – | Base (no fine-tuning) | 31.00 | – | – | 5.10 | 1.51 |" in markdown
+    assert "|---|---|---|---|---|---:|---:|---:|---:|---:|" in markdown  # numbers right-aligned
+    assert "↓" not in markdown and "lower" not in markdown  # MDI/AEI: 1 is balanced, never "lower is better"
+    assert "synth-image: 300 test questions, one question = 0.33 points" in markdown
+    assert "Rates over 300 questions with an image (one question = 0.33 points)" in (out / "table2.md").read_text()
+    assert "synth-image (I+T), tiny-llava, LoRA on the attention layers (Attn)" in (out / "table3.md").read_text()
     latex = (out / "table3.tex").read_text()
     assert r"\begin{tabular}" in latex and r"\bottomrule" in latex and latex.count(r"\\") == 1 + 3
-    assert rows[1][1]["method"] == "moir"
+    assert rows[1][2]["method"] == "moir"
 
 
 def test_figures_and_page_are_written(tmp_path):
@@ -199,14 +227,18 @@ def test_seeds_are_averaged_with_their_standard_deviation(tmp_path):
     results, out = tmp_path / "results", tmp_path / "report"
     fill(results, spec, lambda arm, seed: (40.0 + 2 * seed, 5.0, 2.0, float(seed), 1.0))
     tables(spec, results, out)
-    row = read_csv(out / "table1.csv")[0]
+    base, row = read_csv(out / "table1.csv")[:2]
+    assert base["method"] == "base" and base["n_seeds"] == "1" and base["acc_ci95"] == ""  # one base model
     assert float(row["acc"]) == pytest.approx(42.0)  # mean of 40, 42, 44
     assert float(row["acc_std"]) == pytest.approx(2.0)  # sample standard deviation
     assert float(row["rank_delta_image"]) == pytest.approx(1.0) and float(row["rank_delta_image_std"]) == pytest.approx(1.0)
     assert float(row["mdi"]) == 5.0 and float(row["mdi_std"]) == 0.0
     assert row["n_seeds"] == "3"
     assert float(row["acc_ci95"]) == pytest.approx(4.303 * 2.0 / math.sqrt(3))  # t(0.975, 2 dof) * s / sqrt(n)
-    assert "42.00 ± 2.00" in (out / "table1.md").read_text()
+    markdown = (out / "table1.md").read_text()
+    assert f"42.00 ± {4.303 * 2.0 / math.sqrt(3):.2f}" in markdown  # the 95% interval, not only the mean
+    assert "Mean ± half-width of the 95% t-interval over 3 seeds." in markdown
+    assert "| synth-image | I+T | tiny-llava | – | Base (no fine-tuning) | 20.00 | – | – | 5.00 | 2.00 |" in markdown
 
 
 PAPER = Spec(
@@ -226,7 +258,7 @@ def test_paper_suite_prints_the_papers_numbers_beside_ours(tmp_path):
            reference_robustness=REFERENCE / "paper_robustness.csv")
     with (REFERENCE / "paper_tables.csv").open(newline="") as handle:
         paper = list(csv.DictReader(handle))
-    table1 = read_csv(out / "table1.csv")
+    table1 = [row for row in read_csv(out / "table1.csv") if row["method"] != "base"]
     assert len(table1) == 24
     for row in table1:
         match = [p for p in paper if p["table"] == "1" and
@@ -389,3 +421,138 @@ def test_the_demo_has_no_breakdown_tables(tmp_path):
     fill(results, DEMO, demo_value)
     build_report(settings(DEMO, results), out)
     assert not list(out.glob("vizwiz_*")) and not list(out.glob("mmbench_*")) and not list(out.glob("paper_*"))
+
+
+# ---------------------------------------------------------------------------------------------- figures, page, LaTeX
+
+
+def legend_texts(fig) -> set[str]:
+    return {text.get_text() for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)] if legend
+            for text in legend.get_texts()}
+
+
+def horizontal_lines_at(ax, y: float) -> list:
+    return [line for line in ax.get_lines() if len(line.get_ydata()) == 2 and all(v == y for v in line.get_ydata())]
+
+
+def test_figures_label_their_axes_and_keep_honest_scales(tmp_path):
+    spec = Spec(DEMO.tables, (0, 1, 2), DEMO.modality)
+    results = tmp_path / "results"
+    fill(results, spec, lambda arm, seed: (50.0 + seed, 1.05 + 0.01 * seed, 0.9, 0.2 * seed, -0.1))
+    write_gates(results, run_name(Arm("synth-video", "tiny-qwen2.5-vl", "attn", "moir", 0.1), 0), steps=9)
+    collected = collect(settings(spec, results))
+    rows = collected.rows
+
+    fig = report.figure_mdi_aei(rows[1], tmp_path / "mdi_aei.png", with_reference=False)
+    assert fig.get_size_inches()[0] == pytest.approx(report.TWO_COLUMNS)
+    for ax, name in zip(fig.axes, ("MDI", "AEI")):
+        assert ax.get_ylabel() == f"{name} (ratio, log scale)" and ax.get_yscale() == "log"
+        assert horizontal_lines_at(ax, 1.0)  # y = 1, balanced
+        low, high = ax.get_ylim()
+        assert low <= 0.5 and high >= 2.0  # never zoomed into the noise around 1
+        assert any(container.has_yerr for container in ax.containers)  # 95% intervals over the 3 seeds
+    assert {"FT", "FT w/ MoIR (k'=0.1)", "base model", "balanced (1)"} <= legend_texts(fig)
+    assert "95% interval over 3 seeds" in fig._suptitle.get_text()
+    assert [tick.get_text() for tick in fig.axes[1].get_xticklabels()] == ["Attn", "MLP", "Proj."] * 2
+
+    fig = report.figure_accuracy_rank(rows[1], tmp_path / "accuracy_rank.png", with_reference=False)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["accuracy (%)", "Δ effective rank (dims)", "Δ effective rank (dims)"]
+    assert fig.axes[0].get_ylim() == (0.0, 100.0)
+    assert horizontal_lines_at(fig.axes[1], 0.0)
+
+    fig = report.figure_ablation(rows[3], tmp_path / "ablation.png", with_reference=False, ft=rows[1][1])
+    for ax in fig.axes:
+        assert list(ax.get_xticks()) == [0.05, 0.1, 0.15]  # only the k' that ran
+        assert ax.get_xlabel() == "exchange ratio k'" and ax.get_ylabel()
+    assert fig.axes[0].get_ylim() == (0.0, 100.0) and fig.axes[2].get_yscale() == "log"
+    assert "synth-image (I+T), tiny-llava, LoRA on the attention layers (Attn)" in fig._suptitle.get_text()
+    assert {"Rank ΔI", "Rank ΔT", "MDI", "AEI", "FT w/ MoIR at k'", "FT (no router)"} <= legend_texts(fig)
+
+    fig = report.figure_gates(collected.gates, tmp_path / "gates.png")
+    assert fig.axes[0].get_xlim() == fig.axes[1].get_xlim()  # one step axis for runs of 4 and of 9 steps
+    assert fig.axes[0].get_xlim()[1] >= 9 and fig.axes[0].get_ylim() == (0.0, 1.0)
+    assert fig.axes[0].get_xlabel() == "optimizer step" and fig.axes[0].get_ylabel().startswith("alpha")
+    assert "synth-video / tiny-qwen2.5-vl / Attn" in legend_texts(fig)
+    assert f"moved at most {report.gate_moves(collected.gates):.3g} from 0.5" in fig._suptitle.get_text()
+    assert report.gate_moves(collected.gates) == pytest.approx(0.09)  # write_gates: 0.5 + 0.01 * step, 9 steps
+
+    fig = report.figure_robustness(rows[2], tmp_path / "robustness.png", with_reference=False)
+    assert fig.get_size_inches()[0] == pytest.approx(report.ONE_COLUMN)
+    assert fig.axes[0].get_ylim() == (0.0, 100.0) and fig.axes[0].get_ylabel() == "unchanged predictions (%)"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][0] == "All\n(n=300)"
+
+    for name in report.FIGURES:  # legible at print size: no text under 8 pt
+        fig = {"mdi_aei.png": report.figure_mdi_aei, "accuracy_rank.png": report.figure_accuracy_rank,
+               "ablation.png": report.figure_ablation, "robustness.png": report.figure_robustness}.get(name)
+        if fig is None:
+            continue
+        drawn = fig(rows[{"ablation.png": 3, "robustness.png": 2}.get(name, 1)], tmp_path / name, with_reference=False)
+        sizes = [text.get_fontsize() for text in drawn.findobj(matplotlib.text.Text) if text.get_text()]
+        assert min(sizes) >= 8, name
+
+
+def test_report_page_stands_alone(tmp_path):
+    spec = Spec(DEMO.tables, (0, 1), DEMO.modality)
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, spec, lambda arm, seed: (50.0 + seed, 1.05, 0.9, 0.2, -0.1))
+    build_report(settings(spec, results), out)
+    page = (out / "report.md").read_text()
+    for definition in ("**MDI** (Modality Dominance Index)", "**AEI** (Attention", "**Rank ΔI, Rank ΔT**",
+                       "**Acc. (%)**", "**Unchanged (%)**", "**Base**", "|log MDI|"):
+        assert definition in page, definition
+    assert "**Table 2.** Robustness" in page and "**Table 3.** The ablation" in page
+    assert page.count("synth-image (I+T), tiny-llava, LoRA on the attention layers (Attn)") >= 2  # Tables 2 and 3
+    assert "Base (no fine-tuning)" in page
+    assert "synth-image: 300 test questions, one question = 0.33 points" in page
+    assert "Mean ± half-width of the 95% t-interval over 2 seeds." in page
+    assert "50.50 ± 6.35" in page  # mean of 50 and 51, t(0.975, 1) * 0.707 / sqrt(2)
+    assert "moved at most 0.04 from it" in page  # gates.png's caption: max |alpha - 0.5| of write_gates' 4 steps
+
+
+def test_resolution_follows_the_number_of_evaluated_questions(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, DEMO, demo_value)
+    for path in (results / "eval").rglob("metrics.json"):
+        if "synth-video" in str(path):
+            metrics = json.loads(path.read_text())
+            if "accuracy" in metrics:
+                metrics["accuracy"]["n"] = 80
+                path.write_text(json.dumps(metrics))
+    tables(DEMO, results, out)
+    text = (out / "table1.md").read_text()
+    assert "synth-image: 300 test questions, one question = 0.33 points; synth-video: 80 test questions, one " \
+           "question = 1.25 points." in text
+
+
+LATEX_ROW = re.compile(r"^(?!%|\\)(.*) \\\\$")
+
+
+@pytest.mark.parametrize("table", [1, 2, 3])
+def test_latex_tables_are_paste_ready(tmp_path, table):
+    spec = Spec(DEMO.tables, (0, 1), DEMO.modality)
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, spec, demo_value)
+    tables(spec, results, out)
+    tex = (out / f"table{table}.tex").read_text()
+    lines = tex.splitlines()
+    environment = "table*" if table == 1 else "table"
+    assert lines[1] == rf"\begin{{{environment}}}[t]" and lines[-1] == rf"\end{{{environment}}}"
+    caption = next(line for line in lines if line.startswith(r"\caption{"))
+    assert not caption.startswith(r"\caption{Table")  # LaTeX numbers the tables itself
+    assert rf"\label{{tab:moir-table{table}}}" in lines
+    assert [tex.count(rule) for rule in (r"\toprule", r"\midrule", r"\bottomrule")] == [1, 1, 1]
+    spec_text = re.search(r"\\begin\{tabular\}\{@\{\}(\w+)@\{\}\}", tex).group(1)
+    rows = [match.group(1) for line in lines if (match := LATEX_ROW.match(line))]
+    assert all(row.count("&") == len(spec_text) - 1 for row in rows)
+    assert spec_text.endswith("r" * (3 if table == 2 else 5))  # the metric columns are right-aligned
+    assert not re.search(r"(?<!\\)[_%#&](?![^$]*\$)", "".join(row.replace("&", "") for row in rows) + caption)
+    assert tex.count("{") == tex.count("}")
+    if shutil.which("pdflatex"):  # compile it where a LaTeX engine is installed
+        (tmp_path / "doc.tex").write_text(
+            "\\documentclass[twocolumn]{article}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n"
+            f"\\usepackage{{graphicx}}\n\\begin{{document}}\n{tex}\nTable~\\ref{{tab:moir-table{table}}}.\n"
+            "\\end{document}\n")
+        result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text()

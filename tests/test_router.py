@@ -336,3 +336,16 @@ def test_training_autocast_routes_like_evaluation(align, rank):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inputs stay float32 under autocast
         a32_autocast, _ = router(a.float(), b.float(), a_mask, b_mask)
     assert a32_autocast.dtype == torch.float32 and torch.equal(a32_autocast, a32)
+
+
+def test_gate_statistics_name_the_channels_whose_gates_moved():
+    router = MoIRRouter(6, RouterConfig(ratio=0.5, gate_init=0.3))
+    stats = router.gate_statistics()
+    assert stats["alpha_a_selected"] == 0 and stats["alpha_a_selected_mean"] == 0.3  # nothing trained yet
+    assert stats["alpha_a_mean"] == pytest.approx(0.3)
+    with torch.no_grad():
+        router.logit_a[[1, 4]] = torch.tensor([0.0, 2.0])  # two channels trained (alpha 0.5 and sigmoid(2))
+    stats = router.gate_statistics()
+    assert stats["alpha_a_selected"] == 2 and stats["alpha_b_selected"] == 0
+    assert stats["alpha_a_selected_mean"] == pytest.approx((0.5 + 1 / (1 + math.exp(-2.0))) / 2)
+    assert stats["alpha_a_max"] == pytest.approx(1 / (1 + math.exp(-2.0)))

@@ -441,6 +441,23 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
     assert stages == expected | ({"moir.train.pretrain"} if suite == "demo" else set())
 
 
+def test_the_html_report_opens_on_the_results(finished_demo, tmp_path):
+    """`snakemake --report`: one category, "Results" (tables, figures, the page, in that order), and a landing page
+    (workflow/report/workflow.rst) that links every table and figure before it describes the pipeline."""
+    html = tmp_path / "report.html"
+    snakemake(finished_demo, "--report", str(html), "--config", "suite=demo")
+    text = html.read_text()
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\n", text, re.DOTALL).group(1))
+    assert list(categories) == ["Results"]
+    assert sorted(categories["Results"]) == ["1. Tables", "2. Figures", "3. All on one page"]
+    description = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", text, re.DOTALL).group(1))
+    named = re.findall(r"javascript:app\.showResultInfo\('results/demo/report/([\w.]+)'\)", description)
+    assert named[:4] == ["table1.csv", "table2.csv", "table3.csv", "mdi_aei.png"], description
+    assert {f"{figure}.png" for figure in plan.Plan.REPORT_FIGURES} | {"report.md"} <= set(named)
+    assert description.index("table1.csv") < description.index("The pipeline")
+    assert "System Message" not in description  # every link resolved, the rst rendered cleanly
+
+
 def test_snakemake_lint_passes():
     output = snakemake(REPO, "--lint", "--config", "suite=demo")
     assert "Congratulations, your workflow is in a good condition!" in output

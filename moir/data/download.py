@@ -39,7 +39,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
+from moir import runtime
 
 from moir.storage import write_text_atomic
 
@@ -222,7 +222,7 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float) -> None:
             raise ChecksumError(
                 f"{url}: the server announces {expected_end} bytes, the file is pinned at {size}; refused"
             )
-        with open(part, "r+b" if offset else "wb") as file, tqdm(
+        with open(part, "r+b" if offset else "wb") as file, runtime.progress(
             total=expected_end, initial=offset, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"), leave=False
         ) as progress:
             file.seek(offset)
@@ -402,7 +402,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, max_byt
         members = list_members(archive, opened, root)  # every entry checked before anything is written
         _check_layout(archive, members, root)
         _check_size(archive, members, root, max_bytes, max_ratio)
-        for target, info, size in tqdm(members, desc=f"extract {archive.name}", unit="file", leave=False):
+        for target, info, size in runtime.progress(members, desc=f"extract {archive.name}", unit="file", leave=False):
             if info is None:
                 target.mkdir(parents=True, exist_ok=True)
             else:

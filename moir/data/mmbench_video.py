@@ -26,7 +26,7 @@ import logging
 import os
 from pathlib import Path
 
-from tqdm import tqdm
+from moir import runtime
 
 from moir.data.manifest import write_manifest
 from moir.data.safe_pickle import load_bytes_mapping
@@ -52,7 +52,7 @@ def unpack_videos(pickle_dir: str | os.PathLike, video_dir: str | os.PathLike) -
         raise MMBenchVideoError(f"{pickle_dir}: no *.pkl video chunks")
     video_dir.mkdir(parents=True, exist_ok=True)
     count = 0
-    for chunk in tqdm(chunks, desc="unpack video_pkl", unit="chunk", leave=False):
+    for chunk in runtime.progress(chunks, desc="unpack video_pkl", unit="chunk", leave=False):
         for name, data in load_bytes_mapping(chunk).items():
             if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
                 raise MMBenchVideoError(f"{chunk}: video name {name!r} is not a plain file name; refused")

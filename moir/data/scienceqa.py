@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
+from moir import runtime
 
 from moir.data.manifest import write_manifest
 from moir.storage import write_bytes_atomic
@@ -109,7 +109,7 @@ def convert_hf(raw_dir: str | os.PathLike, manifest_dir: str | os.PathLike, spli
     written = {}
     for split in splits:
         rows = []
-        for native_id, problem, source in tqdm(_hf_problems(raw_dir, split), desc=f"scienceqa/{split}", unit="problem", leave=False):
+        for native_id, problem, source in runtime.progress(_hf_problems(raw_dir, split), desc=f"scienceqa/{split}", unit="problem", leave=False):
             image = problem.get("image")
             media_path = None
             if image is not None:

@@ -39,7 +39,7 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+from moir import runtime
 
 from moir.data.manifest import write_manifest
 from moir.storage import atomic_path
@@ -321,7 +321,7 @@ def _generate(
             raise ValueError(f"split {split!r}: size must be >= 0, got {n}")
         (raw_dir / split).mkdir(parents=True, exist_ok=True)
         rows = []
-        for index in tqdm(range(n), desc=f"{dataset}/{split}", unit="example", leave=False):
+        for index in runtime.progress(range(n), desc=f"{dataset}/{split}", unit="example", leave=False):
             rng = _rng(seed, split, index)
             kind, media_path, question = make_example(rng, split, index, raw_dir)
             fields = attach_question(rng, question, hint_accuracy=hints.for_split(split), choice_share=hints.choice_share)

@@ -59,7 +59,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
+from moir import runtime
 
 from moir.settings import add_settings_argument, parse
 from moir.data.manifest import read_manifest
@@ -278,7 +278,7 @@ def dump_cache(
         shards.append({"file": path.name, "n": len(pending_keys), "sha256": file_sha256(path)})
         pending_keys, pending, pending_bytes = [], [], 0
 
-    with tqdm(total=len(items), initial=done, desc=f"encoder cache {out_dir.name}", unit="item") as progress:
+    with runtime.progress(total=len(items), initial=done, desc=f"encoder cache {out_dir.name}", unit="item") as progress:
         start = done
         while start < len(items):
             room = batch_size if shard_size is None else min(batch_size, shard_size - len(pending))

@@ -80,7 +80,7 @@ from typing import Any
 
 import pyarrow as pa
 import torch
-from tqdm import tqdm
+from moir import runtime
 
 from moir.data.manifest import ManifestError, read_manifest
 from moir.settings import add_settings_argument, parse
@@ -246,7 +246,7 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     if done:
         log.info("resuming: %d of %d examples already predicted", len(ids) - len(todo), len(ids))
     pending: list[dict] = []
-    with tqdm(total=len(ids), initial=len(ids) - len(todo), desc=f"evaluate {args.out_dir.name}") as progress:
+    with runtime.progress(total=len(ids), initial=len(ids) - len(todo), desc=f"evaluate {args.out_dir.name}") as progress:
         for start in range(0, len(todo), args.batch_size):
             indices = todo[start:start + args.batch_size]
             batch_examples = [prepare_example(examples[i], args.mode, args.noise_seed) for i in indices]

@@ -36,7 +36,7 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
+from moir import runtime
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ def judge_predictions(
         raise ValueError("questions, answers and predictions must have the same length")
     results = []
     items = zip(questions, answers, predictions)
-    for question, answer, prediction in tqdm(items, total=len(questions), desc=f"judge {judge.name}"):
+    for question, answer, prediction in runtime.progress(items, total=len(questions), desc=f"judge {judge.name}"):
         key = cache.key(judge.name, question, answer, prediction)
         reply = cache.get(key)
         if reply is None:

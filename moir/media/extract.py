@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
+from moir import runtime
 
 from moir.data.manifest import media_root, read_manifest, resolve_media
 from moir.media.audio import AUDIO_SCHEMA, audio_row, extract_audio
@@ -126,7 +126,7 @@ def extract_media(
             frame_rows: list[dict] = []
             audio_rows: list[dict] = []
             results = pool.map(work, videos)
-            for i, result in enumerate(tqdm(results, total=len(videos), desc="frames+audio", unit="video"), 1):
+            for i, result in enumerate(runtime.progress(results, total=len(videos), desc="frames+audio", unit="video"), 1):
                 errors.extend(result.errors)
                 if result.video is not None:
                     frame_rows.extend(

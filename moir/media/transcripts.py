@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
+from moir import runtime
 from transformers import pipeline
 
 from moir.media.audio import SAMPLE_RATE, iter_audio, to_pcm16
@@ -146,7 +146,7 @@ def transcribe(
             rows[row]["text"] = text
         pending.clear()
 
-    for media_path, samples in tqdm(iter_audio(audio_path), desc="transcripts", unit="video"):
+    for media_path, samples in runtime.progress(iter_audio(audio_path), desc="transcripts", unit="video"):
         if samples is None or samples.size == 0:
             rows.append({"media_path": media_path, "has_audio": samples is not None, "text": ""})
             continue

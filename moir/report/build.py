@@ -9,7 +9,10 @@ does, so a reader compares the two side by side:
   vision-dependent, vision-irrelevant), FT against MoIR, from the noise evaluation.
 - Table 3: the k' ablation, Table 1's columns for MoIR at each k'.
 
-With several seeds a cell is the mean and the CSV also holds the sample standard deviation (`<metric>_std`) and
+Table 1 also has each (dataset, model) pair's base model row (no fine-tuning). MDI and AEI are read as the distance
+from 1 (balanced), |log MDI| in the CSV, never "lower is better". Every caption names its setting and what one test
+question is worth in points (100 / the number of questions the evaluation scored). With several seeds a cell is the
+mean ± the half-width of its 95% t-interval, and the CSV also holds the sample standard deviation (`<metric>_std`) and
 the half-width of the mean's 95% t-interval (`<metric>_ci95`); the tabular work is done with polars. When reference
 tables are given (the `paper` suite), every cell also shows the paper's number: in the CSV as `<metric>_paper`,
 in Markdown and LaTeX in parentheses after ours. Figures (PNG, matplotlib Agg): MDI/AEI per arm, accuracy and
@@ -48,9 +51,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from moir.settings import json_object  # noqa: E402
-from moir.plan import Arm, ReportSettings, Tables, format_ratio  # noqa: E402
+from moir.plan import Arm, Plan, ReportSettings, Tables, format_ratio  # noqa: E402
 from moir.storage import write_text_atomic  # noqa: E402
 from moir.report.breakdowns import breakdown_sections  # noqa: E402
 
@@ -61,23 +67,27 @@ NOISE = "noise"
 PLACEMENT_LABELS = {"attn": "Attn", "mlp": "MLP", "proj": "Proj."}
 METHOD_LABELS = {"ft": "FT", "moir": "FT w/ MoIR"}
 # (key, Markdown header, LaTeX header): the paper's columns of Tables 1 and 3.
+# MDI and AEI carry no arrow: 1 is balanced and the distance from 1 (|log MDI|, in the CSV) is the imbalance.
 MAIN_COLUMNS = (
-    ("acc", "Acc. ↑", r"Acc. $\uparrow$"),
+    ("acc", "Acc. (%) ↑", r"Acc. (\%) $\uparrow$"),
     ("rank_delta_image", "Rank ΔI ↑", r"Rank $\Delta$I $\uparrow$"),
     ("rank_delta_text", "Rank ΔT ↑", r"Rank $\Delta$T $\uparrow$"),
-    ("mdi", "MDI ↓", r"MDI $\downarrow$"),
-    ("aei", "AEI ↓", r"AEI $\downarrow$"),
+    ("mdi", "MDI (1 = bal.)", r"MDI (1 = bal.)"),
+    ("aei", "AEI (1 = bal.)", r"AEI (1 = bal.)"),
 )
 # Reported in the CSV beside the main columns (not in the paper's tables).
 EXTRA_COLUMNS = (
     "acc_img", "judge_score", "mdi_early", "mdi_middle", "mdi_late", "aei_early", "aei_middle", "aei_late",
-    "rank_image", "rank_text",
+    "rank_image", "rank_text", "mdi_abs_log", "aei_abs_log", "n_questions",
 )
 ROBUSTNESS_COLUMNS = (
-    ("unchanged_all", "All", "All"),
-    ("unchanged_vision_dependent", "Vision-dependent", "Vision-dependent"),
-    ("unchanged_vision_irrelevant", "Vision-irrelevant", "Vision-irrelevant"),
+    ("unchanged_all", "All (%)", r"All (\%)"),
+    ("unchanged_vision_dependent", "Vision-dependent (%)", r"Vision-dependent (\%)"),
+    ("unchanged_vision_irrelevant", "Vision-irrelevant (%)", r"Vision-irrelevant (\%)"),
 )
+# Reported in Table 2's CSV: the number of questions behind each rate (its resolution).
+ROBUSTNESS_COUNTS = ("n_all", "n_vision_dependent", "n_vision_irrelevant")
+BASE = "base"  # the method of the base model's row (no fine-tuning) in Table 1
 
 
 class ReportError(ValueError):
@@ -129,16 +139,34 @@ def clean_metrics(metrics: Mapping, source: Path) -> dict[str, float | None]:
     for name in ("mdi", "aei"):
         for third in ("early", "middle", "late"):
             row[f"{name}_{third}"] = field(metrics, f"dominance.{name}.{third}.mean", source, required=False)
+        row[f"{name}_abs_log"] = distance_from_balance(row[name])
+    row["n_questions"] = field(metrics, "accuracy.n", source, required=False)
     return row
 
 
+def distance_from_balance(value: float | None) -> float | None:
+    """|log x| of an MDI or AEI: 0 when balanced (x = 1); an x and its inverse (0.8 and 1.25) are equally far."""
+    if value is None or math.isnan(value):
+        return None
+    if value <= 0 or math.isinf(value):
+        return math.inf
+    return abs(math.log(value))
+
+
 def noise_metrics(metrics: Mapping, source: Path) -> dict[str, float | None]:
-    """The Table 2 numbers of one noise evaluation (`summary`)."""
-    return {key: field(metrics, f"summary.{key}", source) for key, _, _ in ROBUSTNESS_COLUMNS}
+    """The Table 2 numbers of one noise evaluation (`summary`), and the number of questions behind each rate."""
+    row = {key: field(metrics, f"summary.{key}", source) for key, _, _ in ROBUSTNESS_COLUMNS}
+    for count, group in zip(ROBUSTNESS_COUNTS, ("all", "vision_dependent", "vision_irrelevant")):
+        row[count] = field(metrics, f"robustness.{group}.n", source, required=False)
+    return row
+
+
+GATE_EXTRAS = tuple(f"alpha_{side}_{stat}" for side in "ab" for stat in ("min", "max", "selected", "selected_mean"))
 
 
 def read_gates(path: Path) -> list[dict[str, float]]:
-    """Per optimizer step: step, alpha_a_mean, alpha_b_mean from a MoIR run's train_metrics.jsonl."""
+    """Per optimizer step: step, alpha_a_mean, alpha_b_mean (and those of GATE_EXTRAS the run recorded) from a
+    MoIR run's train_metrics.jsonl."""
     if not path.is_file():
         raise ReportError(f"{path}: not found")
     points = []
@@ -154,7 +182,11 @@ def read_gates(path: Path) -> list[dict[str, float]]:
         missing = [key for key in ("step", "alpha_a_mean", "alpha_b_mean") if key not in record]
         if missing:
             raise ReportError(f"{path}: line {number} (a step record) has no field {missing[0]!r}")
-        points.append({key: float(record[key]) for key in ("step", "alpha_a_mean", "alpha_b_mean")})
+        point = {key: float(record[key]) for key in ("step", "alpha_a_mean", "alpha_b_mean")}
+        for key in GATE_EXTRAS:  # recorded by newer runs: the range of the gates, those of the selected channels
+            if isinstance(record.get(key), (int, float)):
+                point[key] = float(record[key])
+        points.append(point)
     if not points:
         raise ReportError(f"{path}: no step records with gate values")
     return points
@@ -245,20 +277,21 @@ def build_rows(
     read, keys = (
         (clean_metrics, [key for key, _, _ in MAIN_COLUMNS] + list(EXTRA_COLUMNS))
         if evaluation == CLEAN
-        else (noise_metrics, [key for key, _, _ in ROBUSTNESS_COLUMNS])
+        else (noise_metrics, [key for key, _, _ in ROBUSTNESS_COLUMNS] + list(ROBUSTNESS_COUNTS))
     )
     paper_keys = [key for key, _, _ in (MAIN_COLUMNS if evaluation == CLEAN else ROBUSTNESS_COLUMNS)]
     records = []
+    n_seeds = [len(evaluation_keys(arm, settings, evaluation)) for arm in arms]
     for index, arm in enumerate(arms):
-        for seed in settings.seeds:
-            path = metrics_path(settings, f"{arm.run(seed).name}/{evaluation}")
-            records.append({"arm": index, "t95": t95(len(settings.seeds)), **read(read_json(path), path)})
+        for key in evaluation_keys(arm, settings, evaluation):
+            path = metrics_path(settings, key)
+            records.append({"arm": index, "t95": t95(n_seeds[index]), **read(read_json(path), path)})
     schema = {"arm": pl.Int64, "t95": pl.Float64, **{key: pl.Float64 for key in keys}}
     values = aggregate(pl.DataFrame(records, schema=schema), keys)
     identity = pl.DataFrame(
         [{"arm": index, "table": table, "dataset": arm.dataset, "modality": settings.modality.get(arm.dataset, ""),
           "model": arm.model, "placement": arm.placement, "method": arm.method, "k_ratio": arm.ratio,
-          "n_seeds": len(settings.seeds)} for index, arm in enumerate(arms)],
+          "n_seeds": n_seeds[index]} for index, arm in enumerate(arms)],
         schema={"arm": pl.Int64, "table": pl.Int64, "dataset": pl.String, "modality": pl.String, "model": pl.String,
                 "placement": pl.String, "method": pl.String, "k_ratio": pl.Float64, "n_seeds": pl.Int64},
     )
@@ -269,6 +302,28 @@ def build_rows(
             for key in paper_keys
         )
     return rows.drop("arm")
+
+
+def evaluation_keys(arm: Arm, settings: ReportSettings, evaluation: str) -> list[str]:
+    """The evaluations ("<run>/<mode>") averaged into an arm's row: one per seed; the base model's one (it is
+    not trained, so it has no seeds)."""
+    if arm.method == BASE:
+        return [f"{Plan.base_name(Arm(arm.dataset, arm.model, '', 'ft', None).run(0))}/{evaluation}"]
+    return [f"{arm.run(seed).name}/{evaluation}" for seed in settings.seeds]
+
+
+def base_arms(tables: Tables) -> list[Arm]:
+    """The base model's row of each (dataset, model) pair of Table 1."""
+    return [Arm(dataset, model, "", BASE, None) for dataset, model in tables.pairs]
+
+
+def with_base_rows(rows: pl.DataFrame, base: pl.DataFrame) -> pl.DataFrame:
+    """Table 1 with each pair's base row before the pair's arms."""
+    parts = []
+    for dataset, model in base.select("dataset", "model").iter_rows():
+        pair = (pl.col("dataset") == dataset) & (pl.col("model") == model)
+        parts += [base.filter(pair), rows.filter(pair)]
+    return pl.concat(parts, how="diagonal_relaxed")
 
 
 def metrics_path(settings: ReportSettings, key: str) -> Path:
@@ -287,9 +342,10 @@ def format_number(value: float | None) -> str:
 
 
 def cell(row: Mapping, key: str) -> str:
+    """A table cell: the mean, ± the half-width of its 95% interval over seeds, (the paper's number)."""
     text = format_number(row.get(key))
-    if row.get(f"{key}_std") is not None:
-        text += f" ± {format_number(row[f'{key}_std'])}"
+    if row.get(f"{key}_ci95") is not None:
+        text += f" ± {format_number(row[f'{key}_ci95'])}"
     if f"{key}_paper" in row:
         text += f" ({format_number(row[f'{key}_paper'])})"
     return text
@@ -299,32 +355,55 @@ def csv_text(rows: pl.DataFrame) -> str:
     return rows.write_csv(null_value="", line_terminator="\n")
 
 
+def is_numeric_column(body: Sequence[Sequence[str]], index: int) -> bool:
+    """A column whose every cell starts with a number (or is "–"/"inf"): right-aligned in Markdown and LaTeX."""
+    cells = [cells[index] for cells in body]
+    return bool(cells) and all(text[:1].isdigit() or text[:1] in "-–" or text.startswith("inf") for text in cells)
+
+
 def markdown_text(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    rules = ["---:" if is_numeric_column(body, index) else "---" for index in range(len(headers))]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(rules) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
 def latex_escape(text: str) -> str:
-    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                          ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
         text = text.replace(char, escaped)
-    return text.replace("±", r"$\pm$").replace("–", "--")
+    return text.replace("±", r"$\pm$").replace("–", "--").replace("Δ", r"$\Delta$")
 
 
-def latex_text(headers: Sequence[str], body: Sequence[Sequence[str]], caption: str) -> str:
-    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(headers) + "}"]
-    lines += [r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
+def latex_text(headers: Sequence[str], body: Sequence[Sequence[str]], caption: str, label: str | None = None, *,
+               wide: bool = False) -> str:
+    """A paste-ready booktabs table (needs \\usepackage{booktabs}): caption and label on top, text columns
+    left-aligned, numeric columns right-aligned. `headers` are LaTeX already; `body` and `caption` are escaped.
+    Scaled to the column width (`wide`: a `table*` spanning both columns of a two-column paper, scaled to the
+    text width); needs graphicx."""
+    spec = "".join("r" if is_numeric_column(body, index) else "l" for index in range(len(headers)))
+    environment = "table*" if wide else "table"
+    lines = [r"% Needs \usepackage{booktabs} and \usepackage{graphicx} in the preamble.", r"\begin{" + environment + "}[t]", r"\centering", r"\small",
+             r"\caption{" + latex_escape(caption) + "}"]
+    if label:
+        lines.append(r"\label{" + label + "}")
+    lines.append(r"\resizebox{" + (r"\textwidth" if wide else r"\columnwidth") + "}{!}{%")
+    lines += [r"\begin{tabular}{@{}" + spec + "@{}}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
     lines += [" & ".join(latex_escape(text) for text in cells) + r" \\" for cells in body]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + latex_escape(caption) + "}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{" + environment + "}"]
     return "\n".join(lines) + "\n"
 
 
 IDENTITY_HEADERS = {1: ["Dataset", "Modality", "Model", "Place.", "Training"], 2: ["Training"], 3: ["k'"]}
+PLACEMENT_NAMES = {"attn": "LoRA on the attention layers (Attn)", "mlp": "LoRA on the feed-forward layers (MLP)",
+                   "proj": "LoRA on the projection layers (Proj.)"}
 
 
 def identity_cells(row: Mapping, table: int) -> list[str]:
     """The cells that say which arm a row is, as the paper's tables write them."""
     if table == 1:
+        if row["method"] == BASE:
+            return [row["dataset"], row["modality"], row["model"], "–", "Base (no fine-tuning)"]
         training = METHOD_LABELS[row["method"]]
         if row["method"] == "moir":
             training += f" (k'={format_ratio(row['k_ratio'])})"
@@ -344,131 +423,360 @@ def table_layout(rows: Sequence[Mapping], table: int) -> tuple[list[str], list[s
 
 
 CAPTIONS = {
-    1: "Table 1: accuracy, effective-rank deltas against the base model, MDI and AEI (lower is more balanced).",
-    2: "Table 2: robustness, the percentage of predictions unchanged when every image is replaced by noise.",
-    3: "Table 3: the ablation of the exchange ratio k'.",
+    1: "Accuracy, effective-rank deltas against the base model, MDI and AEI for every (dataset, model) pair, LoRA "
+       "placement and training.",
+    2: "Robustness: the percentage of predictions unchanged when every image (or video frame) is replaced by "
+       "noise.",
+    3: "The ablation of the exchange ratio k' of FT w/ MoIR.",
 }
+MDI_READING = ("MDI and AEI: 1 is balanced attention between text and visual tokens, above 1 the text dominates, "
+               "below 1 the visual tokens do; the distance from 1 is the imbalance.")
+
+
+def setting_text(row: Mapping) -> str:
+    """"<dataset> (<modality>), <model>, LoRA on ..." for the one setting of Table 2 or 3."""
+    modality = f" ({row['modality']})" if row.get("modality") else ""
+    return f"{row['dataset']}{modality}, {row['model']}, {PLACEMENT_NAMES.get(row['placement'], row['placement'])}"
+
+
+def resolution_text(rows: Sequence[Mapping], table: int) -> str:
+    """What one test question is worth in points, from the number of questions each evaluation scored."""
+    if table == 2:
+        counts = {(row.get("n_all"), row.get("n_vision_dependent"), row.get("n_vision_irrelevant")) for row in rows}
+        parts = [f"{int(a)} questions with an image (one question = {100 / a:.2f} points), {int(d)} "
+                 f"vision-dependent ({100 / d if d else math.nan:.2f} points), {int(i)} vision-irrelevant "
+                 f"({100 / i if i else math.nan:.2f} points)" for a, d, i in sorted(counts, key=str) if a]
+        return ("Rates over " + "; ".join(parts) + ".") if parts else ""
+    by_dataset: dict[str, set[int]] = {}
+    for row in rows:
+        if row.get("n_questions"):
+            by_dataset.setdefault(row["dataset"], set()).add(int(row["n_questions"]))
+    parts = [f"{dataset}: {n} test questions, one question = {100 / n:.2f} points"
+             for dataset, counts in by_dataset.items() for n in sorted(counts)]
+    return ("Resolution of the accuracy: " + "; ".join(parts) + ".") if parts else ""
+
+
+def table_caption(rows: Sequence[Mapping], table: int, *, with_reference: bool) -> str:
+    """CAPTIONS[table] with the setting, the reading of MDI/AEI, the resolution, the seeds and the reference."""
+    caption = CAPTIONS[table]
+    if table == 1:
+        caption += (" Accuracy in % (the benchmark's protocol); rank deltas: change of the effective rank of the "
+                    "visual (ΔI) and text (ΔT) hidden states against the base model (the base row is that reference). "
+                    + MDI_READING)
+    elif rows:
+        caption += " " + setting_text(rows[0])
+        caption += (f"; FT against FT w/ MoIR (k'={format_ratio(rows[-1]['k_ratio'])})." if table == 2 else
+                    ". Accuracy in %. " + MDI_READING)
+    resolution = resolution_text(rows, table)
+    if resolution:
+        caption += " " + resolution
+    seeds = max((row["n_seeds"] for row in rows), default=1)
+    if seeds > 1:
+        caption += f" Mean ± half-width of the 95% t-interval over {seeds} seeds."
+    if with_reference:
+        caption += " The paper's number in parentheses."
+    return caption
 
 
 def render_table(frame: pl.DataFrame, table: int, *, with_reference: bool) -> dict[str, str]:
     """The table as {"md": ..., "csv": ..., "tex": ...}."""
     rows = frame.to_dicts()
     md_headers, tex_headers, body = table_layout(rows, table)
-    caption = CAPTIONS[table]
-    if with_reference:
-        caption += " The paper's number in parentheses."
-    if any(row["n_seeds"] > 1 for row in rows):
-        caption += " Mean ± standard deviation over seeds."
+    caption = table_caption(rows, table, with_reference=with_reference)
     return {
-        "md": f"**{caption}**\n\n" + markdown_text(md_headers, body),
+        "md": f"**Table {table}.** {caption}\n\n" + markdown_text(md_headers, body),
         "csv": csv_text(frame),
-        "tex": latex_text(tex_headers, body, caption),
+        "tex": latex_text(tex_headers, body, caption, label=f"tab:moir-table{table}", wide=table == 1),
     }
 
 
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def grouped_bars(ax, rows: Sequence[Mapping], key: str, title: str, *, with_reference: bool) -> None:
-    """Bars of `key` per setting, FT beside MoIR (the paper's value as a black tick when given)."""
-    settings = list(dict.fromkeys((r["dataset"], r["model"], r["placement"]) for r in rows))  # table order
-    width = 0.38
-    for offset, method, colour in ((-width / 2, "ft", "#9e9e9e"), (width / 2, "moir", "#1f77b4")):
-        xs, heights, papers = [], [], []
-        for index, setting in enumerate(settings):
-            row = next(r for r in rows if (r["dataset"], r["model"], r["placement"]) == setting and r["method"] == method)
-            value = row.get(key)
-            xs.append(index + offset)
-            heights.append(0.0 if value is None or math.isinf(value) else value)
-            papers.append(row.get(f"{key}_paper"))
-        ax.bar(xs, heights, width, label=METHOD_LABELS[method], color=colour)
-        if with_reference:
-            ax.scatter(xs, [math.nan if p is None else p for p in papers], marker="_", s=200, color="black",
-                       label="paper" if method == "ft" else None, zorder=3)
+# Paper print sizes: one column of a two-column paper is about 3.3 in wide, the full page about 7 in; every font
+# is at least 8 pt at that size, and the PNGs are drawn at 200 dpi.
+ONE_COLUMN, TWO_COLUMNS = 3.3, 7.0
+FIGURE_STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 8,
+                "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 9, "savefig.dpi": 200}
+COLOURS = {"ft": "#7f7f7f", "moir": "#1f77b4", BASE: "#000000"}
+MARKERS = {"ft": "o", "moir": "s", BASE: "x"}
+
+
+def finite(value: float | None) -> float:
+    return math.nan if value is None or math.isinf(value) else value
+
+
+def interval(rows: Sequence[Mapping], key: str) -> list[float] | None:
+    """The half-widths of the 95% intervals of `key` (None when no row has one: a single seed)."""
+    values = [row.get(f"{key}_ci95") for row in rows]
+    return None if all(v is None for v in values) else [0.0 if v is None else v for v in values]
+
+
+def seeds_text(rows: Sequence[Mapping]) -> str:
+    seeds = max((row["n_seeds"] for row in rows if row["method"] != BASE), default=1)
+    return "1 seed" if seeds == 1 else f"mean and 95% interval over {seeds} seeds"
+
+
+def balance_axis(ax, values: Sequence[float]) -> None:
+    """A log-scale y axis that always shows 1 (balanced, drawn in green) and at least 1/2..2, so that 0.8 and 1.25
+    sit equally far from 1, with ticks at reciprocal pairs (decades when the values span more than 10x)."""
+    finite_values = [v for v in values if v > 0 and math.isfinite(v)]
+    low = min([0.5] + [v / 1.15 for v in finite_values])
+    high = max([2.0] + [v * 1.15 for v in finite_values])
+    ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    span = max(1 / low, high)
+    if span <= 3:
+        candidates = (0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0)
+    elif span <= 12:
+        candidates = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+    else:
+        candidates = tuple(10.0 ** k for k in range(-6, 7))
+    ticks = [t for t in candidates if low <= t <= high]
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{t:g}" for t in ticks]))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.axhline(1.0, color="#2ca02c", linewidth=1, label="balanced (1)")
+
+
+def setting_axis(ax, settings: Sequence[tuple[str, str, str]], *, pair_labels: bool) -> None:
+    """x ticks at each (dataset, model, placement): the placement under the tick, the pair once below its group."""
     ax.set_xticks(range(len(settings)))
-    ax.set_xticklabels([f"{d}\n{m}\n{PLACEMENT_LABELS[p]}" for d, m, p in settings], fontsize=7)
-    ax.set_title(title)
-    ax.axhline(0.0, color="black", linewidth=0.5)
+    ax.set_xticklabels([PLACEMENT_LABELS[placement] for _, _, placement in settings])
+    ax.set_xlim(-0.6, len(settings) - 0.4)
+    pairs = list(dict.fromkeys((dataset, model) for dataset, model, _ in settings))
+    for number, pair in enumerate(pairs):
+        indices = [i for i, setting in enumerate(settings) if setting[:2] == pair]
+        if number:
+            ax.axvline(indices[0] - 0.5, color="#cccccc", linewidth=0.8)
+        if pair_labels:
+            ax.annotate(f"{pair[0]}\n{pair[1]}", xy=((indices[0] + indices[-1]) / 2, 0), xycoords=("data", "axes fraction"),
+                        xytext=(0, -22), textcoords="offset points", ha="center", va="top", fontweight="bold")
+
+
+def arm_dots(ax, rows: Sequence[Mapping], key: str, *, with_reference: bool, legend: bool) -> list[float]:
+    """Per (dataset, model, placement): FT and MoIR side by side with their 95% intervals, the base model's value
+    (one per pair) as a cross, the paper's as a black bar. Returns the plotted values."""
+    arms = [row for row in rows if row["method"] != BASE]
+    settings = list(dict.fromkeys((r["dataset"], r["model"], r["placement"]) for r in arms))
+    plotted = []
+    for offset, method in ((-0.15, "ft"), (0.15, "moir")):
+        chosen = [next(r for r in arms if (r["dataset"], r["model"], r["placement"]) == s and r["method"] == method)
+                  for s in settings]
+        xs = [index + offset for index in range(len(settings))]
+        values = [finite(row.get(key)) for row in chosen]
+        plotted += values
+        label = METHOD_LABELS[method] + (f" (k'={format_ratio(chosen[0]['k_ratio'])})" if method == "moir" else "")
+        ax.errorbar(xs, values, yerr=interval(chosen, key), fmt=MARKERS[method], color=COLOURS[method],
+                    markersize=4, capsize=2, linewidth=1, label=label if legend else None)
+        if with_reference:
+            papers = [finite(row.get(f"{key}_paper")) for row in chosen]
+            ax.scatter(xs, papers, marker="_", s=80, color="black", zorder=3,
+                       label="paper" if legend and method == "ft" else None)
+            plotted += papers
+    base = [row for row in rows if row["method"] == BASE]
+    for number, row in enumerate(base):
+        indices = [i for i, s in enumerate(settings) if s[:2] == (row["dataset"], row["model"])]
+        if indices and row.get(key) is not None:
+            ax.hlines(finite(row[key]), indices[0] - 0.4, indices[-1] + 0.4, color=COLOURS[BASE], linewidth=0.8,
+                      linestyle=":", label="base model" if legend and number == 0 else None)
+            plotted.append(finite(row[key]))
+    setting_axis(ax, settings, pair_labels=False)
+    return plotted
 
 
 def save_figure(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
         plt.close(fig)
 
 
-def figure_bars(rows: Sequence[Mapping], keys: Sequence[tuple[str, str]], path: Path, *, with_reference: bool) -> None:
-    n_settings = len({(r["dataset"], r["model"], r["placement"]) for r in rows})
-    fig, axes = plt.subplots(len(keys), 1, figsize=(max(5.0, 0.9 * n_settings + 1.5), 3.4 * len(keys)),
-                             squeeze=False, layout="constrained")
-    for ax, (key, title) in zip(axes[:, 0], keys):
-        grouped_bars(ax, rows, key, title, with_reference=with_reference)
-    axes[0, 0].legend(fontsize=7)
-    save_figure(fig, path)
+def figure_mdi_aei(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> Figure:
+    """MDI and AEI of Table 1 on a log scale symmetric around 1 (balanced), y = 1 drawn."""
+    with plt.rc_context(FIGURE_STYLE):
+        fig, axes = plt.subplots(2, 1, figsize=(TWO_COLUMNS, 4.6), sharex=True, layout="constrained")
+        for ax, key, name in zip(axes, ("mdi", "aei"), ("MDI", "AEI")):
+            values = arm_dots(ax, rows, key, with_reference=with_reference, legend=key == "mdi")
+            balance_axis(ax, values)
+            ax.set_ylabel(f"{name} (ratio, log scale)")
+        axes[0].set_title("MDI: attention per text token / per visual token. Above 1 the text dominates.", loc="left")
+        axes[1].set_title("AEI: text's share of attention / its share of tokens. Distance from 1 = imbalance.",
+                          loc="left")
+        setting_axis(axes[1], list(dict.fromkeys((r["dataset"], r["model"], r["placement"]) for r in rows
+                                                 if r["method"] != BASE)), pair_labels=True)
+        axes[1].set_xlabel("LoRA placement, per (dataset, model)", labelpad=30)
+        axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        fig.suptitle(f"Table 1: modality dominance per arm ({seeds_text(rows)})")
+        save_figure(fig, path)
+    return fig
 
 
-def figure_ablation(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> None:
+def figure_accuracy_rank(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> Figure:
+    """Accuracy (0-100 %) and the rank deltas (around 0) of Table 1."""
+    with plt.rc_context(FIGURE_STYLE):
+        fig, axes = plt.subplots(3, 1, figsize=(TWO_COLUMNS, 6.0), sharex=True, layout="constrained")
+        panels = (("acc", "accuracy (%)", "Accuracy (benchmark protocol)"),
+                  ("rank_delta_image", "Δ effective rank (dims)", "Rank ΔI: visual hidden states, against the base model"),
+                  ("rank_delta_text", "Δ effective rank (dims)", "Rank ΔT: text hidden states, against the base model"))
+        for ax, (key, label, title) in zip(axes, panels):
+            values = arm_dots(ax, rows, key, with_reference=with_reference, legend=key == "acc")
+            if key == "acc":
+                ax.set_ylim(0, 100)
+            else:
+                ax.axhline(0.0, color="black", linewidth=0.6)
+                reach = max([1.0] + [1.15 * abs(v) for v in values if math.isfinite(v)])
+                ax.set_ylim(-reach, reach)
+            ax.set_ylabel(label)
+            ax.set_title(title, loc="left")
+        setting_axis(axes[-1], list(dict.fromkeys((r["dataset"], r["model"], r["placement"]) for r in rows
+                                                  if r["method"] != BASE)), pair_labels=True)
+        axes[-1].set_xlabel("LoRA placement, per (dataset, model)", labelpad=30)
+        axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        fig.suptitle(f"Table 1: accuracy and effective-rank deltas per arm ({seeds_text(rows)})")
+        save_figure(fig, path)
+    return fig
+
+
+def figure_ablation(rows: Sequence[Mapping], path: Path, *, with_reference: bool, ft: Mapping | None = None) -> Figure:
+    """Table 3 against k' (ticks at the k' that ran), with 95% intervals; FT of the same setting as a dotted line."""
     ratios = [row["k_ratio"] for row in rows]
-    fig, axes = plt.subplots(1, len(MAIN_COLUMNS), figsize=(3.2 * len(MAIN_COLUMNS), 3.2), layout="constrained")
-    for ax, (key, header, _) in zip(axes, MAIN_COLUMNS):
-        values = [math.nan if row.get(key) is None else row[key] for row in rows]
-        errors = [0.0 if row.get(f"{key}_std") is None else row[f"{key}_std"] for row in rows]
-        ax.errorbar(ratios, values, yerr=errors, marker="o", label="reproduced")
+    panels = (
+        ("accuracy (%)", (("acc", "Acc."),), "linear"),
+        ("Δ effective rank (dims)", (("rank_delta_image", "Rank ΔI"), ("rank_delta_text", "Rank ΔT")), "linear"),
+        ("MDI, AEI (log scale; 1 = balanced)", (("mdi", "MDI"), ("aei", "AEI")), "log"),
+    )
+    with plt.rc_context(FIGURE_STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(TWO_COLUMNS, 2.9), layout="constrained")
+        for ax, (ylabel, keys, scale) in zip(axes, panels):
+            values, handles = [], []
+            for (key, name), colour in zip(keys, ("#1f77b4", "#d62728")):
+                ys = [finite(row.get(key)) for row in rows]
+                values += ys
+                handles.append(ax.errorbar(ratios, ys, yerr=interval(rows, key), marker="o", markersize=4, capsize=2, color=colour,
+                            linewidth=1, label=name))
+                if ft is not None and ft.get(key) is not None:
+                    ax.axhline(finite(ft[key]), color=colour, linestyle=":", linewidth=1)
+                    values.append(finite(ft[key]))
+                if with_reference:
+                    papers = [finite(row.get(f"{key}_paper")) for row in rows]
+                    ax.plot(ratios, papers, marker="_", linestyle="--", color=colour, linewidth=0.8)
+                    values += papers
+            if scale == "log":
+                balance_axis(ax, values)
+            elif keys[0][0] == "acc":
+                ax.set_ylim(0, 100)
+            else:
+                ax.axhline(0.0, color="black", linewidth=0.6)
+                reach = max([1.0] + [1.15 * abs(v) for v in values if math.isfinite(v)])
+                ax.set_ylim(-reach, reach)
+            ax.set_xticks(ratios)
+            ax.set_xticklabels([format_ratio(ratio) for ratio in ratios])
+            ax.set_xlabel("exchange ratio k'")
+            ax.set_ylabel(ylabel)
+            if len(keys) > 1:
+                ax.legend(handles=handles, loc="lower center", ncol=2, frameon=False,
+                          bbox_to_anchor=(0.5, 1.0), handlelength=1.2, columnspacing=1.0)
+        styles = [Line2D([], [], color="black", marker="o", markersize=4, linewidth=1, label="FT w/ MoIR at k'")]
+        if ft is not None:
+            styles.append(Line2D([], [], color="black", linestyle=":", linewidth=1, label="FT (no router)"))
         if with_reference:
-            papers = [math.nan if row.get(f"{key}_paper") is None else row[f"{key}_paper"] for row in rows]
-            ax.plot(ratios, papers, marker="s", linestyle="--", color="black", label="paper")
-        ax.set_xlabel("k'")
-        ax.set_title(header)
-    axes[0].legend(fontsize=7)
-    save_figure(fig, path)
+            styles.append(Line2D([], [], color="black", linestyle="--", marker="_", linewidth=0.8, label="paper"))
+        styles.append(Line2D([], [], color="#2ca02c", linewidth=1, label="balanced (MDI, AEI = 1)"))
+        fig.legend(handles=styles, loc="outside lower center", ncol=len(styles), frameon=False)
+        setting = setting_text(rows[0]) if rows else ""
+        fig.suptitle(f"Table 3: k' ablation ({seeds_text(rows)})\n{setting}")
+        save_figure(fig, path)
+    return fig
 
 
-def figure_gates(gates: Mapping[str, list[dict[str, float]]], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True, layout="constrained")
-    for name, points in gates.items():
-        steps = [p["step"] for p in points]
-        axes[0].plot(steps, [p["alpha_a_mean"] for p in points], label=name)
-        axes[1].plot(steps, [p["alpha_b_mean"] for p in points], label=name)
-    axes[0].set_title("gate into the visual tokens: mean alpha_A")
-    axes[1].set_title("gate into the text tokens: mean alpha_B")
-    for ax in axes:
-        ax.set_xlabel("optimizer step")
-    axes[0].set_ylabel("alpha = sigmoid(logit)")
-    axes[1].legend(fontsize=6, loc="best")
-    save_figure(fig, path)
+def gate_moves(gates: Mapping[str, list[dict[str, float]]], init: float = 0.5) -> float:
+    """max |alpha - init| over every run, step and channel (the min/max records; the means without them)."""
+    keys = ("alpha_a_min", "alpha_a_max", "alpha_b_min", "alpha_b_max", "alpha_a_mean", "alpha_b_mean")
+    return max((abs(point[key] - init) for points in gates.values() for point in points for key in keys
+                if key in point), default=0.0)
 
 
-def figure_robustness(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
-    width = 0.38
-    for offset, row, colour in zip((-width / 2, width / 2), rows, ("#9e9e9e", "#1f77b4")):
-        xs = [index + offset for index in range(len(ROBUSTNESS_COLUMNS))]
-        values = [0.0 if row.get(key) is None else row[key] for key, _, _ in ROBUSTNESS_COLUMNS]
-        ax.bar(xs, values, width, label=METHOD_LABELS[row["method"]], color=colour)
-        if with_reference:
-            papers = [row.get(f"{key}_paper") for key, _, _ in ROBUSTNESS_COLUMNS]
-            ax.scatter(xs, [math.nan if p is None else p for p in papers], marker="_", s=300, color="black",
-                       label="paper" if row["method"] == "ft" else None, zorder=3)
-    ax.set_xticks(range(len(ROBUSTNESS_COLUMNS)))
-    ax.set_xticklabels([header for _, header, _ in ROBUSTNESS_COLUMNS])
-    ax.set_ylabel("unchanged predictions (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    save_figure(fig, path)
+def figure_gates(gates: Mapping[str, list[dict[str, float]]], path: Path) -> Figure:
+    """Per direction, per MoIR run of Table 1: the mean gate of the selected channels (all channels for runs
+    that did not record them) with the range over channels shaded, on one step axis; the title says how far the
+    gates moved (max |alpha - 0.5|, `gate_moves`)."""
+    moved = gate_moves(gates)
+    with plt.rc_context(FIGURE_STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(TWO_COLUMNS, 3.2), sharex=True, sharey=True, layout="constrained")
+        colours = plt.get_cmap("tab10").colors
+        selected_everywhere = all("alpha_a_selected_mean" in p and "alpha_b_selected_mean" in p
+                                  for points in gates.values() for p in points)
+        banded = all("alpha_a_min" in p and "alpha_a_max" in p for points in gates.values() for p in points)
+        for (name, points), colour in zip(gates.items(), colours):
+            steps = [p["step"] for p in points]
+            for ax, side in zip(axes, "ab"):
+                selected = all(f"alpha_{side}_selected_mean" in p for p in points)
+                mean = [p[f"alpha_{side}_selected_mean" if selected else f"alpha_{side}_mean"] for p in points]
+                ax.plot(steps, mean, color=colour, linewidth=1, label=name if side == "a" else None)
+                if all(f"alpha_{side}_min" in p and f"alpha_{side}_max" in p for p in points):
+                    ax.fill_between(steps, [p[f"alpha_{side}_min"] for p in points],
+                                    [p[f"alpha_{side}_max"] for p in points], color=colour, alpha=0.15, linewidth=0)
+        for ax, title in zip(axes, ("into the visual tokens (alpha_A)", "into the text tokens (alpha_B)")):
+            ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
+            ax.set_title(f"gates {title}", loc="left")
+            ax.set_xlabel("optimizer step")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_ylim(0, 1)
+        axes[0].set_ylabel("alpha (0: keep own channel, 1: take other's)")
+        title = "MoIR run (line: mean gate of " + ("the selected channels" if selected_everywhere else "all channels")
+        title += ("; band: min to max over channels)" if banded else ")")
+        fig.legend(loc="outside lower center", ncol=3, frameon=False, title=title)
+        fig.suptitle(f"Router gates over training, first seed: the gates moved at most {moved:.3g} from 0.5")
+        save_figure(fig, path)
+    return fig
+
+
+def figure_robustness(rows: Sequence[Mapping], path: Path, *, with_reference: bool) -> Figure:
+    """Table 2's unchanged rates (0-100 %), FT beside MoIR, with 95% intervals."""
+    with plt.rc_context(FIGURE_STYLE):
+        fig, ax = plt.subplots(figsize=(ONE_COLUMN, 2.8), layout="constrained")
+        width = 0.38
+        for offset, row in zip((-width / 2, width / 2), rows):
+            xs = [index + offset for index in range(len(ROBUSTNESS_COLUMNS))]
+            values = [finite(row.get(key)) for key, _, _ in ROBUSTNESS_COLUMNS]
+            errors = [row.get(f"{key}_ci95") for key, _, _ in ROBUSTNESS_COLUMNS]
+            label = METHOD_LABELS[row["method"]] + (f" (k'={format_ratio(row['k_ratio'])})"
+                                                    if row["method"] == "moir" else "")
+            ax.bar(xs, [0.0 if math.isnan(v) else v for v in values], width, color=COLOURS[row["method"]],
+                   label=label, yerr=None if all(e is None for e in errors) else [e or 0.0 for e in errors],
+                   capsize=2)
+            if with_reference:
+                papers = [finite(row.get(f"{key}_paper")) for key, _, _ in ROBUSTNESS_COLUMNS]
+                ax.scatter(xs, papers, marker="_", s=150, color="black", zorder=3,
+                           label="paper" if row["method"] == "ft" else None)
+        counts = [rows[0].get(count) if rows else None for count in ROBUSTNESS_COUNTS]
+        ax.set_xticks(range(len(ROBUSTNESS_COLUMNS)))
+        ax.set_xticklabels([header.replace(" (%)", "").replace("Vision-", "Vision-\n")
+                            + ("" if n is None else f"\n(n={int(n)})") for (_, header, _), n in
+                            zip(ROBUSTNESS_COLUMNS, counts)])
+        ax.set_xlabel("questions with an image")
+        ax.set_ylabel("unchanged predictions (%)")
+        ax.set_ylim(0, 100)
+        fig.legend(loc="outside lower center", ncol=3, frameon=False)
+        setting = setting_text(rows[0]).replace(", LoRA", ",\nLoRA") if rows else ""
+        ax.set_title(f"Table 2: images replaced by noise ({seeds_text(rows)})\n{setting}")
+        save_figure(fig, path)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- the report
 
 
 FIGURES = {
-    "mdi_aei.png": "MDI and AEI per arm (lower: more balanced attention between text and visual tokens).",
-    "accuracy_rank.png": "Accuracy and effective-rank deltas per arm.",
-    "ablation.png": "The k' ablation (Table 3).",
-    "gates.png": "Router gates (mean alpha per direction) over training, MoIR runs of Table 1.",
+    "mdi_aei.png": "MDI and AEI of every arm of Table 1 (log scale, green line: 1 = balanced; dotted: the base "
+                   "model).",
+    "accuracy_rank.png": "Accuracy (%) and effective-rank deltas against the base model, every arm of Table 1.",
+    "ablation.png": "The k' ablation (Table 3) against k', with FT of the same setting dotted.",
+    "gates.png": "Router gates over training, the MoIR runs of Table 1 (first seed).",
     "robustness.png": "Unchanged predictions under image noise (Table 2).",
 }
 
@@ -484,6 +792,7 @@ class Collected:
         return {table: frame.to_dicts() for table, frame in self.frames.items()}
     gates: dict[str, list[dict[str, float]]]  # MoIR setting of Table 1 -> gate values per step
     with_reference: dict[int, bool]  # table number -> the paper's numbers are in its rows
+    tables: Tables | None = None  # the layout (the settings of Tables 2 and 3)
 
 
 def collect(settings: ReportSettings) -> Collected:
@@ -496,7 +805,8 @@ def collect(settings: ReportSettings) -> Collected:
                   if settings.reference_robustness else None)
     arms1 = tables.table1()
     frames = {
-        1: build_rows(1, arms1, settings, evaluation=CLEAN, reference=tables_ref),
+        1: with_base_rows(build_rows(1, arms1, settings, evaluation=CLEAN, reference=tables_ref),
+                          build_rows(1, base_arms(tables), settings, evaluation=CLEAN, reference=tables_ref)),
         2: build_rows(2, tables.table2_arms(), settings, evaluation=NOISE, reference=robust_ref),
         3: build_rows(3, tables.table3_arms(), settings, evaluation=CLEAN, reference=tables_ref),
     }
@@ -506,9 +816,10 @@ def collect(settings: ReportSettings) -> Collected:
             name = arm.run(settings.seeds[0]).name
             if name not in settings.gates:
                 raise ReportError(f"no train_metrics.jsonl was passed for the run {name} (settings: gates)")
-            gates[f"{arm.dataset} {arm.model} {arm.placement}"] = read_gates(Path(settings.gates[name]))
+            gates[f"{arm.dataset} / {arm.model} / {PLACEMENT_LABELS[arm.placement]}"] = read_gates(
+                Path(settings.gates[name]))
     with_reference = {1: tables_ref is not None, 2: robust_ref is not None, 3: tables_ref is not None}
-    return Collected(frames, gates, with_reference)
+    return Collected(frames, gates, with_reference, tables)
 
 
 def write_tables(collected: Collected, out: Path) -> dict[int, dict[str, str]]:
@@ -522,27 +833,72 @@ def write_tables(collected: Collected, out: Path) -> dict[int, dict[str, str]]:
     return rendered
 
 
-def write_figures(collected: Collected, out: Path) -> None:
-    """The FIGURES, as PNG files."""
+def write_figures(collected: Collected, out: Path) -> dict[str, str]:
+    """The FIGURES, as PNG files; returns each figure's caption for report.md (FIGURES' text and the numbers the
+    figure shows: its setting, how far the gates moved)."""
     out.mkdir(parents=True, exist_ok=True)
     rows, reference = collected.rows, collected.with_reference
-    figure_bars(rows[1], [("mdi", "MDI ↓"), ("aei", "AEI ↓")], out / "mdi_aei.png", with_reference=reference[1])
-    figure_bars(rows[1], [("acc", "Acc. ↑"), ("rank_delta_image", "Rank ΔI ↑"), ("rank_delta_text", "Rank ΔT ↑")],
-                out / "accuracy_rank.png", with_reference=reference[1])
-    figure_ablation(rows[3], out / "ablation.png", with_reference=reference[3])
+    figure_mdi_aei(rows[1], out / "mdi_aei.png", with_reference=reference[1])
+    figure_accuracy_rank(rows[1], out / "accuracy_rank.png", with_reference=reference[1])
+    table3 = rows[3][0] if rows[3] else None
+    ft = next((row for row in rows[1] if table3 is not None and row["method"] == "ft" and
+               (row["dataset"], row["model"], row["placement"]) ==
+               (table3["dataset"], table3["model"], table3["placement"])), None)
+    figure_ablation(rows[3], out / "ablation.png", with_reference=reference[3], ft=ft)
     figure_gates(collected.gates, out / "gates.png")
+    moved = gate_moves(collected.gates)
     figure_robustness(rows[2], out / "robustness.png", with_reference=reference[2])
+    captions = dict(FIGURES)
+    if table3 is not None:
+        captions["ablation.png"] += f" Setting: {setting_text(table3)}."
+    if rows[2]:
+        captions["robustness.png"] += f" Setting: {setting_text(rows[2][0])}."
+    captions["gates.png"] += (f" The gates start at 0.5 and moved at most {moved:.3g} from it (max |alpha - 0.5| over "
+                              "runs, steps and channels).")
+    return captions
+
+
+DEFINITIONS = """\
+## Definitions
+
+- **FT**: LoRA fine-tuning of the model on the dataset's training split; **FT w/ MoIR**: the same with the
+  Multi-modal Information Router, which exchanges the k' share of each modality's least informative channels
+  with the other modality through learned gates. **Base**: the model before fine-tuning.
+- **Place.**: where LoRA is applied: Attn (attention layers), MLP (feed-forward layers), Proj. (the projection
+  layers).
+- **Acc. (%)**: the benchmark's official accuracy on its test questions, in percent (option letter for multiple
+  choice, VQA accuracy for VizWiz, the judge's 0-3 score / 3 for open-ended video questions). One question's
+  weight in points is given under each table (100 / number of questions).
+- **Rank ΔI, Rank ΔT**: the change of the effective rank (exp of the entropy of the normalised singular values)
+  of the visual (I: image or video) and of the text tokens' hidden states, run minus base model on the same
+  questions, in dimensions. Higher: the tokens carry more information. The base row has none (it is the
+  reference).
+- **MDI** (Modality Dominance Index): attention per text token / attention per visual token. **AEI** (Attention
+  Efficiency Index): the text's share of the attention / its share of the tokens. Both are 1 when attention is
+  spread evenly over text and visual tokens; above 1 the text dominates, below 1 the visual tokens do. The
+  imbalance is the distance from 1, |log MDI| (the CSV's `mdi_abs_log`, `aei_abs_log`): an MDI of 0.8 and one of
+  1.25 are equally unbalanced. (The paper marks them "lower is better", which agrees while they stay above 1.)
+- **Unchanged (%)** (Table 2): the share of questions with an image whose normalised prediction stays the same
+  when every image (or video frame) is replaced by Gaussian noise; vision-irrelevant questions are those the base
+  model answers correctly without the image, vision-dependent the others. Lower: the model uses its visual input.
+- With several seeds a cell is the mean ± the half-width of its 95% t-interval (the CSV also holds `_std`).
+"""
 
 
 def build_report(settings: ReportSettings, out: Path) -> Collected:
     """Read every input, then write the tables, the figures and report.md (all of them on one page) into `out`."""
     collected = collect(settings)
     rendered = write_tables(collected, out)
-    write_figures(collected, out)
+    captions = write_figures(collected, out)
     seeds = ", ".join(str(seed) for seed in settings.seeds)
-    page = [f"# MoIR: reproduced results ({out.parent})\n", f"Seeds: {seeds}.\n"]
+    page = [f"# MoIR: reproduced results ({out.parent.name})\n",
+            f"The paper's Tables 1-3 and five figures, from this pipeline's evaluations in `{out.parent}`. "
+            f"Seeds: {seeds}. Each table's caption names its dataset, model and LoRA placement and what one test "
+            "question is worth; the definitions follow the tables.\n"]
     page += [rendered[table]["md"] for table in (1, 2, 3)]
-    page += [f"![{caption}]({name})\n\n{caption}\n" for name, caption in FIGURES.items()]
+    page.append(DEFINITIONS)
+    page.append("## Figures\n")
+    page += [f"![{FIGURES[name]}]({name})\n\n{caption}\n" for name, caption in captions.items()]
     page += breakdown_sections(settings, out)  # moir/report/breakdowns.py: VizWiz, MMBench-Video, paper intervals
     write_text_atomic(out / "report.md", "\n".join(page))
     log.info("report written to %s", out)

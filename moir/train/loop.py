@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Subset
-from tqdm import tqdm
+from moir import runtime
 
 from moir.batching import grouped_order
 from moir.storage import atomic_path, file_sha256, write_text_atomic
@@ -514,7 +514,7 @@ def run_training(
     model.train()
     session_start = time.perf_counter()
     train_time_before = state.train_time_s
-    progress = tqdm(total=total_steps, initial=state.global_step, desc=description, unit="step",
+    progress = runtime.progress(total=total_steps, initial=state.global_step, desc=description, unit="step",
                     dynamic_ncols=True, mininterval=1.0)
     try:
         while state.epoch < config.epochs:
