@@ -174,6 +174,7 @@ class RouterSettings(Settings):
     rms_match: bool
     directions: str
     gate_init: float
+    gate_lr_scale: float
 
 
 @dataclass(frozen=True)

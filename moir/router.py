@@ -196,6 +196,7 @@ class RouterConfig:
     rms_match: bool = True
     directions: Directions = "both"
     gate_init: float = 0.5
+    gate_lr_scale: float = 1.0  # training only: the gates learn at lr * gate_lr_scale (moir.train); 1 = the paper
 
     def __post_init__(self) -> None:
         num_routed_channels(self.ratio, 1)  # validates the range
@@ -206,6 +207,8 @@ class RouterConfig:
                 raise ValueError(f"router.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 < self.gate_init < 1.0:
             raise ValueError(f"router.gate_init must lie strictly between 0 and 1, got {self.gate_init!r}")
+        if not self.gate_lr_scale > 0 or math.isinf(self.gate_lr_scale):
+            raise ValueError(f"router.gate_lr_scale must be a positive number, got {self.gate_lr_scale!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

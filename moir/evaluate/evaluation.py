@@ -82,7 +82,7 @@ from moir.evaluate import EvaluationError
 from moir.evaluate.analysis import analyse, dominance_metrics, rank_metrics
 from moir.evaluate.judge import JudgeCache, JudgeError, LocalJudge
 from moir.evaluate.noise import NOISE_MEAN, NOISE_STD, prepare_example
-from moir.evaluate.scoring import accuracy_metrics, make_judge, robustness_metrics, score_predictions
+from moir.evaluate.scoring import accuracy_metrics, make_judge, reliance_metrics, robustness_metrics, score_predictions
 from moir.evaluate.store import (
     ANALYSIS_FIELDS,
     METRICS_FILE,
@@ -320,6 +320,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "effective_rank": rank_metrics(raw, ids, hidden_index, n_hidden, base) if analysis else None,
         "robustness": None,
         "vision_split": None,
+        "reliance": reliance_metrics(rows, [r["prediction"] for r in raw], scored),
     }
     if clean is not None:
         metrics["robustness"] = robustness_metrics(clean, split, args.vision_split, rows, scored)
@@ -370,6 +371,9 @@ def summary(metrics: dict) -> dict:
         "unchanged_all": pick(robust, "all", "unchanged_rate"),
         "unchanged_vision_dependent": pick(robust, "vision_dependent", "unchanged_rate"),
         "unchanged_vision_irrelevant": pick(robust, "vision_irrelevant", "unchanged_rate"),
+        "acc_hint_right": pick(metrics.get("reliance"), "acc_hint_right"),
+        "acc_hint_wrong": pick(metrics.get("reliance"), "acc_hint_wrong"),
+        "hint_follow": pick(metrics.get("reliance"), "hint_follow"),
     }
 
 def main(argv: list[str] | None = None) -> int:
