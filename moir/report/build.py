@@ -51,6 +51,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 
 from moir.settings import json_object  # noqa: E402
 from moir.plan import Arm, ReportSettings, Tables, format_ratio  # noqa: E402
+from moir.report import study  # noqa: E402
 from moir.storage import write_text_atomic  # noqa: E402
 
 log = logging.getLogger("moir.report")
@@ -71,6 +72,7 @@ MAIN_COLUMNS = (
 EXTRA_COLUMNS = (
     "acc_img", "judge_score", "mdi_early", "mdi_middle", "mdi_late", "aei_early", "aei_middle", "aei_late",
     "rank_image", "rank_text",
+    "acc_hint_right", "acc_hint_wrong", "hint_follow", "router_tv", "router_changed",  # moir.report.study
 )
 ROBUSTNESS_COLUMNS = (
     ("unchanged_all", "All", "All"),
@@ -128,6 +130,8 @@ def clean_metrics(metrics: Mapping, source: Path) -> dict[str, float | None]:
     for name in ("mdi", "aei"):
         for third in ("early", "middle", "late"):
             row[f"{name}_{third}"] = field(metrics, f"dominance.{name}.{third}.mean", source, required=False)
+    for key in ("acc_hint_right", "acc_hint_wrong", "hint_follow", "router_tv", "router_changed"):
+        row[key] = field(metrics, f"summary.{key}", source, required=False)  # hint datasets; MoIR runs
     return row
 
 
@@ -327,6 +331,8 @@ def identity_cells(row: Mapping, table: int) -> list[str]:
         training = METHOD_LABELS[row["method"]]
         if row["method"] == "moir":
             training += f" (k'={format_ratio(row['k_ratio'])})"
+        if row.get("survives"):  # moir.report.study: the MoIR - FT difference survives Holm
+            training += " *"
         return [row["dataset"], row["modality"], row["model"], PLACEMENT_LABELS[row["placement"]], training]
     if table == 2:
         return [METHOD_LABELS[row["method"]]]
@@ -358,6 +364,8 @@ def render_table(frame: pl.DataFrame, table: int, *, with_reference: bool) -> di
         caption += " The paper's number in parentheses."
     if any(row["n_seeds"] > 1 for row in rows):
         caption += " Mean ± standard deviation over seeds."
+    if "survives" in frame.columns:
+        caption += " *: the MoIR − FT accuracy difference survives Holm's correction at 0.05 (comparisons.csv)."
     return {
         "md": f"**{caption}**\n\n" + markdown_text(md_headers, body),
         "csv": csv_text(frame),
@@ -483,6 +491,9 @@ class Collected:
         return {table: frame.to_dicts() for table, frame in self.frames.items()}
     gates: dict[str, list[dict[str, float]]]  # MoIR setting of Table 1 -> gate values per step
     with_reference: dict[int, bool]  # table number -> the paper's numbers are in its rows
+    # moir.report.study: "comparisons" (None without predictions), "table4" (None without Table 4),
+    # "router_effect" and "router_channels" frames, "validity"
+    study: dict = dataclasses.field(default_factory=dict)
 
 
 def collect(settings: ReportSettings) -> Collected:
@@ -507,7 +518,35 @@ def collect(settings: ReportSettings) -> Collected:
                 raise ReportError(f"no train_metrics.jsonl was passed for the run {name} (settings: gates)")
             gates[f"{arm.dataset} {arm.model} {arm.placement}"] = read_gates(Path(settings.gates[name]))
     with_reference = {1: tables_ref is not None, 2: robust_ref is not None, 3: tables_ref is not None}
-    return Collected(frames, gates, with_reference)
+    found = collect_study(settings, tables)
+    if found["comparisons"] is not None:
+        frames[1] = study.mark_table1(frames[1], found["comparisons"])
+        arms4 = tables.table4_arms()
+        if arms4:
+            found["table4"] = study.table4_frame(build_rows(4, arms4, settings, evaluation=CLEAN, reference=None),
+                                                 arms4, found["comparisons"])
+    return Collected(frames, gates, with_reference, found)
+
+
+def collect_study(settings: ReportSettings, tables: Tables) -> dict:
+    """The inputs of moir.report.study's sections, read and checked (StudyError becomes ReportError)."""
+    clean = {}
+    for key in settings.evaluations:
+        run, _, mode = key.rpartition("/")
+        if mode == CLEAN:
+            path = metrics_path(settings, key)
+            clean[run] = (read_json(path), path)
+    runs = study.moir_runs(tables, settings.seeds)
+    missing = [name for name in runs if name not in clean]
+    if missing:
+        raise ReportError(f"no metrics file was passed for the evaluation {missing[0]}/clean (settings: evaluations)")
+    try:
+        effect, channels = study.router_effect_rows(runs, clean)
+        return {"comparisons": study.comparisons(settings, tables) if settings.predictions else None,
+                "table4": None, "router_effect": effect, "router_channels": channels,
+                "validity": study.validity(clean)}
+    except study.StudyError as error:
+        raise ReportError(str(error)) from error
 
 
 def write_tables(collected: Collected, out: Path) -> dict[int, dict[str, str]]:
@@ -533,6 +572,32 @@ def write_figures(collected: Collected, out: Path) -> None:
     figure_robustness(rows[2], out / "robustness.png", with_reference=reference[2])
 
 
+VALIDITY_CAPTION = "MDI and AEI against the hint-follow rate, one point per evaluated run (the validity check)."
+
+
+def write_study(found: dict, out: Path) -> list[str]:
+    """comparisons.csv/.md, table4.csv/.md, router_effect.csv, router_channels.csv and validity.png; returns the
+    sections of report.md."""
+    sections = []
+    if found["table4"] is not None:
+        markdown = study.table4_markdown(found["table4"])
+        write_text_atomic(out / "table4.csv", csv_text(found["table4"]))
+        write_text_atomic(out / "table4.md", markdown)
+        sections.append(markdown)
+    if found["comparisons"] is not None:
+        markdown = study.comparisons_markdown(found["comparisons"])
+        write_text_atomic(out / "comparisons.csv", csv_text(found["comparisons"]))
+        write_text_atomic(out / "comparisons.md", markdown)
+        sections.append(markdown)
+    write_text_atomic(out / "router_effect.csv", csv_text(found["router_effect"]))
+    write_text_atomic(out / "router_channels.csv", csv_text(found["router_channels"]))
+    sections.append("**Router diagnostics** (router on vs off at evaluation, per MoIR run): router_effect.csv; "
+                    "channel selection counts: router_channels.csv.\n")
+    sections.append(study.validity_line(found["validity"]))
+    study.figure_validity(found["validity"], out / "validity.png", save_figure)
+    return sections
+
+
 def build_report(settings: ReportSettings, out: Path) -> Collected:
     """Read every input, then write the tables, the figures and report.md (all of them on one page) into `out`."""
     collected = collect(settings)
@@ -541,7 +606,9 @@ def build_report(settings: ReportSettings, out: Path) -> Collected:
     seeds = ", ".join(str(seed) for seed in settings.seeds)
     page = [f"# MoIR: reproduced results ({out.parent})\n", f"Seeds: {seeds}.\n"]
     page += [rendered[table]["md"] for table in (1, 2, 3)]
+    page += write_study(collected.study, out)
     page += [f"![{caption}]({name})\n\n{caption}\n" for name, caption in FIGURES.items()]
+    page.append(f"![{VALIDITY_CAPTION}](validity.png)\n\n{VALIDITY_CAPTION}\n")
     write_text_atomic(out / "report.md", "\n".join(page))
     log.info("report written to %s", out)
     return collected

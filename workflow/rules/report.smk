@@ -22,6 +22,7 @@ rule report:
             report(f"{PLAN.report_dir()}/{figure}.png", caption=f"../report/{figure}.rst", category="Figures")
             for figure in PLAN.REPORT_FIGURES
         ],
+        extra=PLAN.report_extra_outputs(),  # comparisons, router diagnostics, validity figure, Table 4
     log:
         f"{LOGS}/report/report.log",
     benchmark:
