@@ -454,7 +454,7 @@ CODE: dict[str, tuple[str, ...]] = {
     "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
     "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py") + _EXAMPLES + _MODELS,
     "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py") + _EXAMPLES + _MODELS,
-    "report": ("moir/report", "moir/plan.py", "moir/storage.py", "moir/runtime.py"),
+    "report": ("moir/report", "moir/plan.py", "moir/storage.py", "moir/runtime.py", "moir/metrics/stats.py"),
 }
 # The router changes the output of the MoIR runs and of their evaluations only.
 ROUTER_CODE = ("moir/router.py",)
