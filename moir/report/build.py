@@ -591,8 +591,7 @@ def write_study(found: dict, out: Path) -> list[str]:
         sections.append(markdown)
     write_text_atomic(out / "router_effect.csv", csv_text(found["router_effect"]))
     write_text_atomic(out / "router_channels.csv", csv_text(found["router_channels"]))
-    sections.append("**Router diagnostics** (router on vs off at evaluation, per MoIR run): router_effect.csv; "
-                    "channel selection counts: router_channels.csv.\n")
+    sections.append(study.router_effect_markdown(found["router_effect"]))
     sections.append(study.validity_line(found["validity"]))
     study.figure_validity(found["validity"], out / "validity.png", save_figure)
     return sections

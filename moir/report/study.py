@@ -152,7 +152,7 @@ def comparisons_markdown(found: pl.DataFrame) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     caption = (f"**Paired comparisons, MoIR − FT: mean accuracy difference (points) with a 95% paired bootstrap "
                f"interval over questions and seeds ({N_RESAMPLES} resamples), exact McNemar p (the pairs of all seeds "
-               f"stacked), Holm-adjusted over each table's comparisons; **yes**: survives at {ALPHA}.**")
+               f"stacked), Holm-adjusted over each table's comparisons; Survives: Holm p <= {ALPHA}.**")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -193,6 +193,28 @@ def table4_markdown(frame: pl.DataFrame) -> str:
 
 DIRECTION_FIELDS = ("n_routed", "n_channels_selected", "alpha_shift_selected_mean", "alpha_shift_selected_max",
                     "alpha_shift_max")
+COUNT_FIELDS = ("n_routed", "n_channels_selected")
+
+
+def router_effect_markdown(frame: pl.DataFrame) -> str:
+    """router_effect.csv's main columns as report.md shows them."""
+    headers = ["Run", "TV on/off", "Changed %", "Channels chosen a / b", "max |α−0.5| chosen a / b"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+
+    def text(value, digits=4):
+        return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    for row in frame.iter_rows(named=True):
+        lines.append("| " + " | ".join([
+            f"{row['dataset']} {row['model']} {row['placement']} {row['arm']} seed {row['seed']}",
+            text(row["tv_mean"]), text(row["changed_share"], 2),
+            f"{text(row['n_channels_selected_a'])} / {text(row['n_channels_selected_b'])}",
+            f"{text(row['alpha_shift_selected_max_a'])} / {text(row['alpha_shift_selected_max_b'])}"]) + " |")
+    caption = ("**Router diagnostics: each MoIR run's model with its router on vs off at evaluation (LoRA kept): "
+               "mean total variation of the answer-position distribution, percent of changed predictions, channels "
+               "ever chosen per direction (a: into the visual tokens, b: into the text), and the largest gate "
+               "movement among them (router_effect.csv; every channel's count: router_channels.csv).**")
+    return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
 def moir_runs(tables: Tables, seeds: Sequence[int]) -> dict[str, tuple[Arm, int]]:
@@ -228,7 +250,8 @@ def router_effect_rows(runs: Mapping[str, tuple[Arm, int]], metrics: Mapping[str
         for direction in ("a", "b"):
             section = (effect.get("directions") or {}).get(direction) or {}
             for key in DIRECTION_FIELDS:
-                row[f"{key}_{direction}"] = _number(section.get(key), source, f"router_effect.directions.{key}")
+                value = _number(section.get(key), source, f"router_effect.directions.{key}")
+                row[f"{key}_{direction}"] = int(value) if key in COUNT_FIELDS and value is not None else value
             counts = section.get("selection_counts") or []
             top = sorted(range(len(counts)), key=lambda c: (-counts[c], c))[:5]
             row[f"top_channels_{direction}"] = " ".join(f"{c}:{counts[c]}" for c in top if counts[c])
@@ -239,7 +262,8 @@ def router_effect_rows(runs: Mapping[str, tuple[Arm, int]], metrics: Mapping[str
     schema = {"run": pl.String, "dataset": pl.String, "model": pl.String, "placement": pl.String, "arm": pl.String,
               "seed": pl.Int64, "tv_mean": pl.Float64, "tv_max": pl.Float64, "changed_share": pl.Float64}
     for direction in ("a", "b"):
-        schema.update({f"{key}_{direction}": pl.Float64 for key in DIRECTION_FIELDS})
+        schema.update({f"{key}_{direction}": pl.Int64 if key in COUNT_FIELDS else pl.Float64
+                       for key in DIRECTION_FIELDS})
         schema[f"top_channels_{direction}"] = pl.String
     channel_schema = {"run": pl.String, "direction": pl.String, "channel": pl.Int64, "count": pl.Int64,
                       "share": pl.Float64}
@@ -285,7 +309,9 @@ def figure_validity(found: dict, path: Path, save_figure) -> None:
     for ax, key in zip(axes, ("mdi", "aei")):
         ax.scatter([p[key] for p in found["points"]], follow, s=14)
         stat = found[key]
-        title = key.upper() if stat is None else f"{key.upper()}: ρ = {stat['rho']:+.2f} [{stat['low']:+.2f}, {stat['high']:+.2f}]"
+        title = key.upper()
+        if stat is not None:
+            title += f": ρ = {stat['rho']:+.2f} [{stat['low']:+.2f}, {stat['high']:+.2f}]"
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(key.upper())
     axes[0].set_ylabel("hint-follow rate (%)")
