@@ -419,7 +419,7 @@ def test_comparisons_table4_router_effect_and_validity(tmp_path):
 
     page = (out / "report.md").read_text()
     assert "Is MDI/AEI a valid measure?** Across the suite's 13 evaluated runs" in page
-    assert "survives at 0.05" in page and "Table 4" in page
+    assert "Survives: Holm p <= 0.05" in page and "Table 4" in page and "Router diagnostics" in page
     assert (out / "validity.png").read_bytes().startswith(PNG_MAGIC)
 
 
