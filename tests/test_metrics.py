@@ -373,6 +373,8 @@ def test_hint_reliance_on_hand_made_questions():
         True, False, None, None)
     assert follows_hint(["red", "blue"], "B", "blue") and not follows_hint(["red", "blue"], "A", "blue")
     assert not follows_hint(["red", "blue"], "no letter", "blue")
+    assert hinted_answer("The caption says B.") == "B" and follows_hint(["red", "blue"], "B", "B")
+    assert not follows_hint(["red", "blue"], "A", "B")
     assert follows_hint([], "Blue.", "blue") and not follows_hint([], "red", "blue")
     # 2 hint-right (1 correct), 3 hint-wrong (1 correct, 2 answered with the hint), 1 without a hint
     result = hint_reliance([True, True, False, False, False, None], [True, False, True, False, False, True],

@@ -5,14 +5,17 @@ the same with either hint and follows no wrong hint; a model that reads the hint
 every wrong hint.
 
 What the manifest says (moir.data.synthetic): `category` is "<question type>:hint-right" or
-"<question type>:hint-wrong", and the hint ends with the answer it states ("A friend says the answer is red.").
+"<question type>:hint-wrong", and the hint ends with the answer it states ("A friend says the answer is red."; for
+a multiple-choice question the option's text, or its letter).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from moir.metrics.accuracy import normalize_answer, parse_option_letter
+from moir.prompts import OPTION_LETTERS
 
 HINT_RIGHT, HINT_WRONG = "hint-right", "hint-wrong"
 
@@ -25,18 +28,23 @@ def hint_label(category: str) -> bool | None:
 
 def hinted_answer(hint: str) -> str:
     """The answer a synthetic hint states: its last word ("The caption says red." -> "red")."""
-    words = normalize_answer(hint).split()
+    words = re.findall(r"[A-Za-z0-9]+", hint)
     if not words:
         raise ValueError(f"hint {hint!r} states no answer")
     return words[-1]
 
 
 def follows_hint(choices: Sequence[str], prediction: str, stated: str) -> bool:
-    """Whether `prediction` gives the hinted answer `stated`: the option the parsed letter names for a
-    multiple-choice question (`choices` non-empty), the normalised text otherwise."""
+    """Whether `prediction` gives the hinted answer `stated`: for a multiple-choice question (`choices` non-empty)
+    the option its parsed letter names is the stated option (stated as its text, or as its letter); otherwise the
+    normalised texts are equal."""
     if choices:
         index = parse_option_letter(prediction, len(choices))
-        return index is not None and normalize_answer(choices[index]) == normalize_answer(stated)
+        if index is None:
+            return False
+        if stated in OPTION_LETTERS[:len(choices)]:
+            return OPTION_LETTERS[index] == stated
+        return normalize_answer(choices[index]) == normalize_answer(stated)
     return normalize_answer(prediction) == normalize_answer(stated)
 
 
