@@ -376,3 +376,4 @@ def test_hint_reliance_and_the_router_effect_of_a_moir_run(work):
         assert direction["alpha_shift_selected_max"] == pytest.approx(shift[counts > 0].max())
         assert direction["alpha_shift_selected_mean"] == pytest.approx(shift[counts > 0].mean())
         assert direction["alpha_shift_max"] == pytest.approx(shift.max())
+        assert direction["alpha"] == pytest.approx(gates[name].tolist())

@@ -367,7 +367,7 @@ def test_comparisons_table4_router_effect_and_validity(tmp_path):
                 "tv_mean": 0.01, "tv_max": 0.2, "changed_share": 2.0, "directions": {
                     "a": {"n_routed": 20, "n_channels_selected": 3, "alpha_shift_selected_mean": 0.01,
                           "alpha_shift_selected_max": 0.02, "alpha_shift_max": 0.03,
-                          "selection_counts": [0, 20, 15, 5]},
+                          "selection_counts": [0, 20, 15, 5], "alpha": [0.5, 0.52, 0.49, 0.5]},
                     "b": {"n_routed": 20, "n_channels_selected": 1, "alpha_shift_selected_mean": 0.0,
                           "alpha_shift_selected_max": 0.0, "alpha_shift_max": 0.0,
                           "selection_counts": [20, 0, 0, 0]}}}
@@ -414,8 +414,9 @@ def test_comparisons_table4_router_effect_and_validity(tmp_path):
             first["top_channels_a"], first["top_channels_b"]) == (0.01, 2.0, 0.02, "1:20 2:15 3:5", "0:20")
     assert effect[6]["tv_mean"] == ""  # Table 3's runs were evaluated without the section: empty, not zero
     channels = read_csv(out / "router_channels.csv")
-    assert [(c["channel"], c["count"], float(c["share"])) for c in channels[:4]] == [
-        ("0", "0", 0.0), ("1", "20", 0.5), ("2", "15", 0.375), ("3", "5", 0.125)]
+    assert [(c["channel"], c["count"], float(c["share"]), float(c["alpha"])) for c in channels[:4]] == [
+        ("0", "0", 0.0, 0.5), ("1", "20", 0.5, 0.52), ("2", "15", 0.375, 0.49), ("3", "5", 0.125, 0.5)]
+    assert channels[4]["alpha"] == ""  # direction b recorded no alpha: empty
 
     page = (out / "report.md").read_text()
     assert "Is MDI/AEI a valid measure?** Across the suite's 13 evaluated runs" in page

@@ -87,8 +87,8 @@ def measure(vlm, examples, answers: list[str], batch_size: int, max_new_tokens: 
 
 
 def channel_summary(chosen: torch.Tensor, alpha: torch.Tensor, gate_init: float) -> dict:
-    """How often each channel is chosen (counts over the routed examples) and the gates' movement |alpha -
-    gate_init| over the channels chosen at least once, and over all channels."""
+    """How often each channel is chosen (counts over the routed examples), every channel's gate alpha, and the
+    gates' movement |alpha - gate_init| over the channels chosen at least once, and over all channels."""
     counts = torch.bincount(chosen.reshape(-1), minlength=alpha.shape[0]) if chosen.numel() else \
         torch.zeros(alpha.shape[0], dtype=torch.long)
     shift = (alpha - gate_init).abs()
@@ -100,6 +100,7 @@ def channel_summary(chosen: torch.Tensor, alpha: torch.Tensor, gate_init: float)
         "alpha_shift_selected_max": float(shift[selected].max()) if selected.any() else None,
         "alpha_shift_max": float(shift.max()),
         "selection_counts": counts.tolist(),
+        "alpha": alpha.tolist(),
     }
 
 

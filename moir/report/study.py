@@ -12,7 +12,8 @@ diagnostics and the validity check of MDI/AEI against ground-truth text reliance
 - router_effect.csv: per MoIR run (and seed), the clean evaluation's `router_effect` (router on vs off): mean and
   max total variation, percent of changed predictions, and per direction (a: into the visual tokens, b: into the
   text tokens) the examples routed, the channels ever chosen, |alpha - gate_init| over them (mean, max) and over all
-  channels (max), and the 5 most chosen channels; router_channels.csv: every (run, direction, channel) count.
+  channels (max), and the 5 most chosen channels; router_channels.csv: every (run, direction, channel) count and
+  its gate alpha at the end of training.
 - validity: across every run's clean evaluation of the suite, Spearman's rho of MDI and of AEI with the hint-follow
   rate, with a bootstrap interval (`spearman_bootstrap`); a line of report.md and validity.png.
 """
@@ -253,11 +254,17 @@ def router_effect_rows(runs: Mapping[str, tuple[Arm, int]], metrics: Mapping[str
                 value = _number(section.get(key), source, f"router_effect.directions.{key}")
                 row[f"{key}_{direction}"] = int(value) if key in COUNT_FIELDS and value is not None else value
             counts = section.get("selection_counts") or []
+            alpha = section.get("alpha") or [None] * len(counts)
+            if len(alpha) != len(counts):
+                raise StudyError(f"{source}: field 'router_effect.directions.{direction}.alpha' has {len(alpha)} "
+                                 f"values for {len(counts)} channels")
             top = sorted(range(len(counts)), key=lambda c: (-counts[c], c))[:5]
             row[f"top_channels_{direction}"] = " ".join(f"{c}:{counts[c]}" for c in top if counts[c])
             total = sum(counts)
             channels += [{"run": name, "direction": direction, "channel": c, "count": n,
-                          "share": n / total if total else None} for c, n in enumerate(counts)]
+                          "share": n / total if total else None,
+                          "alpha": _number(alpha[c], source, f"router_effect.directions.{direction}.alpha")}
+                         for c, n in enumerate(counts)]
         rows.append(row)
     schema = {"run": pl.String, "dataset": pl.String, "model": pl.String, "placement": pl.String, "arm": pl.String,
               "seed": pl.Int64, "tv_mean": pl.Float64, "tv_max": pl.Float64, "changed_share": pl.Float64}
@@ -266,7 +273,7 @@ def router_effect_rows(runs: Mapping[str, tuple[Arm, int]], metrics: Mapping[str
                        for key in DIRECTION_FIELDS})
         schema[f"top_channels_{direction}"] = pl.String
     channel_schema = {"run": pl.String, "direction": pl.String, "channel": pl.Int64, "count": pl.Int64,
-                      "share": pl.Float64}
+                      "share": pl.Float64, "alpha": pl.Float64}
     return pl.DataFrame(rows, schema=schema), pl.DataFrame(channels, schema=channel_schema)
 
 
