@@ -942,7 +942,8 @@ class Plan:
     def report_extra_outputs(self) -> list[str]:
         """The report's files beyond Tables 1-3 and their figures: the comparisons, the router diagnostics, the
         MDI/AEI validity figure, and Table 4 when the suite has one."""
-        names = ["comparisons.csv", "comparisons.md", "router_effect.csv", "router_channels.csv", "validity.png"]
+        names = ["comparisons.csv", "comparisons.md", "router_effect.csv", "router_channels.csv", "validity.png",
+                 "gates_selected.png"]
         if self.tables.table4 is not None:
             names += ["table4.csv", "table4.md"]
         return [f"{self.report_dir()}/{name}" for name in names]

@@ -422,6 +422,7 @@ def test_comparisons_table4_router_effect_and_validity(tmp_path):
     assert "Is MDI/AEI a valid measure?** Across the suite's 13 evaluated runs" in page
     assert "Survives: Holm p <= 0.05" in page and "Table 4" in page and "Router diagnostics" in page
     assert (out / "validity.png").read_bytes().startswith(PNG_MAGIC)
+    assert (out / "gates_selected.png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_comparisons_need_the_same_questions_in_both_arms(tmp_path):

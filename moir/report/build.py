@@ -594,6 +594,10 @@ def write_study(found: dict, out: Path) -> list[str]:
     sections.append(study.router_effect_markdown(found["router_effect"]))
     sections.append(study.validity_line(found["validity"]))
     study.figure_validity(found["validity"], out / "validity.png", save_figure)
+    study.figure_selected_gates(found["router_channels"], found["router_effect"], out / "gates_selected.png",
+                                save_figure)
+    sections.append("![Gates of the chosen channels](gates_selected.png)\n\nEach MoIR run's gates (first seed) "
+                    "against how often Eq. 2 chose their channel at evaluation: only chosen channels can learn.\n")
     return sections
 
 

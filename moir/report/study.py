@@ -323,3 +323,29 @@ def figure_validity(found: dict, path: Path, save_figure) -> None:
         ax.set_xlabel(key.upper())
     axes[0].set_ylabel("hint-follow rate (%)")
     save_figure(fig, path)
+
+
+def figure_selected_gates(channels: pl.DataFrame, effect: pl.DataFrame, path: Path, save_figure) -> None:
+    """Per direction, every channel of each MoIR run (first seed): how often Eq. 2 chose it (share of the routed
+    examples' choices) against its gate's movement alpha - 0.5 at the end of training. Channels never chosen sit
+    at share 0: only the chosen ones can have learnt anything."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (the report module chose the Agg backend)
+
+    first_seed = effect.group_by(["dataset", "model", "placement", "arm"], maintain_order=True).agg(
+        pl.col("run").first())["run"].to_list()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True, layout="constrained")
+    for ax, direction, title in zip(axes, ("a", "b"), ("into the visual tokens (alpha_A)",
+                                                       "into the text tokens (alpha_B)")):
+        for run in first_seed:
+            rows = channels.filter((pl.col("run") == run) & (pl.col("direction") == direction)
+                                   & pl.col("alpha").is_not_null())
+            if rows.height:
+                ax.scatter(rows["share"].fill_null(0.0), rows["alpha"] - 0.5, s=8, label=run.split("__seed")[0])
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        ax.set_title(f"gates {title}", fontsize=9)
+        ax.set_xlabel("share of Eq. 2's choices at evaluation")
+    axes[0].set_ylabel("alpha - 0.5 after training")
+    labelled = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if labelled:
+        labelled[-1].legend(fontsize=5, loc="best")
+    save_figure(fig, path)
