@@ -84,9 +84,9 @@ from moir.dataset import load_examples
 from moir.evaluate import EvaluationError
 from moir.evaluate.analysis import analyse, dominance_metrics, rank_metrics
 from moir.evaluate.judge import JudgeCache, JudgeError, LocalJudge
+from moir.evaluate.noise import NOISE_MEAN, NOISE_STD, prepare_example
 from moir.evaluate.router_effect import measure as measure_router_effect
 from moir.evaluate.router_effect import router_effect_metrics
-from moir.evaluate.noise import NOISE_MEAN, NOISE_STD, prepare_example
 from moir.evaluate.scoring import accuracy_metrics, make_judge, reliance_metrics, robustness_metrics, score_predictions
 from moir.evaluate.store import (
     ANALYSIS_FIELDS,
