@@ -174,6 +174,7 @@ class RouterSettings(Settings):
     rms_match: bool
     directions: str
     gate_init: float
+    gate_lr_scale: float
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,9 @@ class ReportSettings(Settings):
     gates: dict[str, str]  # MoIR run -> train_metrics.jsonl
     reference_tables: str | None
     reference_robustness: str | None
+    # "<run>/clean" -> predictions.parquet: the per-question correctness that the paired comparisons (FT vs MoIR)
+    # resample; empty: no comparisons are made (a report built from metrics alone)
+    predictions: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ the grid
@@ -313,10 +317,13 @@ class Tables:
     table2: tuple[str, str, str]
     table3: tuple[str, str, str]
     ratios: tuple[float, ...]
+    table4: tuple[str, str, str] | None = None  # the design-choice ablation (optional): dataset, model, placement
+    variants: tuple[str, ...] = ()  # names of VARIANTS
+    gate_lr_scale: float | None = None  # the `gate-lr` variant's router.gate_lr_scale
 
     @classmethod
     def from_config(cls, suite: Mapping) -> Tables:
-        t1, t2, t3 = suite["table1"], suite["table2"], suite["table3"]
+        t1, t2, t3, t4 = suite["table1"], suite["table2"], suite["table3"], suite.get("table4")
         return cls(
             pairs=tuple((pair["dataset"], pair["model"]) for pair in t1["pairs"]),
             placements=tuple(t1["placements"]),
@@ -324,6 +331,9 @@ class Tables:
             table2=(t2["dataset"], t2["model"], t2["placement"]),
             table3=(t3["dataset"], t3["model"], t3["placement"]),
             ratios=tuple(float(ratio) for ratio in t3["ratios"]),
+            table4=(t4["dataset"], t4["model"], t4["placement"]) if t4 else None,
+            variants=tuple(t4["variants"]) if t4 else (),
+            gate_lr_scale=float(t4["gate_lr_scale"]) if t4 and "gate-lr" in t4["variants"] else None,
         )
 
     @classmethod
@@ -335,12 +345,18 @@ class Tables:
             table2=tuple(value["table2"]),
             table3=tuple(value["table3"]),
             ratios=tuple(float(ratio) for ratio in value["ratios"]),
+            table4=tuple(value["table4"]) if value.get("table4") else None,
+            variants=tuple(value.get("variants", ())),
+            gate_lr_scale=value.get("gate_lr_scale"),
         )
 
     def to_dict(self) -> dict:
-        return {"pairs": [list(pair) for pair in self.pairs], "placements": list(self.placements),
-                "ratio": self.ratio, "table2": list(self.table2), "table3": list(self.table3),
-                "ratios": list(self.ratios)}
+        out = {"pairs": [list(pair) for pair in self.pairs], "placements": list(self.placements),
+               "ratio": self.ratio, "table2": list(self.table2), "table3": list(self.table3),
+               "ratios": list(self.ratios)}
+        if self.table4 is not None:  # only when configured: a suite without Table 4 keeps its report's settings
+            out.update(table4=list(self.table4), variants=list(self.variants), gate_lr_scale=self.gate_lr_scale)
+        return out
 
     def table1(self) -> list[Arm]:
         return [
@@ -358,11 +374,37 @@ class Tables:
         dataset, model, placement = self.table3
         return [Arm(dataset, model, placement, "moir", ratio) for ratio in self.ratios]
 
+    def table4_arms(self) -> list[Arm]:
+        """FT, then one MoIR arm at Table 1's k' per variant (`VARIANTS`), at Table 4's setting; none without it.
+        The `default` variant is the plain MoIR arm (the run Table 1 has at that setting)."""
+        if self.table4 is None:
+            return []
+        dataset, model, placement = self.table4
+        arms = [Arm(dataset, model, placement, "ft", None)]
+        for variant in self.variants:
+            overrides = VARIANTS[variant]
+            if variant == "gate-lr":
+                overrides = (("router.gate_lr_scale", self.gate_lr_scale),)
+            arms.append(Arm(dataset, model, placement, "moir", self.ratio, "" if variant == "default" else variant,
+                            overrides))
+        return arms
+
     def arms(self) -> list[tuple[Arm, frozenset[str]]]:
         """Every arm of the tables with the evaluations it gets (Table 2's also get the noise evaluation)."""
         return ([(arm, frozenset({CLEAN})) for arm in self.table1()]
                 + [(arm, frozenset({CLEAN, NOISE})) for arm in self.table2_arms()]
-                + [(arm, frozenset({CLEAN})) for arm in self.table3_arms()])
+                + [(arm, frozenset({CLEAN})) for arm in self.table3_arms()]
+                + [(arm, frozenset({CLEAN})) for arm in self.table4_arms()])
+
+
+# Table 4: the design choices the paper leaves open, each a MoIR arm against FT (router overrides on top of the
+# config's `router`). `gate-lr` takes its scale from `table4.gate_lr_scale`.
+VARIANTS: dict[str, tuple[tuple[str, object], ...]] = {
+    "paper-literal": (("router.rms_match", False), ("router.scope", "batch")),  # no RMS matching, batch scores
+    "default": (),  # the config's router as it is
+    "attend": (("router.align", "attend"),),  # similarity routing instead of the pooled source
+    "gate-lr": (),  # router.gate_lr_scale = table4.gate_lr_scale
+}
 
 
 def check_ratio_names(ratios: Iterable[float], where: str) -> None:
@@ -419,7 +461,7 @@ CODE: dict[str, tuple[str, ...]] = {
     "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py", "moir/batching.py")
     + _EXAMPLES + _MODELS,
     "report": ("moir/report", "moir/plan.py", "moir/storage.py", "moir/runtime.py",
-               "moir/metrics", "moir/prompts.py"),  # breakdowns.py: the paper's intervals (moir.metrics)
+               "moir/metrics", "moir/prompts.py"),  # breakdowns (intervals), stats (comparisons): moir.metrics
 }
 # The router changes the output of the MoIR runs and of their evaluations only.
 ROUTER_CODE = ("moir/router.py",)
@@ -555,6 +597,11 @@ def check_references(config: Mapping) -> None:
                 )
         check_ratio_names([sc["table1"]["ratio"], *sc["table3"]["ratios"]], f"{where}.table1.ratio/table3.ratios")
         check_split_roles(datasets, where)
+        if "table4" in sc:
+            need("datasets", datasets, sc["table4"]["dataset"], f"{where}.table4.dataset")
+            need("models", models, sc["table4"]["model"], f"{where}.table4.model")
+            if "gate-lr" in sc["table4"]["variants"] and "gate_lr_scale" not in sc["table4"]:
+                raise PlanError(f"config: {where}.table4.gate_lr_scale is required by the variant 'gate-lr'")
 
 
 def check_split_roles(datasets: Mapping, where: str) -> None:
@@ -817,6 +864,7 @@ class Plan:
         inputs = {
             "metrics": [self.metrics(key) for key, ev in self.evaluations.items() if self.reported(ev)],
             "runs": [self.run_dir(name) for name, run in self.runs.items() if run.method == "moir"],
+            "predictions": list(self.report_predictions().values()),
         }
         if self.suite == "paper":
             inputs.update(self.REFERENCE)
@@ -914,7 +962,22 @@ class Plan:
                    for name, run in self.runs.items() if run.method == "moir"},
             reference_tables=self.REFERENCE["tables"] if self.suite == "paper" else None,
             reference_robustness=self.REFERENCE["robustness"] if self.suite == "paper" else None,
+            predictions=self.report_predictions(),
         )
+
+    def report_predictions(self) -> dict[str, str]:
+        """"<run>/clean" -> predictions.parquet of every run's clean evaluation (the paired comparisons)."""
+        return {key: self.predictions(key) for key, ev in self.evaluations.items()
+                if ev.run is not None and ev.mode == CLEAN}
+
+    def report_extra_outputs(self) -> list[str]:
+        """The report's files beyond Tables 1-3 and their figures: the comparisons, the router diagnostics, the
+        MDI/AEI validity figure, and Table 4 when the suite has one."""
+        names = ["comparisons.csv", "comparisons.md", "router_effect.csv", "router_channels.csv", "validity.png",
+                 "gates_selected.png"]
+        if self.tables.table4 is not None:
+            names += ["table4.csv", "table4.md"]
+        return [f"{self.report_dir()}/{name}" for name in names]
 
     # -------------------------------------------------------------------------------------- code
 

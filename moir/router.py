@@ -196,6 +196,7 @@ class RouterConfig:
     rms_match: bool = True
     directions: Directions = "both"
     gate_init: float = 0.5
+    gate_lr_scale: float = 1.0  # training only: the gates learn at lr * gate_lr_scale (moir.train); 1 = the paper
 
     def __post_init__(self) -> None:
         num_routed_channels(self.ratio, 1)  # validates the range
@@ -206,6 +207,8 @@ class RouterConfig:
                 raise ValueError(f"router.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 < self.gate_init < 1.0:
             raise ValueError(f"router.gate_init must lie strictly between 0 and 1, got {self.gate_init!r}")
+        if not self.gate_lr_scale > 0 or math.isinf(self.gate_lr_scale):
+            raise ValueError(f"router.gate_lr_scale must be a positive number, got {self.gate_lr_scale!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -261,12 +264,15 @@ def route(
     source_mask: Tensor | None,
     gate_logit: Tensor,
     config: RouterConfig,
+    chosen: list[Tensor] | None = None,
 ) -> Tensor:
     """Eq. 1-3 for one direction: route `source` into the least informative channels of `dest`.
 
     dest (B, Ld, D), source (B, Ls, D), masks (B, L) bool or None, gate_logit (D,). Returns a tensor shaped and
     typed like `dest`; unchosen channels, masked tokens and examples whose source has no valid token are unchanged.
     With `rms_match` the destination's RMS is a reference scale and is not differentiated through.
+    `chosen`: when a list is given, the (n, k) channels chosen for each example that is routed (it has a valid
+    destination token and a valid source token) are appended to it.
     """
     batch, dest_len, dim = dest.shape
     with torch.no_grad():
@@ -278,6 +284,8 @@ def route(
         channels = channels.expand(batch, -1)
     dest_weights = _valid_mask(dest, dest_mask)
     source_weights = _valid_mask(source, source_mask)
+    if chosen is not None:
+        chosen.append(channels[(dest_weights.sum(1) > 0) & (source_weights.sum(1) > 0)].detach().cpu())
     index = channels[:, None, :].expand(-1, dest_len, -1)  # (B, Ld, k)
 
     routed_source = _align_source(dest, source, source_weights, channels, config.align)  # (B, Ld or 1, k)
@@ -326,6 +334,12 @@ class MoIRRouter(nn.Module):
         initial_logit = math.log(config.gate_init / (1.0 - config.gate_init))
         self.logit_a = nn.Parameter(torch.full((dim,), initial_logit))
         self.logit_b = nn.Parameter(torch.full((dim,), initial_logit))
+        self.chosen: dict[str, list[Tensor]] | None = None  # `record_channels`: off by default
+
+    def record_channels(self, on: bool = True) -> None:
+        """Keep the channels each forward pass chooses, per direction, in `self.chosen` ({"a": [...], "b": [...]},
+        one (n, k) tensor per pass, n the examples routed); `record_channels(False)` stops and drops them."""
+        self.chosen = {"a": [], "b": []} if on else None
 
     @classmethod
     def from_config(cls, dim: int, config: RouterConfig) -> MoIRRouter:
@@ -350,8 +364,11 @@ class MoIRRouter(nn.Module):
         # is exact, so unchosen channels and masked tokens still come out bit-for-bit unchanged.
         with torch.autocast(device_type=a.device.type, enabled=False):
             a32, b32 = a.float(), b.float()
-            a_out = route(a32, b32, a_mask, b_mask, self.logit_a, self.config).to(a.dtype) if route_a else a
-            b_out = route(b32, a32, b_mask, a_mask, self.logit_b, self.config).to(b.dtype) if route_b else b
+            chosen = self.chosen or {}
+            a_out = (route(a32, b32, a_mask, b_mask, self.logit_a, self.config, chosen.get("a")).to(a.dtype)
+                     if route_a else a)
+            b_out = (route(b32, a32, b_mask, a_mask, self.logit_b, self.config, chosen.get("b")).to(b.dtype)
+                     if route_b else b)
         return a_out, b_out
 
     @torch.no_grad()

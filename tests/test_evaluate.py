@@ -416,3 +416,55 @@ def test_an_unknown_mmbench_video_dimension_is_named(tmp_path):
     scored = score_predictions(rows, ["a", "b", "c"], _FlakyJudge(fails=()), JudgeCache(tmp_path / "c.jsonl"))
     with pytest.raises(EvaluationError, match=r"example d/test/2: field 'category' names unknown .*'Telepathy'"):
         accuracy_metrics(rows, scored, "flaky", ["a", "b", "c"])
+
+
+def test_hint_reliance_and_the_router_effect_of_a_moir_run(work):
+    """The reliance section recomputed from the manifest; the router effect against an evaluation of the same LoRA
+    without its router (a saved run whose router was removed)."""
+    from moir.metrics.reliance import follows_hint, hint_label, hinted_answer
+
+    root = work["root"] / "router-effect"
+    vlm = load_vlm(work["model"])
+    vlm.load_trainable(work["run"])
+    with torch.no_grad():  # gates away from 0.5, differently per channel
+        vlm.router.logit_a.normal_(0.0, 2.0)
+        vlm.router.logit_b.normal_(0.0, 2.0)
+    gates = {"a": torch.sigmoid(vlm.router.logit_a.detach()), "b": torch.sigmoid(vlm.router.logit_b.detach())}
+    with_router = vlm.save_trainable(root / "runs" / "with-router")
+    vlm.router = None
+    without_router = vlm.save_trainable(root / "runs" / "without-router")
+    on, off = root / "eval" / "on", root / "eval" / "off"
+    assert _evaluate(work, on, "--run", str(with_router), "--no-analysis") == 0
+    assert _evaluate(work, off, "--run", str(without_router), "--no-analysis") == 0
+    metrics = json.loads((on / "metrics.json").read_text())
+    assert json.loads((off / "metrics.json").read_text())["router_effect"] is None
+
+    manifest = {row["id"]: row for row in read_manifest(work["manifest"]).to_pylist()}
+    predictions_on, predictions_off = _predictions(on), _predictions(off)
+    labels = {i: hint_label(row["category"]) for i, row in manifest.items()}
+    right = [predictions_on[i]["correct"] for i in manifest if labels[i] is True]
+    wrong = [i for i in manifest if labels[i] is False]
+    assert right and wrong  # the synthetic test split has both kinds of hint
+    reliance = metrics["reliance"]
+    assert reliance["acc_hint_right"] == pytest.approx(100 * np.mean(right))
+    assert reliance["acc_hint_wrong"] == pytest.approx(100 * np.mean([predictions_on[i]["correct"] for i in wrong]))
+    followed = [follows_hint(manifest[i]["choices"], predictions_on[i]["prediction"],
+                             hinted_answer(manifest[i]["hint"])) for i in wrong]
+    assert reliance["hint_follow"] == pytest.approx(100 * np.mean(followed))
+    assert metrics["summary"]["hint_follow"] == reliance["hint_follow"]
+
+    effect = metrics["router_effect"]
+    changed = [predictions_on[i]["normalized"] != predictions_off[i]["normalized"] for i in manifest]
+    assert effect["changed_share"] == pytest.approx(100 * np.mean(changed))
+    assert effect["n"] == 9 and effect["n_tv"] == 9 and 0 < effect["tv_mean"] <= effect["tv_max"] <= 1
+    k = round(0.1 * vlm.hidden_size)
+    for name in ("a", "b"):
+        direction = effect["directions"][name]
+        counts = np.array(direction["selection_counts"])
+        assert direction["n_routed"] == 8 and counts.sum() == 8 * k  # the text-only question is not routed
+        assert direction["n_channels_selected"] == (counts > 0).sum()
+        shift = (gates[name] - 0.5).abs().numpy()
+        assert direction["alpha_shift_selected_max"] == pytest.approx(shift[counts > 0].max())
+        assert direction["alpha_shift_selected_mean"] == pytest.approx(shift[counts > 0].mean())
+        assert direction["alpha_shift_max"] == pytest.approx(shift.max())
+        assert direction["alpha"] == pytest.approx(gates[name].tolist())

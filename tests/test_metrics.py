@@ -275,3 +275,110 @@ def test_vision_split_and_robustness_summary():
         robustness_summary({"q9": "x"}, {"q9": "x"}, split)
     with pytest.raises(ValueError, match="different examples"):
         robustness_summary({"q1": "x"}, {"q2": "x"}, split)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+from moir.metrics.reliance import follows_hint, hint_label, hint_reliance, hinted_answer  # noqa: E402
+from moir.metrics.stats import (  # noqa: E402
+    average_ranks,
+    holm,
+    mcnemar_exact,
+    paired_bootstrap,
+    spearman,
+    spearman_bootstrap,
+)
+
+
+def test_paired_bootstrap_on_hand_computed_cases():
+    # identical arms: no difference in any resample; a constant difference: the interval is that difference
+    same = paired_bootstrap([[1, 0, 1]], [[1, 0, 1]], n_resamples=200)
+    assert (same["mean_diff"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    constant = paired_bootstrap(np.ones((2, 5)), np.zeros((2, 5)), n_resamples=200)
+    assert (constant["mean_diff"], constant["low"], constant["high"]) == (1.0, 1.0, 1.0)
+    # two questions with differences 1 and 0: a resample's mean is 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4,
+    # so the 2.5% and 97.5% percentiles are 0 and 1 (question level) ...
+    two = paired_bootstrap([1, 0], [0, 0], n_resamples=4000, seed=3)
+    assert (two["mean_diff"], two["low"], two["high"], two["n_seeds"], two["n_questions"]) == (0.5, 0.0, 1.0, 1, 2)
+    # ... and the same with two seeds of one question (seed level)
+    seeds = paired_bootstrap([[1], [0]], [[0], [0]], n_resamples=4000, seed=3)
+    assert (seeds["mean_diff"], seeds["low"], seeds["high"]) == (0.5, 0.0, 1.0)
+    # seeded: the same seed gives the same interval; the observed mean lies inside it
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 2, (3, 50)), rng.integers(0, 2, (3, 50))
+    first, again = paired_bootstrap(a, b, seed=7, n_resamples=1000), paired_bootstrap(a, b, seed=7, n_resamples=1000)
+    assert first == again and first["low"] <= first["mean_diff"] <= first["high"]
+    assert first["mean_diff"] == pytest.approx((a - b).mean())
+    with pytest.raises(ValueError, match="same"):
+        paired_bootstrap([[1, 0]], [[1, 0, 1]])
+
+
+def test_mcnemar_exact_on_hand_computed_cases():
+    # a right and b wrong on 5 questions, never the reverse: p = 2 * (1/2)^5
+    result = mcnemar_exact([1, 1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 1])
+    assert (result["a_only"], result["b_only"], result["n_pairs"]) == (5, 0, 7)
+    assert result["p"] == pytest.approx(0.0625)
+    # 1 vs 9 discordant pairs: p = 2 * (C(10,0) + C(10,1)) / 2^10
+    a = [1] + [0] * 9 + [1, 0]
+    b = [0] + [1] * 9 + [1, 0]
+    assert mcnemar_exact(a, b)["p"] == pytest.approx(2 * 11 / 1024)
+    # balanced discordance and no discordance: p = 1; seeds are pooled by stacking their pairs
+    assert mcnemar_exact([1, 0], [0, 1])["p"] == 1.0 and mcnemar_exact([1, 1], [1, 1])["p"] == 1.0
+    stacked = mcnemar_exact([[1, 1, 1], [1, 1, 0]], [[0, 0, 0], [0, 0, 0]])
+    assert (stacked["a_only"], stacked["n_pairs"], stacked["p"]) == (5, 6, pytest.approx(0.0625))
+    # thousands of pairs: exact integers, no overflow
+    assert 0 < mcnemar_exact([1] * 1200 + [0] * 1000, [0] * 1200 + [1] * 1000)["p"] < 1e-4
+    with pytest.raises(ValueError, match="0/1"):
+        mcnemar_exact([0.5], [1])
+
+
+def test_holm_on_a_hand_computed_family():
+    # sorted 0.01, 0.02, 0.03, 0.5 -> 4*0.01, 3*0.02, max(0.06, 2*0.03), max(0.06, 0.5), back in input order
+    assert holm([0.03, 0.01, 0.5, 0.02]) == pytest.approx([0.06, 0.04, 0.5, 0.06])
+    assert holm([0.4, 0.9]) == pytest.approx([0.8, 0.9])  # monotone, capped at 1
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
+    with pytest.raises(ValueError, match="p-values"):
+        holm([float("nan")])
+
+
+def test_spearman_and_its_bootstrap_interval():
+    assert average_ranks([10, 20, 20, 30]).tolist() == [1.0, 2.5, 2.5, 4.0]
+    assert spearman([1, 2, 3], [5, 6, 9]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 - 6 * 2 / (4 * 15))  # 0.8
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    perfect = spearman_bootstrap([1, 2, 3], [2, 4, 6], n_resamples=300)
+    assert perfect["rho"] == pytest.approx(1.0) and perfect["low"] == pytest.approx(1.0)
+    assert perfect["n_degenerate"] > 0  # a resample of one pair repeated (1 in 9) has no correlation: left out
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    noisy = spearman_bootstrap(x, y, n_resamples=500, seed=2)
+    assert noisy["low"] <= noisy["rho"] <= noisy["high"] < 1 and noisy == spearman_bootstrap(x, y, n_resamples=500,
+                                                                                          seed=2)
+    assert noisy["rho"] == pytest.approx(spearman(x, y)) and noisy["rho"] > 0.3
+    few = spearman_bootstrap([1, 2], [2, 1], n_resamples=10)
+    assert few["rho"] == pytest.approx(-1.0) and math.isnan(few["low"])
+
+
+# ---------------------------------------------------------------------------------------------- hint reliance
+
+
+def test_hint_reliance_on_hand_made_questions():
+    from moir.data.synthetic import HINT_TEMPLATES
+
+    assert [hinted_answer(template.format("red")) for template in HINT_TEMPLATES] == ["red"] * len(HINT_TEMPLATES)
+    assert (hint_label("colour:hint-right"), hint_label("count:hint-wrong"), hint_label(""), hint_label("x")) == (
+        True, False, None, None)
+    assert follows_hint(["red", "blue"], "B", "blue") and not follows_hint(["red", "blue"], "A", "blue")
+    assert not follows_hint(["red", "blue"], "no letter", "blue")
+    assert hinted_answer("The caption says B.") == "B" and follows_hint(["red", "blue"], "B", "B")
+    assert not follows_hint(["red", "blue"], "A", "B")
+    assert follows_hint([], "Blue.", "blue") and not follows_hint([], "red", "blue")
+    # 2 hint-right (1 correct), 3 hint-wrong (1 correct, 2 answered with the hint), 1 without a hint
+    result = hint_reliance([True, True, False, False, False, None], [True, False, True, False, False, True],
+                           [False, False, False, True, True, True])
+    assert result == {"acc_hint_right": 50.0, "acc_hint_wrong": pytest.approx(100 / 3),
+                      "hint_follow": pytest.approx(200 / 3), "n_hint_right": 2, "n_hint_wrong": 3}
+    assert hint_reliance([None], [True], [False])["acc_hint_right"] is None

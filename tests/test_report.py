@@ -556,3 +556,118 @@ def test_latex_tables_are_paste_ready(tmp_path, table):
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout[-3000:]
         assert "Overfull \\hbox" not in (tmp_path / "doc.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- the study sections
+
+
+def write_predictions(results: Path, run: str, correct: list[bool]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = results / "eval" / run / "clean" / "predictions.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": [f"q{i}" for i in range(len(correct))], "correct": pa.array(correct)}), path)
+    return str(path)
+
+
+def test_comparisons_table4_router_effect_and_validity(tmp_path):
+    """Hand-made predictions: on synth-image/attn MoIR is right on 10 questions that FT gets wrong (and never the
+    reverse), so McNemar's p is 2 / 2^10 and, Holm over Table 1's 6 comparisons, 6 * 2 / 2^10 survives; every
+    other pair answers alike (difference 0, p = 1)."""
+    import dataclasses
+
+    tables4 = dataclasses.replace(DEMO.tables, table4=("synth-image", "tiny-llava", "attn"),
+                                  variants=("paper-literal", "default"))
+    spec = Spec(tables4, (0,), DEMO.modality)
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, spec, demo_value)
+    base = settings(spec, results)
+    evaluations, gates, predictions = dict(base.evaluations), dict(base.gates), {}
+    arms4 = tables4.table4_arms()
+    assert [arm.label for arm in arms4] == ["ft", "moir-k0.1+paper-literal", "moir-k0.1"]
+    follow = {}
+    for index, arm in enumerate(dict.fromkeys(tables4.table1() + arms4)):  # FT and default: Table 1's runs
+        name = run_name(arm, 0)
+        metrics = clean_metrics(*demo_value(arm, 0))
+        follow[name] = 10.0 * index  # rises with MDI (demo_value's MDI rises along the table too, mostly)
+        metrics["summary"].update(hint_follow=follow[name], acc_hint_right=70.0, acc_hint_wrong=30.0)
+        if arm.method == "moir":
+            metrics["summary"].update(router_tv=0.01, router_changed=2.0)
+            metrics["router_effect"] = {
+                "tv_mean": 0.01, "tv_max": 0.2, "changed_share": 2.0, "directions": {
+                    "a": {"n_routed": 20, "n_channels_selected": 3, "alpha_shift_selected_mean": 0.01,
+                          "alpha_shift_selected_max": 0.02, "alpha_shift_max": 0.03,
+                          "selection_counts": [0, 20, 15, 5], "alpha": [0.5, 0.52, 0.49, 0.5]},
+                    "b": {"n_routed": 20, "n_channels_selected": 1, "alpha_shift_selected_mean": 0.0,
+                          "alpha_shift_selected_max": 0.0, "alpha_shift_max": 0.0,
+                          "selection_counts": [20, 0, 0, 0]}}}
+            gates[name] = str(results / "runs" / name / "train_metrics.jsonl")
+            write_gates(results, name)
+        write(results, name, "clean", metrics)
+        evaluations[f"{name}/clean"] = str(results / "eval" / name / "clean" / "metrics.json")
+        better = arm.method == "moir" and arm.placement == "attn" and arm.dataset == "synth-image" \
+            and arm.variant == ""
+        predictions[f"{name}/clean"] = write_predictions(results, name, [True] * 10 + [better] * 10)
+    build_report(dataclasses.replace(base, evaluations=evaluations, gates=gates, predictions=predictions), out)
+
+    found = read_csv(out / "comparisons.csv")
+    assert [(r["table"], r["placement"], r["arm"]) for r in found] == [
+        *[("1", p, "moir-k0.1") for p in ("attn", "mlp", "proj")] * 2,
+        ("4", "attn", "moir-k0.1+paper-literal"), ("4", "attn", "moir-k0.1")]
+    by = {(r["table"], r["dataset"], r["placement"], r["arm"]): r for r in found}
+    winner = by[("1", "synth-image", "attn", "moir-k0.1")]
+    assert float(winner["diff"]) == pytest.approx(50.0) and 0 < float(winner["diff_low"]) < 50 < float(
+        winner["diff_high"]) <= 100
+    assert float(winner["p_mcnemar"]) == pytest.approx(2 / 1024)
+    assert float(winner["p_holm"]) == pytest.approx(6 * 2 / 1024) and winner["survives"] == "true"
+    assert (winner["moir_only"], winner["ft_only"], winner["n_questions"]) == ("10", "0", "20")
+    for key, row in by.items():
+        if row is not winner and key[0] == "1":
+            assert (float(row["diff"]), float(row["p_mcnemar"]), float(row["p_holm"]), row["survives"]) == (
+                0.0, 1.0, 1.0, "false")
+    table4 = by[("4", "synth-image", "attn", "moir-k0.1")]  # default vs FT: the winner again, Holm over 2
+    assert float(table4["p_holm"]) == pytest.approx(2 * 2 / 1024) and table4["survives"] == "true"
+
+    table1 = read_csv(out / "table1.csv")
+    assert [r["survives"] for r in table1[:2]] == ["", "true"] and table1[3]["survives"] == "false"
+    assert float(table1[0]["hint_follow"]) == 0.0 and float(table1[1]["acc_hint_wrong"]) == 30.0
+    assert "FT w/ MoIR (k'=0.1) *" in (out / "table1.md").read_text()
+    rows4 = read_csv(out / "table4.csv")
+    assert [r["variant"] for r in rows4] == ["ft", "paper-literal", "default"]
+    assert rows4[0]["diff"] == "" and float(rows4[2]["diff"]) == pytest.approx(50.0)
+    assert "| default * |" in (out / "table4.md").read_text()
+
+    effect = read_csv(out / "router_effect.csv")
+    assert len(effect) == 6 + 2 + 1  # Table 1's MoIR runs, Table 3's other k', Table 4's paper-literal
+    first = effect[0]
+    assert (float(first["tv_mean"]), float(first["changed_share"]), float(first["alpha_shift_selected_max_a"]),
+            first["top_channels_a"], first["top_channels_b"]) == (0.01, 2.0, 0.02, "1:20 2:15 3:5", "0:20")
+    assert effect[6]["tv_mean"] == ""  # Table 3's runs were evaluated without the section: empty, not zero
+    channels = read_csv(out / "router_channels.csv")
+    assert [(c["channel"], c["count"], float(c["share"]), float(c["alpha"])) for c in channels[:4]] == [
+        ("0", "0", 0.0, 0.5), ("1", "20", 0.5, 0.52), ("2", "15", 0.375, 0.49), ("3", "5", 0.125, 0.5)]
+    assert channels[4]["alpha"] == ""  # direction b recorded no alpha: empty
+
+    page = (out / "report.md").read_text()
+    assert "Is MDI/AEI a valid measure?** Across the suite's 13 evaluated runs" in page
+    assert "Survives: Holm p <= 0.05" in page and "Table 4" in page and "Router diagnostics" in page
+    assert (out / "validity.png").read_bytes().startswith(PNG_MAGIC)
+    assert (out / "gates_selected.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_comparisons_need_the_same_questions_in_both_arms(tmp_path):
+    import dataclasses
+
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, DEMO, demo_value)
+    base = settings(DEMO, results)
+    predictions = {}
+    for arm in DEMO.tables.table1():
+        name = run_name(arm, 0)
+        predictions[f"{name}/clean"] = write_predictions(results, name, [True] * (5 if arm.method == "ft" else 6))
+    with pytest.raises(ReportError, match="questions differ"):
+        build_report(dataclasses.replace(base, predictions=predictions), out)
+    del predictions[next(iter(predictions))]
+    with pytest.raises(ReportError, match="no predictions file was passed"):
+        build_report(dataclasses.replace(base, predictions=predictions), out)

@@ -349,3 +349,30 @@ def test_gate_statistics_name_the_channels_whose_gates_moved():
     assert stats["alpha_a_selected"] == 2 and stats["alpha_b_selected"] == 0
     assert stats["alpha_a_selected_mean"] == pytest.approx((0.5 + 1 / (1 + math.exp(-2.0))) / 2)
     assert stats["alpha_a_max"] == pytest.approx(1 / (1 + math.exp(-2.0)))
+
+
+# ------------------------------------------------------------------------------ recording the chosen channels
+
+
+@pytest.mark.parametrize("scope", ["sample", "batch"])
+def test_recorded_channels_are_eq2_choices_of_the_routed_examples_and_recording_changes_nothing(scope):
+    a, b, a_mask, b_mask = _padded_batch()
+    b_mask[1] = False  # example 1 has no text: nothing is routed into its visual tokens, nor from them
+    router = MoIRRouter(a.shape[-1], 0.3, scope=scope)
+    assert router.chosen is None  # off by default
+    plain = router(a, b, a_mask, b_mask)
+    router.record_channels()
+    recorded = router(a, b, a_mask, b_mask)
+    assert all(torch.equal(x, y) for x, y in zip(plain, recorded))
+    for name, dest, dest_mask in (("a", a, a_mask), ("b", b, b_mask)):
+        (chosen,) = router.chosen[name]
+        expected = least_informative_channels(channel_scores(dest, dest_mask, scope=scope), 0.3)
+        expected = expected.expand(3, -1) if scope == "batch" else expected
+        assert torch.equal(chosen, expected[[0, 2]])  # examples 0 and 2 are routed, in both directions
+    router(a, b, a_mask, b_mask)
+    assert len(router.chosen["a"]) == 2  # one entry per forward pass
+    router.record_channels(False)
+    assert router.chosen is None
+    assert RouterConfig(gate_lr_scale=100).gate_lr_scale == 100
+    with pytest.raises(ValueError, match="router.gate_lr_scale"):
+        RouterConfig(gate_lr_scale=0)

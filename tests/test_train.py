@@ -305,3 +305,33 @@ def test_loop_helpers():
     assert LoopConfig(keep="best").fingerprint() == {**LoopConfig().fingerprint(), "keep": "best"}
     assert LoopConfig(checkpoint_every=1).fingerprint() == LoopConfig().fingerprint()
     assert LoopConfig(lr=1e-3).fingerprint() != LoopConfig().fingerprint()
+
+
+def test_gate_lr_scale_moves_the_gates_only(demo):
+    """One optimizer step (AdamW's first step moves each parameter by about lr): the gates move lr * scale, the LoRA
+    weights exactly as at scale 1 (the step's gradients do not depend on the gates' learning rate)."""
+    from moir.train.loop import parameter_groups
+
+    weights = {}
+    for scale in (1, 100):
+        name = f"gate-lr-{scale}"
+        assert train_main(train_args(demo, name, "--epochs", "1", "--train-limit", "4", "--val-limit", "4",
+                                     "--router", json.dumps({"gate_lr_scale": scale}))) == 0
+        weights[scale] = saved_tensors(demo["root"] / "runs" / name)
+        card = json.loads((demo["root"] / "runs" / name / "run_card.json").read_text())
+        assert card["router"]["gate_lr_scale"] == scale and card["optimizer_steps"] == 1
+        assert metrics(demo["root"] / "runs" / name)[0]["lr"] == 2e-4  # the step records report LoRA's rate
+    gates = [key for key in weights[1] if key.startswith("router.safetensors/")]
+    assert len(gates) == 2
+    for key in gates:
+        assert weights[1][key].abs().max().item() == pytest.approx(2e-4, rel=1e-2)
+        assert weights[100][key].abs().max().item() == pytest.approx(2e-2, rel=1e-2)
+    for key in set(weights[1]) - set(gates):
+        assert torch.equal(weights[1][key], weights[100][key])
+
+    a, b, c = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+    groups = parameter_groups({"lora": a, "router.logit_a": b, "router.logit_b": c}, 0.1,
+                              {"router.logit_a": 10.0, "router.logit_b": 10.0})
+    assert [(len(g["params"]), g["lr"]) for g in groups] == [(1, 0.1), (2, pytest.approx(1.0))]
+    with pytest.raises(Exception, match="not trained"):
+        parameter_groups({"lora": a}, 0.1, {"router.x": 2.0})

@@ -319,6 +319,10 @@ for stage in ("encoder_cache", "pretrain"):
     NOT_OUTPUT[stage] |= {"moir/router.py"}  # attached by training only (MoIR runs: plan.ROUTER_CODE)
 NOT_OUTPUT["train"] |= {"moir/router.py"}  # ROUTER_CODE, for the MoIR runs only
 NOT_OUTPUT["evaluate"] |= {"moir/router.py"}  # ROUTER_CODE, for the MoIR runs' evaluations only
+# the report calls moir.metrics.stats alone; the package's __init__ imports the evaluation's metrics (and they
+# moir.prompts), which the report never calls
+NOT_OUTPUT["report"] |= ({str(p.relative_to(REPO)) for p in (REPO / "moir" / "metrics").glob("*.py")}
+                         - {"moir/metrics/stats.py"}) | {"moir/prompts.py"}
 
 
 def module_file(name: str) -> Path | None:
@@ -409,7 +413,7 @@ def shell_commands(workdir: Path, suite: str) -> list[str]:
     return [command for command in re.findall(r"^Shell command: (.*)$", output, re.MULTILINE) if command != "None"]
 
 
-@pytest.mark.parametrize("suite", ["demo", "paper"])
+@pytest.mark.parametrize("suite", ["demo", "paper", "study"])
 def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
     """Each job's `python -m moir.<stage> ...` parses with that stage's own argparse parser (flags, choices,
     required arguments), so a CLI change that the rules do not follow fails here, not hours into a run."""
@@ -438,7 +442,7 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
         if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not
             assert parsed.revision == ("main" if suite == "paper" else None), command
     expected = {"moir.data", "moir.media", "moir.encoder_cache", "moir.train", "moir.evaluate", "moir.report"}
-    assert stages == expected | ({"moir.train.pretrain"} if suite == "demo" else set())
+    assert stages == expected | ({"moir.train.pretrain"} if suite in ("demo", "study") else set())
 
 
 def test_the_html_report_opens_on_the_results(finished_demo, tmp_path):
@@ -517,3 +521,27 @@ def test_every_rule_names_the_conda_env_snakemake_resolves():
     # conda: paths in an included file are relative to that file: workflow/rules/../../envs/moir.yaml
     assert (REPO / "workflow" / "rules" / "../../envs/moir.yaml").resolve() == REPO / "envs" / "moir.yaml"
     assert 'ENV = "../../envs/moir.yaml"' in (REPO / "workflow" / "rules" / "common.smk").read_text()
+
+
+def test_table4_variants_are_moir_arms_against_the_shared_ft_run_and_the_report_reads_predictions():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config.update(suite="study", seeds=[0, 1])
+    plan.validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    study = plan.Plan(config)
+    arms = study.tables.table4_arms()
+    assert [arm.label for arm in arms] == ["ft", "moir-k0.1+paper-literal", "moir-k0.1", "moir-k0.1+attend",
+                                           "moir-k0.1+gate-lr"]
+    assert arms[0] in study.tables.table1() and arms[2] in study.tables.table1()  # FT and default: Table 1's runs
+    routers = {arm.variant: study.train_settings(arm.run(1).name).router for arm in arms[1:]}
+    default = routers[""]
+    assert (default.rms_match, default.scope, default.align, default.gate_lr_scale) == (True, "sample", "pool", 1)
+    assert (routers["paper-literal"].rms_match, routers["paper-literal"].scope) == (False, "batch")
+    assert routers["attend"].align == "attend" and routers["gate-lr"].gate_lr_scale == 100
+    for arm in arms:  # each variant is trained and evaluated once per seed; the report reads its predictions
+        for seed in (0, 1):
+            assert f"{arm.run(seed).name}/clean" in study.evaluations
+            assert study.report_settings().predictions[f"{arm.run(seed).name}/clean"] == study.predictions(
+                f"{arm.run(seed).name}/clean")
+    assert set(study.report_inputs()["predictions"]) == set(study.report_settings().predictions.values())
+    config["suite"] = "demo"
+    assert plan.Plan(config).tables.table4_arms() == [] and "table4" not in plan.Plan(config).tables.to_dict()

@@ -59,7 +59,10 @@ Outputs in --out-dir, each written atomically once complete:
                           erank_text_input, erank_visual_input (at the input embeddings))
     metrics.json          every number and how it was measured (mode, layers, rank layer, split, judge, noise,
                           inputs); `summary` holds the report's columns (acc, mdi, aei, rank_delta_image,
-                          rank_delta_text, unchanged_all, unchanged_vision_dependent, unchanged_vision_irrelevant)
+                          rank_delta_text, unchanged_all, unchanged_vision_dependent, unchanged_vision_irrelevant,
+                          acc_hint_right, acc_hint_wrong, hint_follow, router_tv, router_changed); `reliance` on
+                          questions with a labelled hint (moir.metrics.reliance); `router_effect` for a MoIR run's
+                          clean evaluation (moir.evaluate.router_effect: router on vs off)
     vision_split.parquet  (no-image mode) id, no_image_correct, vision_split
 
 While it runs, predictions go to predictions.parts/ (one Parquet file per --flush-every examples); an interrupted
@@ -89,7 +92,9 @@ from moir.evaluate import EvaluationError
 from moir.evaluate.analysis import RANK_SITE, analyse, dominance_metrics, rank_metrics
 from moir.evaluate.judge import JudgeCache, JudgeError, LocalJudge
 from moir.evaluate.noise import NOISE_MEAN, NOISE_STD, prepare_example
-from moir.evaluate.scoring import accuracy_metrics, make_judge, robustness_metrics, score_predictions
+from moir.evaluate.router_effect import measure as measure_router_effect
+from moir.evaluate.router_effect import router_effect_metrics
+from moir.evaluate.scoring import accuracy_metrics, make_judge, reliance_metrics, robustness_metrics, score_predictions
 from moir.evaluate.store import (
     ANALYSIS_FIELDS,
     METRICS_FILE,
@@ -262,10 +267,14 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     if pending:
         store.write(pending)
     done = store.rows()
+    router_effect = None
+    if args.mode == "clean" and vlm.router is not None:  # a MoIR run: what its router changes
+        router_effect = measure_router_effect(vlm, examples, [done[example_id]["prediction"] for example_id in ids],
+                                              args.batch_size, args.max_new_tokens)
     return {
         "rows": examples.rows, "raw": [done[example_id] for example_id in ids], "analysis": analysis,
         "adapter_description": adapter_description, "hidden_index": hidden_index, "n_hidden": n_hidden,
-        "store": store,
+        "store": store, "router_effect": router_effect,
     }
 
 
@@ -341,6 +350,9 @@ def evaluate(args: argparse.Namespace) -> dict:
         "effective_rank": rank_metrics(raw, ids, hidden_index, n_hidden, base) if analysis else None,
         "robustness": None,
         "vision_split": None,
+        "reliance": reliance_metrics(rows, [r["prediction"] for r in raw], scored),
+        "router_effect": None if predicted["router_effect"] is None
+        else router_effect_metrics(predicted["router_effect"], rows, [r["prediction"] for r in raw]),
     }
     if clean is not None:
         metrics["robustness"] = robustness_metrics(clean, split, args.vision_split, rows, scored)
@@ -395,6 +407,11 @@ def summary(metrics: dict) -> dict:
         "unchanged_all": pick(robust, "all", "unchanged_rate"),
         "unchanged_vision_dependent": pick(robust, "vision_dependent", "unchanged_rate"),
         "unchanged_vision_irrelevant": pick(robust, "vision_irrelevant", "unchanged_rate"),
+        "acc_hint_right": pick(metrics.get("reliance"), "acc_hint_right"),
+        "acc_hint_wrong": pick(metrics.get("reliance"), "acc_hint_wrong"),
+        "hint_follow": pick(metrics.get("reliance"), "hint_follow"),
+        "router_tv": pick(metrics.get("router_effect"), "tv_mean"),
+        "router_changed": pick(metrics.get("router_effect"), "changed_share"),
     }
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ from moir.metrics import (
     vizwiz_predicts_unanswerable,
     vizwiz_unanswerability,
 )
+from moir.metrics.reliance import follows_hint, hint_label, hint_reliance, hinted_answer
 from moir.prompts import OPTION_LETTERS, protocol
 
 log = logging.getLogger("moir.evaluate")
@@ -233,6 +234,18 @@ def accuracy_metrics(rows: list[dict], scored: list[dict], judge_name: str | Non
     return {"value": _percent(unit_scores), "definition": "mean per-example score in percent (option letter and "
             f"exact match 0/1, VizWiz accuracy, judged correct (judge score >= {judge_correct_threshold}) 0/1)",
             "n": len(scored), "by_protocol": result}
+
+def reliance_metrics(rows: list[dict], predictions: list[str], scored: list[dict]) -> dict | None:
+    """Ground-truth text reliance (`moir.metrics.reliance`) on the questions whose hint is labelled right or wrong;
+    None when no question is (a benchmark without synthetic hints)."""
+    labels = [hint_label(row["category"]) for row in rows]
+    if all(label is None for label in labels):
+        return None
+    followed = [label is False and follows_hint(row["choices"], text, hinted_answer(row["hint"]))
+                for row, text, label in zip(rows, predictions, labels)]
+    return {"definition": "accuracy (percent) on questions whose hint is right / wrong; hint_follow: percent of "
+            "hint-wrong questions answered with the hinted answer",
+            **hint_reliance(labels, [item["correct"] for item in scored], followed)}
 
 def robustness_metrics(clean: dict, split: dict[str, str], split_path: Path, rows: list[dict],
                        scored: list[dict]) -> dict:

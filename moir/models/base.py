@@ -31,6 +31,7 @@ the model's config, for a hub id and a local `save_pretrained` directory alike.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -282,6 +283,16 @@ class VLMWrapper:
         return sorted(ids)
 
     # ------------------------------------------------------------------ training set-up
+
+    @contextlib.contextmanager
+    def router_off(self):
+        """Within this block the model runs without its router (the LoRA weights stay): the run's model with MoIR
+        switched off, for measuring what the router changes."""
+        router, self.router = self.router, None
+        try:
+            yield self
+        finally:
+            self.router = router
 
     def attach_router(self, config: RouterConfig) -> MoIRRouter:
         """Turn MoIR on: a fresh router (trainable gates, float32) on the model's device."""

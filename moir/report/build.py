@@ -57,6 +57,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from moir.settings import json_object  # noqa: E402
 from moir.plan import Arm, Plan, ReportSettings, Tables, format_ratio  # noqa: E402
+from moir.report import study  # noqa: E402
 from moir.storage import write_text_atomic  # noqa: E402
 from moir.report.breakdowns import breakdown_sections  # noqa: E402
 
@@ -79,6 +80,7 @@ MAIN_COLUMNS = (
 EXTRA_COLUMNS = (
     "acc_img", "judge_score", "mdi_early", "mdi_middle", "mdi_late", "aei_early", "aei_middle", "aei_late",
     "rank_image", "rank_text", "mdi_abs_log", "aei_abs_log", "n_questions",
+    "acc_hint_right", "acc_hint_wrong", "hint_follow", "router_tv", "router_changed",  # moir.report.study
 )
 ROBUSTNESS_COLUMNS = (
     ("unchanged_all", "All (%)", r"All (\%)"),
@@ -141,6 +143,8 @@ def clean_metrics(metrics: Mapping, source: Path) -> dict[str, float | None]:
             row[f"{name}_{third}"] = field(metrics, f"dominance.{name}.{third}.mean", source, required=False)
         row[f"{name}_abs_log"] = distance_from_balance(row[name])
     row["n_questions"] = field(metrics, "accuracy.n", source, required=False)
+    for key in ("acc_hint_right", "acc_hint_wrong", "hint_follow", "router_tv", "router_changed"):
+        row[key] = field(metrics, f"summary.{key}", source, required=False)  # hint datasets; MoIR runs
     return row
 
 
@@ -407,6 +411,8 @@ def identity_cells(row: Mapping, table: int) -> list[str]:
         training = METHOD_LABELS[row["method"]]
         if row["method"] == "moir":
             training += f" (k'={format_ratio(row['k_ratio'])})"
+        if row.get("survives"):  # moir.report.study: the MoIR - FT difference survives Holm
+            training += " *"
         return [row["dataset"], row["modality"], row["model"], PLACEMENT_LABELS[row["placement"]], training]
     if table == 2:
         return [METHOD_LABELS[row["method"]]]
@@ -483,6 +489,8 @@ def render_table(frame: pl.DataFrame, table: int, *, with_reference: bool) -> di
     rows = frame.to_dicts()
     md_headers, tex_headers, body = table_layout(rows, table)
     caption = table_caption(rows, table, with_reference=with_reference)
+    if "survives" in frame.columns:
+        caption += " *: the MoIR - FT accuracy difference survives Holm's correction at 0.05 (comparisons.csv)."
     return {
         "md": f"**Table {table}.** {caption}\n\n" + markdown_text(md_headers, body),
         "csv": csv_text(frame),
@@ -793,6 +801,9 @@ class Collected:
     gates: dict[str, list[dict[str, float]]]  # MoIR setting of Table 1 -> gate values per step
     with_reference: dict[int, bool]  # table number -> the paper's numbers are in its rows
     tables: Tables | None = None  # the layout (the settings of Tables 2 and 3)
+    # moir.report.study: "comparisons" (None without predictions), "table4" (None without Table 4),
+    # "router_effect" and "router_channels" frames, "validity"
+    study: dict = dataclasses.field(default_factory=dict)
 
 
 def collect(settings: ReportSettings) -> Collected:
@@ -819,7 +830,35 @@ def collect(settings: ReportSettings) -> Collected:
             gates[f"{arm.dataset} / {arm.model} / {PLACEMENT_LABELS[arm.placement]}"] = read_gates(
                 Path(settings.gates[name]))
     with_reference = {1: tables_ref is not None, 2: robust_ref is not None, 3: tables_ref is not None}
-    return Collected(frames, gates, with_reference, tables)
+    found = collect_study(settings, tables)
+    if found["comparisons"] is not None:
+        frames[1] = study.mark_table1(frames[1], found["comparisons"])
+        arms4 = tables.table4_arms()
+        if arms4:
+            found["table4"] = study.table4_frame(build_rows(4, arms4, settings, evaluation=CLEAN, reference=None),
+                                                 arms4, found["comparisons"])
+    return Collected(frames, gates, with_reference, tables, found)
+
+
+def collect_study(settings: ReportSettings, tables: Tables) -> dict:
+    """The inputs of moir.report.study's sections, read and checked (StudyError becomes ReportError)."""
+    clean = {}
+    for key in settings.evaluations:
+        run, _, mode = key.rpartition("/")
+        if mode == CLEAN:
+            path = metrics_path(settings, key)
+            clean[run] = (read_json(path), path)
+    runs = study.moir_runs(tables, settings.seeds)
+    missing = [name for name in runs if name not in clean]
+    if missing:
+        raise ReportError(f"no metrics file was passed for the evaluation {missing[0]}/clean (settings: evaluations)")
+    try:
+        effect, channels = study.router_effect_rows(runs, clean)
+        return {"comparisons": study.comparisons(settings, tables) if settings.predictions else None,
+                "table4": None, "router_effect": effect, "router_channels": channels,
+                "validity": study.validity(clean)}
+    except study.StudyError as error:
+        raise ReportError(str(error)) from error
 
 
 def write_tables(collected: Collected, out: Path) -> dict[int, dict[str, str]]:
@@ -885,6 +924,35 @@ DEFINITIONS = """\
 """
 
 
+VALIDITY_CAPTION = "MDI and AEI against the hint-follow rate, one point per evaluated run (the validity check)."
+
+
+def write_study(found: dict, out: Path) -> list[str]:
+    """comparisons.csv/.md, table4.csv/.md, router_effect.csv, router_channels.csv and validity.png; returns the
+    sections of report.md."""
+    sections = []
+    if found["table4"] is not None:
+        markdown = study.table4_markdown(found["table4"])
+        write_text_atomic(out / "table4.csv", csv_text(found["table4"]))
+        write_text_atomic(out / "table4.md", markdown)
+        sections.append(markdown)
+    if found["comparisons"] is not None:
+        markdown = study.comparisons_markdown(found["comparisons"])
+        write_text_atomic(out / "comparisons.csv", csv_text(found["comparisons"]))
+        write_text_atomic(out / "comparisons.md", markdown)
+        sections.append(markdown)
+    write_text_atomic(out / "router_effect.csv", csv_text(found["router_effect"]))
+    write_text_atomic(out / "router_channels.csv", csv_text(found["router_channels"]))
+    sections.append(study.router_effect_markdown(found["router_effect"]))
+    sections.append(study.validity_line(found["validity"]))
+    study.figure_validity(found["validity"], out / "validity.png", save_figure)
+    study.figure_selected_gates(found["router_channels"], found["router_effect"], out / "gates_selected.png",
+                                save_figure)
+    sections.append("![Gates of the chosen channels](gates_selected.png)\n\nEach MoIR run's gates (first seed) "
+                    "against how often Eq. 2 chose their channel at evaluation: only chosen channels can learn.\n")
+    return sections
+
+
 def build_report(settings: ReportSettings, out: Path) -> Collected:
     """Read every input, then write the tables, the figures and report.md (all of them on one page) into `out`."""
     collected = collect(settings)
@@ -900,6 +968,8 @@ def build_report(settings: ReportSettings, out: Path) -> Collected:
     page.append("## Figures\n")
     page += [f"![{FIGURES[name]}]({name})\n\n{caption}\n" for name, caption in captions.items()]
     page += breakdown_sections(settings, out)  # moir/report/breakdowns.py: VizWiz, MMBench-Video, paper intervals
+    page += write_study(collected.study, out)
+    page.append(f"![{VALIDITY_CAPTION}](validity.png)\n\n{VALIDITY_CAPTION}\n")
     write_text_atomic(out / "report.md", "\n".join(page))
     log.info("report written to %s", out)
     return collected

@@ -193,6 +193,14 @@ def trainable_parameters(vlm) -> dict[str, torch.nn.Parameter]:
     return named
 
 
+def gate_lr_scales(parameters: dict[str, torch.nn.Parameter], router: RouterConfig | None) -> dict[str, float]:
+    """The router's gates in their own optimizer group at lr * router.gate_lr_scale (none without a router, or at
+    the paper's scale 1, which keeps the single group of the paper's recipe)."""
+    if router is None or router.gate_lr_scale == 1:
+        return {}
+    return {name: router.gate_lr_scale for name in parameters if name.startswith("router.")}
+
+
 def load_split(name: str, manifest: Path, cache: Path, transcripts: Path | None, vlm, limit: int | None):
     examples = load_examples(manifest, cache_dir=cache, transcripts_path=transcripts, vlm=vlm,
                              with_answer=True, limit=limit)
@@ -251,6 +259,7 @@ def train(args: argparse.Namespace) -> Path:
         fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
         autocast_dtype=dtype if dtype != torch.float32 else None,
         step_statistics=vlm.router.gate_statistics if vlm.router is not None else None,
+        lr_scales=gate_lr_scales(parameters, router_config),
         description=f"train {args.out_dir.name}",
     )
 

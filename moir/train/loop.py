@@ -423,6 +423,20 @@ def validation_loss(vlm, examples: Sequence, micro_batch_size: int, device: torc
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def parameter_groups(parameters: Mapping[str, nn.Parameter], lr: float,
+                     lr_scales: Mapping[str, float]) -> list[dict]:
+    """AdamW parameter groups: the parameters at `lr` first (the group whose lr the step records report), then
+    one group per factor of `lr_scales` (name -> factor) at `lr * factor`."""
+    unknown = sorted(set(lr_scales) - set(parameters))
+    if unknown:
+        raise TrainingError(f"lr_scales names parameters that are not trained: {unknown[:5]}")
+    groups = [{"params": [p for name, p in parameters.items() if name not in lr_scales], "lr": lr}]
+    for factor in sorted(set(lr_scales.values())):
+        groups.append({"params": [p for name, p in parameters.items() if lr_scales.get(name) == factor],
+                       "lr": lr * factor})
+    return [group for group in groups if group["params"]]
+
+
 def run_training(
     vlm,
     parameters: Mapping[str, nn.Parameter],
@@ -438,6 +452,7 @@ def run_training(
     description: str = "train",
     lengths: Sequence[int] | None = None,
     kinds: Sequence[str] | None = None,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> LoopResult:
     """Train `parameters` of `vlm.model` on `train_examples` for `config.epochs` epochs; resume when a
     checkpoint of this run (same `fingerprint`) is in `checkpoint_dir`.
@@ -446,6 +461,8 @@ def run_training(
     `step_statistics` adds fields (e.g. the router's gate statistics) to every step's record.
     `lengths` / `kinds`: each training example's token count and media kind (`filter_and_measure`), required by
     `config.group_by_length` (each epoch's order is then moir.batching.grouped_order).
+    `lr_scales` (name -> factor): those parameters learn at `config.lr * factor`, in their own AdamW parameter group
+    (the router's gates); the plateau scheduler scales every group alike.
     """
     if not train_examples:
         raise TrainingError("the training split has no examples")
@@ -454,7 +471,8 @@ def run_training(
         raise TrainingError("group_by_length needs `lengths` and `kinds` with one entry per training example")
     model = vlm.model
     param_list = list(parameters.values())
-    optimizer = torch.optim.AdamW(param_list, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(parameters, config.lr, lr_scales or {}), lr=config.lr,
+                                  weight_decay=config.weight_decay)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience

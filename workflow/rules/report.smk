@@ -41,6 +41,7 @@ rule report:
             )
             for figure in PLAN.REPORT_FIGURES
         ],
+        extra=PLAN.report_extra_outputs(),  # comparisons, router diagnostics, validity figure, Table 4
     log:
         f"{LOGS}/report/report.log",
     benchmark:
