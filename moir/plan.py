@@ -444,7 +444,8 @@ class Evaluation:
 _DATA = ("moir/data/manifest.py", "moir/storage.py", "moir/runtime.py")
 _MEDIA_READ = ("moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py", "moir/media/images.py")
 _MODELS = ("moir/models", "moir/data/manifest.py", "moir/storage.py", "moir/runtime.py") + _MEDIA_READ
-_EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/encoder_cache/cache.py")
+_EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/encoder_cache/cache.py",
+             "moir/media/transcript_cap.py", "moir/batching.py")
 CODE: dict[str, tuple[str, ...]] = {
     "synthesize": ("moir/data/__main__.py", "moir/data/synthetic.py") + _DATA,
     "download": ("moir/data/__main__.py", "moir/data/download.py") + _DATA,
@@ -462,9 +463,8 @@ CODE: dict[str, tuple[str, ...]] = {
     "report": ("moir/report", "moir/plan.py", "moir/storage.py", "moir/runtime.py"),
     "fetch": ("moir/models/fetch.py", "moir/storage.py"),
     "towers": ("moir/models/towers.py", "moir/models/fetch.py", "moir/storage.py", "moir/runtime.py"),
-    "judge": ("moir/evaluate/judge_stage.py", "moir/evaluate/judging.py", "moir/evaluate/judge.py",
-              "moir/evaluate/scoring.py", "moir/evaluate/store.py", "moir/evaluate/evaluation.py", "moir/metrics",
-              "moir/prompts.py", "moir/models/fetch.py") + _DATA,
+    # the judge stage scores with the evaluation's code (its reply cache makes a rerun cost no new calls)
+    "judge": ("moir/evaluate", "moir/metrics", "moir/train/loop.py") + _EXAMPLES + _MODELS,
 }
 # The router changes the output of the MoIR runs and of their evaluations only.
 ROUTER_CODE = ("moir/router.py",)
@@ -869,9 +869,9 @@ class Plan:
             inputs["run"] = self.run_dir(ev.name)
             base = self.base_name(ev.run)
             if ev.mode == CLEAN:
-                inputs["base_eval"] = self.metrics(f"{base}/{CLEAN}")
+                inputs["base_eval"] = self.gpu_metrics(f"{base}/{CLEAN}")
             else:
-                inputs["clean_eval"] = self.metrics(f"{ev.name}/{CLEAN}")
+                inputs["clean_eval"] = self.gpu_metrics(f"{ev.name}/{CLEAN}")
                 inputs["vision_split"] = self.vision_split(base)
         return inputs
 
@@ -1081,6 +1081,11 @@ class Plan:
     def predict_dir(self, key: str) -> str:
         """Where a judged evaluation's GPU job writes its unjudged predictions and metrics."""
         return f"{self.evaluation_dir(key)}/predict"
+
+    def gpu_metrics(self, key: str) -> str:
+        """The metrics.json of an evaluation's GPU job: what another evaluation reads (ranks, normalised answers,
+        none of them judged), so that a judge change reruns no GPU job. For a judged evaluation, its predict/."""
+        return f"{self.predict_dir(key)}/metrics.json" if self.judged(key) else self.metrics(key)
 
     def judge_scores(self, key: str) -> str:
         return f"{self.evaluation_dir(key)}/judge_scores.parquet"
