@@ -9,7 +9,7 @@ still fails after `max_retries` retries scores -1 (status "call_failed") instead
 got are in the cache). A reply that is not a bare 0-3 also scores -1 (status "unparsed"), VLMEvalKit's convention.
 
 Output (written atomically, complete or absent): a Parquet table, one row per open-ended prediction:
-    id str, judge_reply str (null when the call failed), judge_score int8 (0-3, or -1), status str
+    id str, judge_reply str (null when the call failed), judge_score int64 (the judge's integer: 0-3 asked, any given is kept; -1: no integer), status str
     ("ok" | "unparsed" | "call_failed"), error str (the last error of a failed call)
 with the judge's name in the schema metadata (`moir.judge`).
 
@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from moir.data.manifest import read_manifest
+from moir.metrics import mmbench_video_mean_scores
 from moir.evaluate.judge import JudgeCache, LocalJudge, OpenAIJudge, judge_prompt, parse_judge_score
 from moir.storage import write_json_atomic, write_table_atomic
 
@@ -49,7 +50,7 @@ FAILED_SCORE = -1
 SCORES_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("judge_reply", pa.string()),
-    pa.field("judge_score", pa.int8(), nullable=False),
+    pa.field("judge_score", pa.int64(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
 ])
@@ -111,9 +112,9 @@ def judge_concurrently(
                         "error": error}
             with cache_lock:
                 cache.put(key, judge_name, reply)
-        value = parse_judge_score(reply)
-        return {"id": item.id, "judge_reply": reply, "judge_score": FAILED_SCORE if value is None else value,
-                "status": "unparsed" if value is None else "ok", "error": None}
+        value = parse_judge_score(reply)  # FAILED_SCORE (-1) when the reply is no integer
+        return {"id": item.id, "judge_reply": reply, "judge_score": value,
+                "status": "ok" if value >= 0 else "unparsed", "error": None}
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge") as pool:
         results = list(pool.map(score, items))
@@ -160,13 +161,13 @@ def judge_predictions_file(
     results = judge_concurrently(judge, judge.name, JudgeCache(cache_path), items, **options)
     table = pa.Table.from_pylist(results, schema=SCORES_SCHEMA.with_metadata({b"moir.judge": judge.name.encode()}))
     write_table_atomic(table, Path(out_path))
-    valid = [r["judge_score"] for r in results if r["status"] == "ok"]
+    means = mmbench_video_mean_scores([r["judge_score"] for r in results])  # VLMEvalKit's all / valid
     counts = {status: sum(r["status"] == status for r in results) for status in ("ok", "unparsed", "call_failed")}
     return {
         "judge": judge.name, "n": len(results), "n_ok": counts["ok"], "n_unparsed": counts["unparsed"],
         "n_call_failed": counts["call_failed"],
-        "mean_score": sum(valid) / len(results) if results else None,
-        "mean_valid_score": sum(valid) / len(valid) if valid else None,
+        "mean_score": means["all"] if results else None,
+        "mean_valid_score": means["valid"] if counts["ok"] else None,
     }
 
 
