@@ -23,7 +23,6 @@ def judged_keys(judged):
     return [key for key, ev in PLAN.evaluations.items() if ev.mode != NO_IMAGE and PLAN.judged(key) == judged]
 
 
-
 rule evaluate:
     input:
         unpack(lambda wc: PLAN.evaluate_inputs(wc.evaluation)),

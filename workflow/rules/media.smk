@@ -36,8 +36,8 @@ rule extract_media:
 
 rule transcribe_audio:
     input:
-        audio=PLAN.audio("{dataset}", "{split}"),
         **PLAN.hub_lock_input(PLAN.ASR),
+        audio=PLAN.audio("{dataset}", "{split}"),
     output:
         PLAN.transcripts("{dataset}", "{split}"),
     log:
