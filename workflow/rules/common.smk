@@ -126,6 +126,11 @@ def hub_lock_option(wildcards, input):
     return ["--hub-lock", input.hub_lock] if "hub_lock" in input.keys() else []
 
 
+def judged_keys(judged):
+    """The clean and noise evaluations whose open-ended answers the rule `judge` scores (judged) or not."""
+    return [key for key, ev in PLAN.evaluations.items() if ev.mode != NO_IMAGE and PLAN.judged(key) == judged]
+
+
 # ------------------------------------------------------------------------------------------------ resources
 # The GPU jobs' time and host memory, estimated per job from the model and the data (moir/resources.py: assumed
 # throughput, 1.5x margin, rounded up to 15 min); datasets and models it has no numbers for (the demo) keep the

@@ -18,11 +18,6 @@ asks the judge concurrently (judge.workers requests in flight, retries with back
 """
 
 
-def judged_keys(judged):
-    """The clean and noise evaluations whose open-ended answers the rule `judge` scores (judged) or not."""
-    return [key for key, ev in PLAN.evaluations.items() if ev.mode != NO_IMAGE and PLAN.judged(key) == judged]
-
-
 rule evaluate:
     input:
         unpack(lambda wc: PLAN.evaluate_inputs(wc.evaluation)),
