@@ -43,7 +43,12 @@ a truncated shard is refused naming the file too.
 CLI:
     python -m moir.encoder_cache dump --manifest data/manifests/D/S.parquet --model MODEL [--revision REV] \
         --out data/cache/D/S/ENCODER [--frames data/media/D/S/frames.parquet] [--shard-size 256] \
+        [--shard-bytes N] [--pixel-budget JSON] [--hub-lock data/models/M.lock.json --hub-name M] \
+        [--reuse data/cache/D/S/OTHER --tower-check data/models/M.vision_tower.json] \
         [--batch-size 16] [--dtype float16] [--device cpu]
+    --hub-lock: load the model offline from the lock of fetch_models. --reuse with --tower-check: when the
+    comparison says the towers are identical, link the other model's finished cache (`link_cache`) instead of
+    dumping.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ path. Any mismatch is refused with the model, field or file named.
 `compare_vision_towers` decides from the fetched weights whether two models share a vision encoder (LLaVA-1.5 7B
 and 13B: one CLIP feature cache for both only if every vision-tower tensor is byte-identical).
 
-CLI (a CPU job with internet):
+CLI (a CPU job with internet; the workflow's fetch_models rule locks one model per file:
+`--lock data/models/NAME.lock.json --settings '{"name": NAME, "hub_id": ORG/REPO, "revision": REV}'`):
     python -m moir.models.fetch --cache-dir data/hub --lock data/hub/models.lock.json \
         --model llava-1.5-7b=llava-hf/llava-1.5-7b-hf@main --model qwen2.5-vl=Qwen/Qwen2.5-VL-7B-Instruct@main \
         [--compare-towers llava-1.5-7b,llava-1.5-13b --compare-out data/hub/vision_towers.json]
