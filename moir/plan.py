@@ -444,8 +444,8 @@ class Evaluation:
 _DATA = ("moir/data/manifest.py", "moir/storage.py", "moir/runtime.py")
 _MEDIA_READ = ("moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py", "moir/media/images.py")
 _MODELS = ("moir/models", "moir/data/manifest.py", "moir/storage.py", "moir/runtime.py") + _MEDIA_READ
-_EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/encoder_cache/cache.py",
-             "moir/media/transcript_cap.py", "moir/batching.py")
+_EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/media/transcript_cap.py",
+             "moir/encoder_cache/cache.py")
 CODE: dict[str, tuple[str, ...]] = {
     "synthesize": ("moir/data/__main__.py", "moir/data/synthetic.py") + _DATA,
     "download": ("moir/data/__main__.py", "moir/data/download.py") + _DATA,
@@ -457,14 +457,16 @@ CODE: dict[str, tuple[str, ...]] = {
                    "moir/models/fetch.py") + _DATA,
     "encoder_cache": ("moir/encoder_cache",) + _MODELS,
     # pretraining builds the tiny model from the synthetic benchmark's vocabulary; it attaches no router
-    "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
-    "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py") + _EXAMPLES + _MODELS,
-    "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py") + _EXAMPLES + _MODELS,
+    "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/batching.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
+    "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py", "moir/batching.py")
+    + _EXAMPLES + _MODELS,
+    "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py", "moir/batching.py")
+    + _EXAMPLES + _MODELS,
     "report": ("moir/report", "moir/plan.py", "moir/storage.py", "moir/runtime.py"),
     "fetch": ("moir/models/fetch.py", "moir/storage.py"),
     "towers": ("moir/models/towers.py", "moir/models/fetch.py", "moir/storage.py", "moir/runtime.py"),
     # the judge stage scores with the evaluation's code (its reply cache makes a rerun cost no new calls)
-    "judge": ("moir/evaluate", "moir/metrics", "moir/train/loop.py") + _EXAMPLES + _MODELS,
+    "judge": ("moir/evaluate", "moir/metrics", "moir/train/loop.py", "moir/batching.py") + _EXAMPLES + _MODELS,
 }
 # The router changes the output of the MoIR runs and of their evaluations only.
 ROUTER_CODE = ("moir/router.py",)

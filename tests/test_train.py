@@ -258,7 +258,9 @@ def test_loop_helpers():
     labels = torch.tensor([[-100, -100, 5, 6], [7, -100, -100, 8]])
     assert count_targets(labels) == 3  # position 0 is never a target (labels shift by one)
     # The fingerprint holds every setting that changes the weights, and checkpoint_every (which does not) is out.
-    settings = {field.name for field in dataclasses.fields(LoopConfig)} - {"checkpoint_every"}
+    # group_by_length joins it only when on, so that runs from before the option keep their fingerprint.
+    settings = {field.name for field in dataclasses.fields(LoopConfig)} - {"checkpoint_every", "group_by_length"}
     assert set(LoopConfig().fingerprint()) == settings
+    assert set(LoopConfig(group_by_length=True).fingerprint()) == settings | {"group_by_length"}
     assert LoopConfig(checkpoint_every=1).fingerprint() == LoopConfig().fingerprint()
     assert LoopConfig(lr=1e-3).fingerprint() != LoopConfig().fingerprint()
