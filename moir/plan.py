@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLACEMENTS = ("attn", "mlp", "proj")
 METHODS = ("ft", "moir")
 CLEAN, NO_IMAGE, NOISE = "clean", "no-image", "noise"
+DEFER_JUDGE = "defer"  # an evaluation's --judge when the rule `judge` scores its open-ended answers
 
 
 class PlanError(ValueError):
@@ -134,16 +136,54 @@ class TranscribeSettings(Settings):
     language: str | None
     batch_size: int
     device: str
+    hub_name: str | None = omit_if_none()  # the model's entry in its lock file (fetch_models)
+
+
+@dataclass(frozen=True)
+class FetchSettings(Settings):
+    """One hub model fetched into the shared cache and locked (rule fetch_models)."""
+
+    name: str
+    hub_id: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class TowerCheckSettings(Settings):
+    """Whether `name`'s vision tower is byte-identical to `reference`'s (rule vision_tower_check)."""
+
+    name: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class JudgeSettings(Settings):
+    """The judge of an evaluation's open-ended predictions (rule judge): moir.evaluate.judge_stage's options."""
+
+    judge: str
+    judge_model: str
+    workers: int
+    max_retries: int
+    backoff_s: float
+    max_backoff_s: float
+    max_failed_share: float
+    judge_correct_threshold: int
+    judge_url: str | None = omit_if_none()
+    judge_api_key_env: str | None = omit_if_none()
+    hub_name: str | None = omit_if_none()
 
 
 @dataclass(frozen=True)
 class EncoderCacheSettings(Settings):
     model: str  # a hub id, or the directory of a base the pipeline pretrained
     revision: str | None
-    shard_size: int
+    shard_size: int | None
     batch_size: int
     dtype: str
     device: str
+    shard_bytes: int | None = omit_if_none()
+    pixel_budget: dict | None = omit_if_none()  # Qwen2.5-VL: part of the encoder signature
+    hub_name: str | None = omit_if_none()
 
 
 @dataclass(frozen=True)
@@ -203,6 +243,11 @@ class TrainSettings(Settings):
     lora_dropout: float
     device: str
     keep: str | None = omit_if_none()  # which weights a run writes: None = "last" (the JSON stays as it was)
+    group_by_length: bool | None = omit_if_none()  # None when false: a random-order run's settings as before
+    checkpoint_every_n_layers: int | None = omit_if_none()  # with gradient checkpointing only
+    pixel_budget: dict | None = omit_if_none()
+    transcript_max_tokens: int | None = omit_if_none()  # datasets with transcripts only
+    hub_name: str | None = omit_if_none()
 
 
 @dataclass(frozen=True)
@@ -223,6 +268,9 @@ class EvaluateSettings(Settings):
     judge_correct_threshold: int | None = omit_if_none()
     judge_max_failed_share: float | None = omit_if_none()
     device: str
+    pixel_budget: dict | None = omit_if_none()
+    transcript_max_tokens: int | None = omit_if_none()
+    hub_name: str | None = omit_if_none()
 
 
 @dataclass(frozen=True)
@@ -451,8 +499,8 @@ CODE: dict[str, tuple[str, ...]] = {
                 "moir/data/mmbench_video.py", "moir/data/safe_pickle.py", "moir/data/download.py") + _DATA,
     "extract": ("moir/media/__main__.py", "moir/media/extract.py", "moir/media/frames.py", "moir/media/audio.py",
                 "moir/media/images.py") + _DATA,
-    "transcribe": ("moir/media/__main__.py", "moir/media/transcripts.py", "moir/media/audio.py", "moir/media/images.py")
-    + _DATA,
+    "transcribe": ("moir/media/__main__.py", "moir/media/transcripts.py", "moir/media/audio.py", "moir/media/images.py",
+                   "moir/models/fetch.py") + _DATA,
     "encoder_cache": ("moir/encoder_cache",) + _MODELS,
     # pretraining builds the tiny model from the synthetic benchmark's vocabulary; it attaches no router
     "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/batching.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
@@ -462,6 +510,10 @@ CODE: dict[str, tuple[str, ...]] = {
     + _EXAMPLES + _MODELS,
     "report": ("moir/report", "moir/plan.py", "moir/storage.py", "moir/runtime.py",
                "moir/metrics", "moir/prompts.py"),  # breakdowns (intervals), stats (comparisons): moir.metrics
+    "fetch": ("moir/models/fetch.py", "moir/storage.py"),
+    "towers": ("moir/models/towers.py", "moir/models/fetch.py", "moir/storage.py", "moir/runtime.py"),
+    # the judge stage scores with the evaluation's code (its reply cache makes a rerun cost no new calls)
+    "judge": ("moir/evaluate", "moir/metrics", "moir/train/loop.py", "moir/batching.py") + _EXAMPLES + _MODELS,
 }
 # The router changes the output of the MoIR runs and of their evaluations only.
 ROUTER_CODE = ("moir/router.py",)
@@ -602,6 +654,8 @@ def check_references(config: Mapping) -> None:
             need("models", models, sc["table4"]["model"], f"{where}.table4.model")
             if "gate-lr" in sc["table4"]["variants"] and "gate_lr_scale" not in sc["table4"]:
                 raise PlanError(f"config: {where}.table4.gate_lr_scale is required by the variant 'gate-lr'")
+        for name, spec in models.items():
+            check_pixel_budget(spec, f"{where}.models.{name}")
 
 
 def check_split_roles(datasets: Mapping, where: str) -> None:
@@ -617,6 +671,21 @@ def check_split_roles(datasets: Mapping, where: str) -> None:
                     f"config: {where}.datasets.{name}.splits: {role} and eval are both {splits['eval']!r}: the "
                     f"{'validation loss would tune training on' if role == 'val' else 'run would train on'} the "
                     "evaluation examples; give them different splits (VizWiz: val: val_heldout)")
+
+
+
+def check_pixel_budget(spec: Mapping, where: str) -> None:
+    """A pixel budget belongs to a Qwen2.5-VL model, and each minimum is at most its maximum."""
+    budget = spec.get("pixel_budget")
+    if budget is None:
+        return
+    qwen = spec.get("architecture") == "tiny-qwen2.5-vl" or "qwen2.5-vl" in spec.get("hub_id", "").lower()
+    if not qwen:
+        raise PlanError(f"config: {where}.pixel_budget: only Qwen2.5-VL models take a pixel budget")
+    for kind in ("image", "video"):
+        low, high = budget[f"{kind}_min_pixels"], budget[f"{kind}_max_pixels"]
+        if low > high:
+            raise PlanError(f"config: {where}.pixel_budget: {kind}_min_pixels ({low}) > {kind}_max_pixels ({high})")
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -685,8 +754,22 @@ class Plan:
         return self.dataset(dataset)["splits"][role]
 
     def encoder(self, model: str) -> str:
-        """The model's vision encoder in cache paths: models with the same frozen tower share a cache."""
+        """The model's vision encoder in cache paths: models with the same frozen tower share a cache. A hub model
+        that names the encoder of an earlier hub model gets a cache of its own name, which its dump fills by
+        linking the earlier model's cache when the fetched towers are byte-identical (`reuses_encoder_of`)."""
+        if self.reuses_encoder_of(model) is not None:
+            return model
         return self.sc["models"][model].get("encoder", model)
+
+    def reuses_encoder_of(self, model: str) -> str | None:
+        """The earlier hub model (config order) whose `encoder` this hub model names: its tower is compared on the
+        fetched weights (rule vision_tower_check) before its cache is reused. None otherwise."""
+        models = self.sc["models"]
+        spec = models[model]
+        if spec["source"] != "hub" or "encoder" not in spec:
+            return None
+        first = next(name for name, other in models.items() if other.get("encoder") == spec["encoder"])
+        return first if first != model and models[first]["source"] == "hub" else None
 
     def encoder_model(self, encoder: str) -> str:
         """The model whose tower dumps the cache of `encoder` (the first in config order)."""
@@ -805,9 +888,15 @@ class Plan:
                 for d in self.sc["models"][model]["pretrain_datasets"]]
 
     def encoder_cache_inputs(self, dataset: str, split: str, encoder: str) -> dict:
-        inputs = {"manifest": self.manifest(dataset, split), "model": self.model_inputs(self.encoder_model(encoder))}
+        model = self.encoder_model(encoder)
+        inputs = {"manifest": self.manifest(dataset, split), "model": self.model_inputs(model)}
         if self.is_video(dataset):
             inputs["frames"] = self.frames(dataset, split)
+        inputs.update(self.hub_lock_input(model))
+        reference = self.reuses_encoder_of(model)
+        if reference is not None:  # linked from the reference's cache when the towers match, else dumped
+            inputs["tower_check"] = self.tower_check(model)
+            inputs["reuse"] = self.encoder_cache_of(dataset, split, reference)
         return inputs
 
     def split_inputs(self, prefix: str, dataset: str, split: str, model: str) -> dict:
@@ -824,6 +913,7 @@ class Plan:
             **self.split_inputs("train", run.dataset, self.split(run.dataset, "train"), run.model),
             **self.split_inputs("val", run.dataset, self.split(run.dataset, "val"), run.model),
             "model": self.model_inputs(run.model),
+            **self.hub_lock_input(run.model),
         }
 
     def evaluation(self, key: str) -> Evaluation:
@@ -845,13 +935,14 @@ class Plan:
             inputs["cache"] = self.encoder_cache_of(ev.dataset, split, ev.model)
         if self.uses_transcripts(ev.dataset):
             inputs["transcripts"] = self.transcripts(ev.dataset, split)
+        inputs.update(self.hub_lock_input(ev.model))
         if ev.run is not None:
             inputs["run"] = self.run_dir(ev.name)
             base = self.base_name(ev.run)
             if ev.mode == CLEAN:
-                inputs["base_eval"] = self.metrics(f"{base}/{CLEAN}")
+                inputs["base_eval"] = self.gpu_metrics(f"{base}/{CLEAN}")
             else:
-                inputs["clean_eval"] = self.metrics(f"{ev.name}/{CLEAN}")
+                inputs["clean_eval"] = self.gpu_metrics(f"{ev.name}/{CLEAN}")
                 inputs["vision_split"] = self.vision_split(base)
         return inputs
 
@@ -895,13 +986,17 @@ class Plan:
     def transcribe_settings(self) -> TranscribeSettings:
         asr = self.sc["transcripts"]
         return TranscribeSettings(model=asr["model"], revision=asr["revision"], language=asr["language"],
-                                  batch_size=asr["batch_size"], device=self.sc["device"])
+                                  batch_size=asr["batch_size"], device=self.sc["device"],
+                                  hub_name=self.ASR if self.ASR in self.hub_models() else None)
 
     def encoder_cache_settings(self, encoder: str) -> EncoderCacheSettings:
         model, revision = self.model_source(self.encoder_model(encoder))
         cache = self.sc["encoder_cache"]
         return EncoderCacheSettings(model=model, revision=revision, shard_size=cache["shard_size"],
-                                    batch_size=cache["batch_size"], dtype=cache["dtype"], device=self.sc["device"])
+                                    batch_size=cache["batch_size"], dtype=cache["dtype"], device=self.sc["device"],
+                                    shard_bytes=cache["shard_bytes"],
+                                    pixel_budget=self.pixel_budget(self.encoder_model(encoder)),
+                                    hub_name=self.hub_name(self.encoder_model(encoder)))
 
     def pretrain_settings(self, model: str) -> PretrainSettings:
         spec, pretrain = self.sc["models"][model], self.sc["pretrain"]
@@ -925,6 +1020,12 @@ class Plan:
                 "plateau_patience", "max_length", "gradient_checkpointing", "checkpoint_every", "train_limit",
                 "val_limit")},
             keep=None if train.get("keep", "last") == "last" else train["keep"],
+            group_by_length=True if train["group_by_length"] else None,
+            checkpoint_every_n_layers=self.sc["models"][run.model].get("checkpoint_every_n_layers", 1)
+            if train["gradient_checkpointing"] else None,
+            pixel_budget=self.pixel_budget(run.model),
+            transcript_max_tokens=self.transcript_max_tokens(run.dataset),
+            hub_name=self.hub_name(run.model),
         )
         for key, value in run.arm.overrides:  # a later arm's changes
             if key.startswith("router."):
@@ -938,18 +1039,27 @@ class Plan:
         ev = self.evaluation(key)
         model, revision = self.model_source(ev.model)
         evaluate, dataset = self.sc["evaluate"], self.dataset(ev.dataset)
-        judge = self.sc["judge"] if dataset["judge"] else None
+        # A judged evaluation's GPU job leaves the open-ended answers to the rule `judge` (judge: "defer"): the
+        # judge's settings are then that rule's alone. The no-image evaluation still judges in its job (the
+        # vision split needs the judged correctness).
+        deferred = self.judged(key)
+        judge = self.sc["judge"] if dataset["judge"] and not deferred else None
         openai = judge is not None and judge["backend"] == "openai"
         return EvaluateSettings(
-            model=model, revision=revision, run_name=ev.name, mode=ev.mode, batch_size=evaluate["batch_size"],
+            model=model, revision=revision, run_name=ev.name, mode=ev.mode,
+            batch_size=dataset.get("eval_batch_size") or evaluate["batch_size"],
             limit=evaluate["limit"], max_new_tokens=dataset["max_new_tokens"],
             rank_layer=evaluate["rank_layer"] if ev.mode == CLEAN else None,
             noise_seed=evaluate["noise_seed"] if ev.mode == NOISE else None,
-            judge=judge["backend"] if judge else None, judge_model=judge["model"] if judge else None,
+            judge=DEFER_JUDGE if deferred else judge["backend"] if judge else None,
+            judge_model=judge["model"] if judge else None,
             judge_url=judge["url"] if openai else None, judge_api_key_env=judge["api_key_env"] if openai else None,
             judge_correct_threshold=evaluate.get("judge_correct_threshold", 2) if judge else None,
             judge_max_failed_share=judge.get("max_failed_share", 0.02) if judge else None,
             device=self.sc["device"],
+            pixel_budget=self.pixel_budget(ev.model),
+            transcript_max_tokens=self.transcript_max_tokens(ev.dataset),
+            hub_name=self.hub_name(ev.model),
         )
 
     def report_settings(self) -> ReportSettings:
@@ -987,3 +1097,110 @@ class Plan:
     def evaluate_code(self, key: str) -> str:
         ev = self.evaluation(key)
         return code_fingerprint("evaluate", router=ev.run is not None and ev.run.method == "moir")
+
+    # -------------------------------------------------------------------------------------- hub models (fetch)
+
+    ASR, JUDGE = "asr", "judge"  # lock names of the ASR model and of a local judge model
+
+    def hub_models(self) -> dict[str, tuple[str, str]]:
+        """Every hub model a stage of this suite loads, by lock name -> (hub id, revision): the grid's models, the
+        ASR model when a dataset has transcripts, a local judge given as a hub id when a dataset is judged.
+        Each is fetched once (rule fetch_models) and every stage loads it offline from its lock."""
+        used = {model for dataset, model in self.tables.pairs} | {self.tables.table2[1], self.tables.table3[1]}
+        models = {name: (spec["hub_id"], spec["revision"]) for name, spec in self.sc["models"].items()
+                  if name in used and spec["source"] == "hub"}
+        if any(self.uses_transcripts(d) for d in self.sc["datasets"]):
+            models[self.ASR] = (self.sc["transcripts"]["model"], self.sc["transcripts"]["revision"])
+        judge = self.sc["judge"]
+        if any(spec["judge"] for spec in self.sc["datasets"].values()) and judge["backend"] == "local" \
+                and re.fullmatch(r"[\w.-]+/[\w.-]+", judge["model"]) and not Path(judge["model"]).exists():
+            models[self.JUDGE] = (judge["model"], "main")
+        if models and "hub" not in self.sc:
+            raise PlanError(f"config: suites.{self.suite}.hub is required: the suite loads hub models "
+                            f"({', '.join(sorted(models))}), fetched once into hub.cache_dir")
+        clash = {self.ASR, self.JUDGE} & set(self.sc["models"]) & set(models)
+        if clash:
+            raise PlanError(f"config: suites.{self.suite}.models: {sorted(clash)} are reserved lock names; rename it")
+        return models
+
+    def hub_name(self, model: str) -> str | None:
+        """The lock name of a grid model loaded from the hub (None: a pretrained local base)."""
+        return model if model in self.hub_models() else None
+
+    @staticmethod
+    def lock(name: str) -> str:
+        return f"data/models/{name}.lock.json"
+
+    @staticmethod
+    def tower_check(model: str) -> str:
+        return f"data/models/{model}.vision_tower.json"
+
+    def hub_cache_dir(self) -> str:
+        return self.sc["hub"]["cache_dir"]
+
+    def hub_lock_input(self, name: str) -> dict[str, str]:
+        """{"hub_lock": its lock file} for a hub model (the stage loads it offline from there), {} otherwise."""
+        return {"hub_lock": self.lock(name)} if name in self.hub_models() else {}
+
+    def fetch_settings(self, name: str) -> FetchSettings:
+        hub_id, revision = self.hub_models()[name]
+        return FetchSettings(name=name, hub_id=hub_id, revision=revision)
+
+    def tower_checks(self) -> dict[str, str]:
+        """model -> the earlier model whose encoder cache it reuses when the fetched towers are identical."""
+        return {model: ref for model in self.hub_models() if model in self.sc["models"]
+                for ref in [self.reuses_encoder_of(model)] if ref is not None}
+
+    def tower_check_settings(self, model: str) -> TowerCheckSettings:
+        return TowerCheckSettings(name=model, reference=self.tower_checks()[model])
+
+    # -------------------------------------------------------------------------------------- new stage settings
+
+    def pixel_budget(self, model: str) -> dict | None:
+        """The model's pixel budget (Qwen2.5-VL: moir.models.pixel_budget), None for the processor's own."""
+        return self.sc["models"][model].get("pixel_budget")
+
+    def transcript_max_tokens(self, dataset: str) -> int | None:
+        """The transcript cap of a dataset with transcripts (None: no transcripts, or no cap)."""
+        return self.sc["transcripts"]["max_tokens"] if self.uses_transcripts(dataset) else None
+
+    # -------------------------------------------------------------------------------------- the judge stage
+
+    def judged(self, key: str) -> bool:
+        """Whether the rule `judge` scores this evaluation's open-ended answers after its GPU job (`predict`):
+        judged datasets, clean and noise modes (a no-image evaluation judges in its own job: the vision split it
+        writes needs the judged correctness)."""
+        ev = self.evaluation(key)
+        return bool(self.dataset(ev.dataset)["judge"]) and ev.mode != NO_IMAGE
+
+    def predict_dir(self, key: str) -> str:
+        """Where a judged evaluation's GPU job writes its unjudged predictions and metrics."""
+        return f"{self.evaluation_dir(key)}/predict"
+
+    def gpu_metrics(self, key: str) -> str:
+        """The metrics.json of an evaluation's GPU job: what another evaluation reads (ranks, normalised answers,
+        none of them judged), so that a judge change reruns no GPU job. For a judged evaluation, its predict/."""
+        return f"{self.predict_dir(key)}/metrics.json" if self.judged(key) else self.metrics(key)
+
+    def judge_scores(self, key: str) -> str:
+        return f"{self.evaluation_dir(key)}/judge_scores.parquet"
+
+    def judge_inputs(self, key: str) -> dict:
+        ev = self.evaluation(key)
+        inputs = {"predictions": f"{self.predict_dir(key)}/predictions.parquet",
+                  "metrics": f"{self.predict_dir(key)}/metrics.json",
+                  "manifest": self.manifest(ev.dataset, self.split(ev.dataset, "eval"))}
+        inputs.update(self.hub_lock_input(self.JUDGE))
+        return inputs
+
+    def judge_settings(self) -> JudgeSettings:
+        judge = self.sc["judge"]
+        openai = judge["backend"] == "openai"
+        return JudgeSettings(
+            judge=judge["backend"], judge_model=judge["model"],
+            **{key: judge[key] for key in ("workers", "max_retries", "backoff_s", "max_backoff_s",
+                                           "max_failed_share")},
+            judge_correct_threshold=self.sc["evaluate"].get("judge_correct_threshold", 2),
+            judge_url=judge["url"] if openai else None, judge_api_key_env=judge["api_key_env"] if openai else None,
+            hub_name=self.JUDGE if self.JUDGE in self.hub_models() else None,
+        )

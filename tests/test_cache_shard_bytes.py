@@ -71,3 +71,20 @@ def test_shard_bytes_is_part_of_the_plan(tmp_path):
         dump_cache(tmp_path / "c", ITEMS, encode, encoder=ENCODER, shard_size=None, shard_bytes=640)
     with pytest.raises(ValueError, match="shard_size, shard_bytes or both"):
         dump_cache(tmp_path / "d", ITEMS, encode, encoder=ENCODER, shard_size=None)
+
+
+def test_a_cache_is_linked_for_a_model_with_the_same_tower(tmp_path):
+    """The 13B's dump when vision_tower_check found the 7B's tower: the 7B's shards, linked, read back whole."""
+    from moir.encoder_cache.cache import link_cache
+
+    source = dump_cache(tmp_path / "7b", ITEMS, encode, encoder=ENCODER, shard_size=2, batch_size=4).parent
+    (tmp_path / "13b").mkdir()
+    (tmp_path / "13b" / "shard-00007.parquet").write_bytes(b"an earlier dump's shard")
+    link_cache(source, tmp_path / "13b", note={"shared": True, "tower_check": "t.json"})
+    meta = json.loads((tmp_path / "13b" / "meta.json").read_text())
+    assert meta["reused_from"] == str(source) and meta["reuse"]["shared"] is True
+    assert not (tmp_path / "13b" / "shard-00007.parquet").exists()
+    cache = EncoderCache(tmp_path / "13b", encoder=ENCODER)
+    assert {key: media.features.shape[0] for key, media in cache} == ROWS
+    with pytest.raises(CacheMismatchError, match="vision_config"):
+        EncoderCache(tmp_path / "13b", encoder={**ENCODER, "vision_config": "other"})

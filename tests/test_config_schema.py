@@ -114,6 +114,15 @@ def test_unknown_key_is_rejected_by_name(config, path, key):
         (("suites", "paper", "encoder_cache", "dtype"), "int8", "dtype"),
         (("suites", "demo", "datasets", "synth-image", "audio"), "transcript", "audio"),
         (("suites", "demo", "datasets", "synth-image", "splits", "eval"), "dev", "eval"),
+        (("suites", "paper", "encoder_cache", "shard_bytes"), 1000, "shard_bytes"),
+        (("suites", "paper", "transcripts", "max_tokens"), 0, "max_tokens"),
+        (("suites", "paper", "train", "group_by_length"), "yes", "group_by_length"),
+        (("suites", "paper", "judge", "workers"), 0, "workers"),
+        (("suites", "paper", "judge", "max_failed_share"), 1.5, "max_failed_share"),
+        (("suites", "paper", "judge", "backoff_s"), -1, "backoff_s"),
+        (("suites", "paper", "datasets", "vizwiz", "eval_batch_size"), 0, "eval_batch_size"),
+        (("suites", "paper", "models", "llava-1.5-7b", "checkpoint_every_n_layers"), 0, "checkpoint_every_n_layers"),
+        (("suites", "paper", "hub", "cache_dir"), "data/hub; rm -rf", "cache_dir"),
     ],
 )
 def test_bad_value_is_rejected_by_name(config, path, value, where):
@@ -355,3 +364,28 @@ def test_a_config_value_reaches_the_shell_as_one_quoted_word(tmp_path):
     printed = run.stdout.splitlines()
     assert json.loads(printed[printed.index("--settings") + 1])["language"] == hostile  # one word, unexpanded
     assert not [path for path in work.iterdir() if path.name.startswith("PWNED")]
+
+
+def test_an_encoder_cache_needs_a_shard_limit(config):
+    config["suites"]["paper"]["encoder_cache"].update(shard_size=None, shard_bytes=None)
+    assert "encoder_cache" in rejected(config)
+
+
+def test_a_pixel_budget_is_checked_and_belongs_to_qwen(config):
+    budget = config["suites"]["paper"]["models"]["qwen2.5-vl"]["pixel_budget"]
+    assert budget == {"image_min_pixels": 3136, "image_max_pixels": 802816, "video_min_pixels": 3136,
+                      "video_max_pixels": 100352, "video_total_pixels": 802816}  # moir.models.pixel_budget.PAPER_BUDGET
+    budget["video_min_pixels"] = budget["video_max_pixels"] + 1
+    assert "qwen2.5-vl.pixel_budget: video_min_pixels" in rejected(config)
+    budget["video_min_pixels"] = 3136
+    config["suites"]["paper"]["models"]["llava-1.5-7b"]["pixel_budget"] = dict(budget)
+    assert "llava-1.5-7b.pixel_budget: only Qwen2.5-VL" in rejected(config)
+
+
+def test_the_paper_budget_in_the_config_is_the_library_s(shipped):
+    import dataclasses
+
+    from moir.models.pixel_budget import PAPER_BUDGET
+
+    configured = shipped["suites"]["paper"]["models"]["qwen2.5-vl"]["pixel_budget"]
+    assert configured == dataclasses.asdict(PAPER_BUDGET)

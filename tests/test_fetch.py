@@ -116,3 +116,20 @@ def test_cli_fetches_and_compares(tmp_path, fake_hub):
                        "--compare-towers", "a,b", "--compare-out", str(out)]) == 0
     assert fake_hub == [("org/llava-a", "main"), ("org/llava-b", "v1")]
     assert json.loads(out.read_text())["comparisons"][0]["shared"] is False
+
+
+def test_the_workflow_s_one_model_command_and_the_tower_check(tmp_path, fake_hub):
+    """fetch_models locks one model per job (settings: name, hub_id, revision); vision_tower_check compares two
+    models across their own lock files."""
+    from moir.models import towers
+
+    for name, hub_id in (("a", "org/llava-a"), ("b", "org/llava-b")):
+        settings = json.dumps({"name": name, "hub_id": hub_id, "revision": "main"})
+        assert fetch.main(["--cache-dir", str(tmp_path / "cache"), "--lock", str(tmp_path / f"{name}.lock.json"),
+                           "--settings", settings]) == 0
+    assert set(json.loads((tmp_path / "a.lock.json").read_text())["models"]) == {"a"}
+    out = tmp_path / "b.vision_tower.json"
+    assert towers.main(["--lock", str(tmp_path / "b.lock.json"), "--reference-lock", str(tmp_path / "a.lock.json"),
+                        "--out", str(out), "--settings", json.dumps({"name": "b", "reference": "a"})]) == 0
+    result = json.loads(out.read_text())
+    assert result["first"] == "a" and result["second"] == "b" and result["shared"] is False

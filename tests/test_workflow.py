@@ -31,7 +31,8 @@ from moir.settings import parse
 
 REPO = Path(__file__).resolve().parents[1]
 RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
-GPU_RULES = {"transcribe_audio", "dump_encoder_cache", "pretrain_base", "train_run", "evaluate", "vision_split"}
+GPU_RULES = {"transcribe_audio", "dump_encoder_cache", "pretrain_base", "train_run", "evaluate", "predict",
+             "vision_split"}
 # Outputs declared with directory(), by rule: their position in the rule's output list.
 DIRECTORY_OUTPUTS = {"synthesize_data": 0, "pretrain_base": 0, "train_run": 0}
 
@@ -89,11 +90,15 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
     output = dry_run(workdir, "--workflow-profile", "workflow/profiles/slurm", "--config", "suite=paper")
     assert job_counts(output) == {
         "download_data": 3, "convert_data": 2, "convert_vizwiz": 1,   # ScienceQA, MMBench-Video; VizWiz
+        "fetch_models": 4,          # LLaVA-1.5 7B and 13B, Qwen2.5-VL, Whisper (the ASR model): one lock each
+        "vision_tower_check": 1,    # does the 13B's CLIP tower equal the 7B's? (then it links the 7B's caches)
         "extract_media": 3, "transcribe_audio": 3,          # MMBench-Video train/val/test (V+A+T)
-        # 3 splits x (ScienceQA, MMBench-Video) + VizWiz train/val_heldout/val: 7B, 13B share a tower
-        "dump_encoder_cache": 9,
+        # 3 splits x (ScienceQA 7B, ScienceQA 13B, MMBench-Video) + VizWiz train/val_heldout/val (7B)
+        "dump_encoder_cache": 12,
         "train_run": 26,    # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15
-        "evaluate": 4 + 26 + 2,   # the 4 base models and the 26 runs (clean), Table 2's 2 runs (noise)
+        # the 4 base models and the 26 runs (clean), Table 2's 2 runs (noise); MMBench-Video's 7 clean evaluations
+        # (base and 6 runs) are `predict` (GPU), the 6 runs' then `judge` (CPU; the base's ranks need no judge)
+        "evaluate": 4 + 26 + 2 - 7, "predict": 7, "judge": 6,
         "vision_split": 1,
         "report": 1, "all": 1,
     }
@@ -111,9 +116,43 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
             assert resources["slurm_partition"] == "YOUR_GPU_PARTITION", rule
         else:
             assert "gpu_model" not in resources and resources.get("gpu", "0") == "0", rule
-        if rule == "train_run":
-            assert int(resources["runtime"]) >= 24 * 60 and int(resources["mem_mb"]) >= 64000
+        if rule in ("train_run", "evaluate", "predict", "vision_split"):  # sized per job from moir.resources
+            assert 30 <= int(resources["runtime"]) <= 12 * 60 and 16000 <= int(resources["mem_mb"]) <= 128000, rule
+    limits = sum(int(dict(item.split("=", 1) for item in fields["resources"].split(", "))["runtime"])
+                 for rule, fields in listed if rule in ("train_run", "evaluate", "predict", "vision_split")) / 60
+    assert 90 < limits < 200, limits  # GPU-hours of limits: about the ~90 expected with margin, not ~960
     assert "data/raw/vizwiz/download.complete.json" in output
+
+
+def test_paper_suite_fetches_every_hub_model_before_the_gpu_stages_and_judges_on_a_cpu(tmp_path):
+    workdir = copy_repository(tmp_path)
+    output = dry_run(workdir, "--printshellcmds", "--config", "suite=paper")
+    listed = list(jobs(output))
+    locks = {fields["output"] for rule, fields in listed if rule == "fetch_models"}
+    assert locks == {f"data/models/{name}.lock.json" for name in ("llava-1.5-7b", "llava-1.5-13b", "qwen2.5-vl", "asr")}
+    for rule, fields in listed:  # every stage that loads a hub model waits for its lock
+        if rule in GPU_RULES:
+            assert any(lock in fields["input"] for lock in locks), (rule, fields["input"])
+    commands = re.findall(r"^Shell command: (.*)$", output, re.MULTILINE)
+    gpu_commands = [c for c in commands if c.startswith(("python -m moir.train ", "python -m moir.evaluate ",
+                                                         "python -m moir.encoder_cache ", "python -m moir.media transcribe"))]
+    assert gpu_commands and all("--hub-lock data/models/" in c and '"hub_name":' in c for c in gpu_commands)
+    # the judge: its own CPU rule after `predict`; the GPU job defers it and carries none of its settings
+    predicts = [c for c in commands if "/predict --settings" in c]
+    assert len(predicts) == 7 and all('"judge":"defer"' in c and "judge_url" not in c for c in predicts)
+    judges = [c for c in commands if c.startswith("python -m moir.evaluate.judge_stage ")]
+    assert len(judges) == 6 and all('"workers":8' in c and '"max_failed_share":0.02' in c for c in judges)
+    # the 13B's caches: linked from the 7B's when vision_tower_check finds the same tower, else dumped
+    dump_13b = [c for c in commands if c.startswith("python -m moir.encoder_cache ") and "/llava-1.5-13b " in c]
+    assert len(dump_13b) == 3 and all("--tower-check data/models/llava-1.5-13b.vision_tower.json" in c
+                                      and "--reuse data/cache/scienceqa/" in c for c in dump_13b)
+    # the paper settings reach their stages
+    qwen_train = next(c for c in commands if c.startswith("python -m moir.train ") and "qwen2.5-vl" in c)
+    for setting in ('"pixel_budget":{"image_max_pixels":802816', '"transcript_max_tokens":512',
+                    '"group_by_length":true', '"checkpoint_every_n_layers":1'):
+        assert setting in qwen_train, setting
+    assert any('"checkpoint_every_n_layers":2' in c for c in commands if "llava-1.5-7b-hf" in c)
+    assert any('"shard_bytes":2147483648' in c and '"shard_size":null' in c for c in commands)
     assert '"reference_tables":"moir/reference/paper_tables.csv"' in snakemake(
         workdir, "--dry-run", "--printshellcmds", "--config", "suite=paper", "--", "results/paper/report/report.md"
     )
@@ -231,6 +270,64 @@ def test_changing_one_benchmarks_answer_budget_reruns_only_its_evaluations(demo)
     assert demo_jobs(demo) == {"evaluate": 1 + 6, "report": 1, "all": 1}
 
 
+@pytest.fixture(scope="module")
+def finished_paper(tmp_path_factory) -> Path:
+    """A copy of the repository whose paper DAG is complete (empty outputs, real provenance records)."""
+    workdir = copy_repository(tmp_path_factory.mktemp("paper"))
+    for rule, fields in jobs(dry_run(workdir, "--config", "suite=paper")):
+        for index, path in enumerate(fields["output"].split(", ") if "output" in fields else []):
+            path = workdir / path
+            if DIRECTORY_OUTPUTS.get(rule) == index:
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+    snakemake(workdir, "--touch", "--forceall", "--cores", "1", "--config", "suite=paper")
+    return workdir
+
+
+def paper_jobs(workdir: Path, edit) -> dict[str, int]:
+    """The jobs a config edit reruns in the finished paper DAG (config.yaml restored afterwards)."""
+    config = workdir / "config.yaml"
+    saved = config.read_bytes(), config.stat().st_mtime_ns
+    try:
+        set_config(workdir, edit)
+        return job_counts(dry_run(workdir, "--config", "suite=paper"))
+    finally:
+        config.write_bytes(saved[0])
+        os.utime(config, ns=(saved[1], saved[1]))
+
+
+def test_a_finished_paper_dag_is_a_no_op(finished_paper):
+    assert paper_jobs(finished_paper, lambda config: None) == {}
+
+
+def test_changing_a_judge_setting_reruns_only_the_judge_jobs(finished_paper):
+    def more_workers(config):
+        config["suites"]["paper"]["judge"]["workers"] = 16
+        config["suites"]["paper"]["judge"]["max_failed_share"] = 0.05
+
+    # MMBench-Video's 6 judged run evaluations and the report; no GPU job (predict, evaluate) reruns
+    assert paper_jobs(finished_paper, more_workers) == {"judge": 6, "report": 1, "all": 1}
+
+
+def test_changing_the_pixel_budget_reruns_the_qwen_caches_and_what_reads_them(finished_paper):
+    def smaller_videos(config):
+        config["suites"]["paper"]["models"]["qwen2.5-vl"]["pixel_budget"]["video_total_pixels"] = 512 * 28 * 28
+
+    # MMBench-Video's 3 caches (Qwen2.5-VL), its 6 runs, its 7 evaluations (base and runs) and their judges
+    assert paper_jobs(finished_paper, smaller_videos) == {
+        "dump_encoder_cache": 3, "train_run": 6, "predict": 7, "judge": 6, "report": 1, "all": 1}
+
+
+def test_fetching_one_more_model_reruns_no_stage(finished_paper):
+    def local_judge(config):
+        config["suites"]["paper"]["judge"].update(backend="local", model="Qwen/Qwen2.5-7B-Instruct")
+
+    # the judge model is fetched and locked on its own; the judges rerun with it, the GPU stages do not
+    assert paper_jobs(finished_paper, local_judge) == {"fetch_models": 1, "judge": 6, "report": 1, "all": 1}
+
+
 def test_changing_the_other_suite_reruns_nothing(demo):
     def paper_epochs(config):
         config["suites"]["paper"]["train"]["epochs"] = 3
@@ -299,6 +396,7 @@ STAGE_ENTRIES = {
     "synthesize": "moir.data.__main__", "download": "moir.data.__main__", "convert": "moir.data.__main__",
     "extract": "moir.media.__main__", "transcribe": "moir.media.__main__", "encoder_cache": "moir.encoder_cache",
     "pretrain": "moir.train.pretrain", "train": "moir.train", "evaluate": "moir.evaluate", "report": "moir.report",
+    "fetch": "moir.models.fetch", "towers": "moir.models.towers", "judge": "moir.evaluate.judge_stage",
 }
 DATA_COMMANDS = {  # moir.data's and moir.media's commands share a __main__; each runs its own modules
     "synthesize": {"moir/data/download.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
@@ -306,14 +404,14 @@ DATA_COMMANDS = {  # moir.data's and moir.media's commands share a __main__; eac
     "download": {"moir/data/synthetic.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
                  "moir/data/mmbench_video.py", "moir/data/safe_pickle.py"},
     "convert": {"moir/data/synthetic.py"},
-    "extract": {"moir/media/transcripts.py"},
+    "extract": {"moir/media/transcripts.py", "moir/models/fetch.py"},  # transcribe's hub lock
     "transcribe": {"moir/media/extract.py", "moir/media/frames.py", "moir/data/manifest.py"},
 }
 NOT_OUTPUT = {
     stage: {*DATA_COMMANDS.get(stage, ()), "moir/settings.py"}  # cli: parses --settings, checked by its own tests
     for stage in STAGE_ENTRIES
 }
-for stage in ("encoder_cache", "train", "evaluate"):
+for stage in ("encoder_cache", "train", "evaluate", "judge"):
     NOT_OUTPUT[stage] |= {"moir/data/synthetic.py"}  # its vocabulary builds a tiny model; a saved base has its own
 for stage in ("encoder_cache", "pretrain"):
     NOT_OUTPUT[stage] |= {"moir/router.py"}  # attached by training only (MoIR runs: plan.ROUTER_CODE)
@@ -323,6 +421,15 @@ NOT_OUTPUT["evaluate"] |= {"moir/router.py"}  # ROUTER_CODE, for the MoIR runs' 
 # moir.prompts), which the report never calls
 NOT_OUTPUT["report"] |= ({str(p.relative_to(REPO)) for p in (REPO / "moir" / "metrics").glob("*.py")}
                          - {"moir/metrics/stats.py"}) | {"moir/prompts.py"}
+NOT_OUTPUT["judge"] |= {"moir/router.py"}  # imported with the evaluation's code; the judge scores text only
+# `python -m moir.models.fetch` / `moir.models.towers` (and moir.media's hub lock) import the moir.models package,
+# whose __init__ imports the model wrappers; these stages use fetch.py (and towers.py) alone.
+MODELS_PACKAGE = {str(path.relative_to(REPO)) for path in (REPO / "moir" / "models").glob("*.py")} - {
+    "moir/models/fetch.py", "moir/models/towers.py"}
+for stage in ("fetch", "towers", "extract", "transcribe"):
+    NOT_OUTPUT[stage] |= MODELS_PACKAGE | {"moir/data/synthetic.py", "moir/data/manifest.py", "moir/runtime.py",
+                                           "moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py",
+                                           "moir/media/images.py", "moir/storage.py"}
 
 
 def module_file(name: str) -> Path | None:
@@ -439,10 +546,12 @@ def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
         settings = json.loads(args[args.index("--settings") + 1]) if "--settings" in args else {}  # download: none
         for key, value in settings.items():  # every setting reached the option of that name
             assert getattr(parsed, key) == value, (command, key)
-        if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate"):  # hub models pinned, local bases not
+        if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate") and "--reuse" not in args:
+            # hub models pinned, local bases not
             assert parsed.revision == ("main" if suite == "paper" else None), command
     expected = {"moir.data", "moir.media", "moir.encoder_cache", "moir.train", "moir.evaluate", "moir.report"}
-    assert stages == expected | ({"moir.train.pretrain"} if suite in ("demo", "study") else set())
+    paper = {"moir.models.fetch", "moir.models.towers", "moir.evaluate.judge_stage"}
+    assert stages == expected | ({"moir.train.pretrain"} if suite in ("demo", "study") else paper)
 
 
 def test_the_html_report_opens_on_the_results(finished_demo, tmp_path):

@@ -43,7 +43,12 @@ a truncated shard is refused naming the file too.
 CLI:
     python -m moir.encoder_cache dump --manifest data/manifests/D/S.parquet --model MODEL [--revision REV] \
         --out data/cache/D/S/ENCODER [--frames data/media/D/S/frames.parquet] [--shard-size 256] \
+        [--shard-bytes N] [--pixel-budget JSON] [--hub-lock data/models/M.lock.json --hub-name M] \
+        [--reuse data/cache/D/S/OTHER --tower-check data/models/M.vision_tower.json] \
         [--batch-size 16] [--dtype float16] [--device cpu]
+    --hub-lock: load the model offline from the lock of fetch_models. --reuse with --tower-check: when the
+    comparison says the towers are identical, link the other model's finished cache (`link_cache`) instead of
+    dumping.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -61,12 +67,14 @@ import pyarrow.parquet as pq
 import torch
 from moir import runtime
 
-from moir.settings import add_settings_argument, parse
+from moir.settings import add_settings_argument, json_object, parse
 from moir.data.manifest import read_manifest
 from moir.media.pixels import MediaLoader
 from moir.runtime import cli, setup_logging
 from moir.storage import file_sha256, write_json_atomic, write_table_atomic
 from moir.models import EncodedMedia, Example, load_vlm
+from moir.models.fetch import locked_source
+from moir.models.pixel_budget import PixelBudget
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +521,30 @@ def dump_for_vlm(
     )
 
 
+def link_cache(source: str | os.PathLike, out_dir: str | os.PathLike, *, note: Mapping) -> Path:
+    """Make `out_dir` the finished cache `source` (another model's, whose vision tower is byte-identical: `note`
+    says how that was decided): every shard hard-linked (copied across file systems), checked against the
+    sha256 in the source's meta.json, then meta.json written last, with `reused_from` and `note` added. Files of an
+    earlier dump in `out_dir` are removed first. Readers still check the encoder signature against the model
+    they load, so a wrong reuse fails there, naming the field."""
+    source, out_dir = Path(source), Path(out_dir)
+    meta = read_meta(source / "meta.json")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("shard-*.parquet"), out_dir / "plan.json", out_dir / "meta.json"]:
+        stale.unlink(missing_ok=True)
+    for shard in meta["shards"]:
+        target = out_dir / shard["file"]
+        try:
+            os.link(source / shard["file"], target)
+        except OSError:
+            shutil.copy2(source / shard["file"], target)
+        if file_sha256(target) != shard["sha256"]:
+            raise CacheMismatchError(f"{source / shard['file']}: sha256 differs from its meta.json")
+    write_json_atomic({**meta, "reused_from": str(source), "reuse": dict(note)}, out_dir / "meta.json")
+    log.info("%s: linked %d shard(s) of %s", out_dir, len(meta["shards"]), source)
+    return out_dir
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m moir.encoder_cache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -524,7 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--revision", help="hub revision (branch, tag or commit) of --model, also recorded in meta.json")
     dump.add_argument("--out", required=True, help="cache directory (data/cache/<dataset>/<split>/<encoder>)")
     dump.add_argument("--frames", help="frames.parquet of `moir.media extract` (required for video manifests)")
-    dump.add_argument("--shard-size", type=int, default=256, help="examples per shard")
+    dump.add_argument("--shard-size", type=int, default=256, help="examples per shard (none: --shard-bytes only)")
+    dump.add_argument("--shard-bytes", type=int, help="bytes of features per shard (with or instead of --shard-size)")
+    dump.add_argument("--pixel-budget", type=json_object, metavar="JSON",
+                      help="Qwen2.5-VL: pixel limits (moir.models.pixel_budget.PixelBudget's fields)")
+    dump.add_argument("--hub-lock", help="lock file of fetch_models: load --model offline from the shared cache")
+    dump.add_argument("--hub-name", help="--model's name in --hub-lock")
+    dump.add_argument("--reuse", help="another model's finished cache directory, linked instead of dumping when "
+                                      "--tower-check says the vision towers are identical")
+    dump.add_argument("--tower-check", help="moir.models.towers output (with --reuse)")
     dump.add_argument("--batch-size", type=int, default=16, help="examples per encoder call")
     dump.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), default="float16", help="storage dtype")
     dump.add_argument("--device", default="cpu")
@@ -535,7 +575,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     setup_logging("INFO")
-    vlm = load_vlm(args.model, device=args.device, revision=args.revision)
+    if (args.reuse is None) != (args.tower_check is None):
+        raise ValueError("--reuse and --tower-check go together")
+    if args.reuse is not None:
+        check = json.loads(Path(args.tower_check).read_text())
+        if "shared" not in check:
+            raise ValueError(f"{args.tower_check}: no field 'shared' (not a moir.models.towers output)")
+        if check["shared"]:
+            link_cache(args.reuse, args.out, note={"tower_check": args.tower_check, **check})
+            return 0
+        log.info("%s: the vision towers differ (%s): dumping this model's own cache", args.tower_check,
+                 ", ".join(check["differing"][:3]) or "tensor sets differ")
+    budget = PixelBudget.from_mapping(args.pixel_budget, "--pixel-budget") if args.pixel_budget else None
+    source = locked_source(args.model, args.revision, args.hub_lock, args.hub_name)
+    vlm = load_vlm(source, device=args.device, revision=None if args.hub_lock else args.revision,
+                   pixel_budget=budget)
     dump_for_vlm(
         args.manifest,
         args.out,
@@ -545,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         frames_path=args.frames,
         dtype=args.dtype,
         shard_size=args.shard_size,
+        shard_bytes=args.shard_bytes,
         batch_size=args.batch_size,
     )
     return 0

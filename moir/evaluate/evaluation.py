@@ -86,7 +86,7 @@ import torch
 from moir import runtime
 
 from moir.data.manifest import ManifestError, read_manifest
-from moir.settings import add_settings_argument, parse
+from moir.settings import add_settings_argument, json_object, parse
 from moir.dataset import load_examples
 from moir.evaluate import EvaluationError
 from moir.evaluate.analysis import RANK_SITE, analyse, dominance_metrics, rank_metrics
@@ -108,6 +108,8 @@ from moir.evaluate.store import (
 )
 from moir.metrics import vision_irrelevant_split
 from moir.models import load_vlm
+from moir.models.fetch import locked_source
+from moir.models.pixel_budget import PixelBudget
 from moir.prompts import protocol
 from moir.runtime import cli, fingerprint, package_versions, resolve_device, resolve_dtype, setup_logging
 from moir.storage import write_table_atomic, write_text_atomic
@@ -128,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help="base model: a save_pretrained directory or a hub id")
     model.add_argument("--revision", help="hub revision (branch, tag or commit) of --model; a directory ignores it")
+    model.add_argument("--hub-lock", type=Path, help="lock file of fetch_models: load --model offline from it")
+    model.add_argument("--hub-name", help="--model's name in --hub-lock")
+    model.add_argument("--pixel-budget", type=json_object, metavar="JSON",
+                       help="Qwen2.5-VL: pixel limits (moir.models.pixel_budget), those of the encoder cache")
     model.add_argument("--run", type=Path, help="a LoRA run's directory (moir.train: LoRA + router); omit for "
                        "the base model")
     model.add_argument("--run-name", help="name recorded in metrics.json (default: the run directory's name, "
@@ -138,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--frames", type=Path, help="frames table of `moir.media extract` (videos from pixels)")
     data.add_argument("--transcripts", type=Path, help="ASR transcripts (the audio as text)")
     data.add_argument("--limit", type=int, help="evaluate only the first N examples (smoke runs)")
+    data.add_argument("--transcript-max-tokens", type=int, help="cap each transcript to this many tokens")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--mode", choices=MODES, default="clean")
     evaluation.add_argument("--noise-seed", type=int, default=0)
@@ -151,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--clean-eval", type=Path, help="noise mode: this run's clean evaluation dir")
     evaluation.add_argument("--vision-split", type=Path, help="noise mode: the base model's vision_split.parquet")
     judge = parser.add_argument_group("judge (open-ended questions: MMBench-Video)")
-    judge.add_argument("--judge", choices=("openai", "local"), help="openai-compatible endpoint or a local model")
+    judge.add_argument("--judge", choices=("openai", "local", "defer"),
+                       help="openai-compatible endpoint or a local model; defer: leave the open-ended answers "
+                            "unscored for the judge stage (moir.evaluate.judge_stage)")
     judge.add_argument("--judge-url", help="base URL of the endpoint, e.g. http://localhost:8000/v1")
     judge.add_argument("--judge-model", help="the endpoint's model name, or the local model's path / hub id")
     judge.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
@@ -206,7 +215,10 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
 
     Returns the manifest rows evaluated, their raw prediction rows (RAW_SCHEMA), the adapter's description, the
     hidden-state index of the ranks and the number of hidden states, and the part store."""
-    vlm = load_vlm(args.model, device=str(device), dtype=dtype, revision=args.revision)
+    budget = PixelBudget.from_mapping(args.pixel_budget, "--pixel-budget") if args.pixel_budget else None
+    source = locked_source(args.model, args.revision, args.hub_lock, args.hub_name)
+    vlm = load_vlm(source, device=str(device), dtype=dtype, revision=None if args.hub_lock else args.revision,
+                   pixel_budget=budget)
     adapter_description = None
     if args.adapter is not None:
         try:
@@ -221,6 +233,7 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     examples = load_examples(
         args.manifest, cache_dir=None if args.mode == "noise" else args.cache_dir, frames_path=args.frames,
         transcripts_path=args.transcripts, vlm=vlm, with_answer=False, limit=args.limit,
+        transcript_max_tokens=args.transcript_max_tokens,
     )
     if len(examples) == 0:
         raise EvaluationError(f"{args.manifest}: no examples to evaluate")
@@ -244,6 +257,7 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         "analysis_queries": "answer-producing positions" if analysis else None,
         "rank_site": RANK_SITE if analysis else None,
         "dtype": str(dtype), "limit": args.limit,
+        **{name: getattr(args, name) for name in ("pixel_budget", "transcript_max_tokens") if getattr(args, name)},
     }
     store = PartStore(args.out_dir, settings)
     done = store.rows()
@@ -293,7 +307,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             and any(row["media_kind"] == "video" for row in manifest_rows)):
         raise EvaluationError(f"{args.manifest}: no-image mode on videos needs --cache-dir (or --frames) to know "
                               "which videos decoded, so that it evaluates the clean evaluation's examples")
-    needs_judge = any(protocol(row) == "open_ended" for row in manifest_rows)
+    deferred = args.judge == "defer"  # the judge stage scores the open-ended answers after this job
+    needs_judge = any(protocol(row) == "open_ended" for row in manifest_rows) and not deferred
     judge = make_judge(args, needs_judge)
     base = read_evaluation(args.base_eval, needs_ranks=True) if args.base_eval else None
     clean = read_evaluation(args.clean_eval) if args.clean_eval else None
@@ -345,7 +360,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "accuracy": accuracy_metrics(rows, scored, judge_name, predictions, args.judge_correct_threshold),
         "judge": {"name": judge_name, "prompt": "MMBench-Video (VLMEvalKit) 0-3 judge prompt",
                   "cache": str(judge_cache.path), "correct_threshold": args.judge_correct_threshold,
-                  "max_failed_share": args.judge_max_failed_share} if judge_name else None,
+                  "max_failed_share": args.judge_max_failed_share} if judge_name
+        else {"deferred": True} if deferred else None,
         "dominance": dominance_metrics(raw) if analysis else None,
         "effective_rank": rank_metrics(raw, ids, hidden_index, n_hidden, base) if analysis else None,
         "robustness": None,

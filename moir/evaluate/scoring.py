@@ -104,7 +104,10 @@ def score_predictions(rows: list[dict], predictions: list[str], judge, judge_cac
     scored = [{"protocol": protocol(row), "normalized": normalized_prediction(row, text), "judge_reply": None}
               for row, text in zip(rows, predictions)]
     open_ended = [i for i, item in enumerate(scored) if item["protocol"] == "open_ended"]
-    if open_ended:
+    if open_ended and judge is None:  # --judge defer: the rule `judge` scores them (moir.evaluate.judge_stage)
+        for i in open_ended:
+            scored[i].update(score=None, correct=False)
+    elif open_ended:
         replies = judge_all(
             judge, judge_cache, [rows[i]["question"] for i in open_ended],
             [_answers(rows[i])[0] for i in open_ended], [predictions[i] for i in open_ended], max_failed_share,

@@ -21,6 +21,7 @@ from moir.settings import add_settings_argument, parse
 from moir.media.extract import TooManyBadFiles, extract_media
 from moir.media.frames import DEFAULT_MAX_SIDE, IMAGE_FORMATS, FrameSampling
 from moir.media.transcripts import CHUNK_LENGTH_S, AsrSettings, transcribe
+from moir.models.fetch import locked_source
 from moir.runtime import cli, setup_logging
 
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     asr.add_argument("--audio", required=True, help="audio.parquet from the extract stage")
     asr.add_argument("--model", required=True, help="transformers speech-recognition model: hub id or directory")
     asr.add_argument("--revision", help="hub revision (commit) of --model")
+    asr.add_argument("--hub-lock", help="lock file of fetch_models: load --model offline from the shared cache "
+                                        "(the transcript cache is then keyed by the locked snapshot)")
+    asr.add_argument("--hub-name", help="--model's name in --hub-lock")
     asr.add_argument("--out", required=True, help="transcripts Parquet to write")
     asr.add_argument("--cache-dir", required=True, help="per-video transcript cache")
     asr.add_argument("--language", help="language token for multilingual models (Whisper), e.g. en")
@@ -86,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     else:
         settings = AsrSettings(
-            model=args.model,
-            revision=args.revision,
+            model=locked_source(args.model, args.revision, args.hub_lock, args.hub_name),
+            revision=None if args.hub_lock else args.revision,
             language=args.language,
             max_new_tokens=args.max_new_tokens,
             chunk_length_s=args.chunk_length_s,

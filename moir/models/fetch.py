@@ -17,7 +17,8 @@ path. Any mismatch is refused with the model, field or file named.
 `compare_vision_towers` decides from the fetched weights whether two models share a vision encoder (LLaVA-1.5 7B
 and 13B: one CLIP feature cache for both only if every vision-tower tensor is byte-identical).
 
-CLI (a CPU job with internet):
+CLI (a CPU job with internet; the workflow's fetch_models rule locks one model per file:
+`--lock data/models/NAME.lock.json --settings '{"name": NAME, "hub_id": ORG/REPO, "revision": REV}'`):
     python -m moir.models.fetch --cache-dir data/hub --lock data/hub/models.lock.json \
         --model llava-1.5-7b=llava-hf/llava-1.5-7b-hf@main --model qwen2.5-vl=Qwen/Qwen2.5-VL-7B-Instruct@main \
         [--compare-towers llava-1.5-7b,llava-1.5-13b --compare-out data/hub/vision_towers.json]
@@ -212,15 +213,30 @@ def vision_tower_digests(snapshot: str | os.PathLike,
 
 
 def compare_vision_towers(lock_path: str | os.PathLike, first: str, second: str, *,
-                          cache_dir: str | os.PathLike | None = None) -> dict:
+                          cache_dir: str | os.PathLike | None = None,
+                          second_lock: str | os.PathLike | None = None) -> dict:
     """Whether two locked models have byte-identical vision towers (then one encoder cache serves both):
-    {"shared": bool, "n_tensors", "differing": [...], "only_in_first": [...], "only_in_second": [...]}."""
+    {"shared": bool, "n_tensors", "differing": [...], "only_in_first": [...], "only_in_second": [...]}.
+    second_lock: the lock file of `second` when it is not `lock_path` (the workflow locks each model apart)."""
     a = vision_tower_digests(locked_snapshot(lock_path, first, cache_dir=cache_dir))
-    b = vision_tower_digests(locked_snapshot(lock_path, second, cache_dir=cache_dir))
+    b = vision_tower_digests(locked_snapshot(second_lock or lock_path, second, cache_dir=cache_dir))
     differing = sorted(name for name in set(a) & set(b) if a[name] != b[name])
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     return {"first": first, "second": second, "shared": not (differing or only_a or only_b), "n_tensors": len(a),
             "differing": differing, "only_in_first": only_a, "only_in_second": only_b}
+
+
+def locked_source(model: str, revision: str | None, lock: str | os.PathLike | None,
+                  name: str | None) -> str:
+    """What a stage loads: `model` itself without a lock; with one, the locked snapshot directory of `name`
+    (checked against `model` and `revision`, the hub switched off). The stages' --hub-lock / --hub-name."""
+    if lock is None:
+        if name is not None:
+            raise ValueError("--hub-name needs --hub-lock")
+        return model
+    if name is None:
+        raise ValueError("--hub-lock needs --hub-name (the model's name in the lock)")
+    return str(locked_snapshot(lock, name, hub_id=model, revision=revision))
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -234,19 +250,40 @@ def parse_spec(text: str) -> ModelSpec:
     return ModelSpec(match[1], match[2], match[3] or "main")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from moir.settings import add_settings_argument
+
     parser = argparse.ArgumentParser(prog="python -m moir.models.fetch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", required=True, help="shared hub cache (visible to every node)")
     parser.add_argument("--lock", required=True, help="lock file to write")
-    parser.add_argument("--model", action="append", type=parse_spec, required=True,
+    parser.add_argument("--model", action="append", type=parse_spec, default=[],
                         help="NAME=ORG/REPO[@REVISION], repeated")
+    one = parser.add_argument_group("one model (what the workflow's fetch_models rule passes, in --settings)")
+    one.add_argument("--name", help="the model's name in the lock")
+    one.add_argument("--hub-id", help="ORG/REPO")
+    one.add_argument("--revision", help="branch, tag or commit (default main)")
     parser.add_argument("--compare-towers", action="append", default=[],
                         help="FIRST,SECOND: whether two locked models share their vision tower (repeatable)")
     parser.add_argument("--compare-out", help="JSON file of the comparisons (required with --compare-towers)")
-    args = parser.parse_args(argv)
+    add_settings_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from moir.settings import parse
+
+    parser = build_parser()
+    args = parse(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    fetch_models(args.model, args.cache_dir, args.lock)
+    specs = list(args.model)
+    if args.name or args.hub_id:
+        if not (args.name and args.hub_id):
+            parser.error("--name and --hub-id go together")
+        specs.append(ModelSpec(args.name, args.hub_id, args.revision or "main"))
+    if not specs:
+        parser.error("name a model: --model NAME=ORG/REPO[@REVISION], or --name and --hub-id")
+    fetch_models(specs, args.cache_dir, args.lock)
     if args.compare_towers:
         if not args.compare_out:
             parser.error("--compare-towers needs --compare-out")

@@ -50,6 +50,8 @@ import torch
 
 from moir.dataset import load_examples
 from moir.models import load_vlm
+from moir.models.fetch import locked_source
+from moir.models.pixel_budget import PixelBudget
 from moir.settings import add_settings_argument, json_object, parse
 from moir.router import RouterConfig
 from moir.runtime import (
@@ -66,6 +68,7 @@ from moir.train.loop import (
     KEEP,
     LoopConfig,
     TrainingError,
+    filter_and_measure,
     filter_by_length,
     remove_checkpoints,
     run_training,
@@ -92,10 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val-transcripts", type=Path, help="ASR transcripts of the validation split")
     data.add_argument("--train-limit", type=int, help="use only the first N training examples (smoke runs)")
     data.add_argument("--val-limit", type=int, help="use only the first N validation examples")
+    data.add_argument("--transcript-max-tokens", type=int,
+                      help="cap each transcript to this many of the model's tokens (moir.media.transcript_cap)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--model", required=True, help="base model: a save_pretrained directory or a hub id")
     run.add_argument("--revision", help="hub revision (branch, tag or commit) of --model; a directory ignores it")
+    run.add_argument("--hub-lock", type=Path, help="lock file of fetch_models: load --model offline from it")
+    run.add_argument("--hub-name", help="--model's name in --hub-lock")
+    run.add_argument("--pixel-budget", type=json_object, metavar="JSON",
+                     help="Qwen2.5-VL: pixel limits (moir.models.pixel_budget), those of the encoder cache")
     run.add_argument("--placement", choices=PLACEMENTS, required=True, help="where LoRA goes")
     run.add_argument("--method", choices=METHODS, required=True, help="ft: LoRA alone; moir: LoRA + router")
     run.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the data order, dropout")
@@ -110,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--plateau-factor", type=float, default=0.5, help="ReduceLROnPlateau factor")
     optim.add_argument("--plateau-patience", type=int, default=1, help="ReduceLROnPlateau patience (epochs)")
     optim.add_argument("--max-length", type=int, default=2048, help="longer examples are dropped and listed")
+    optim.add_argument("--group-by-length", action="store_true",
+                       help="batches of one modality and similar length (moir.batching), seeded and resumable")
 
     lora = parser.add_argument_group("LoRA")
     lora.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
@@ -128,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: bfloat16 on a GPU, float32 on CPU")
     system.add_argument("--gradient-checkpointing", action="store_true",
                         help="recompute activations in the backward pass (7B/13B at batch 8)")
+    system.add_argument("--checkpoint-every-n-layers", type=int, default=1,
+                        help="with --gradient-checkpointing: every n-th decoder layer only (7B: 2 fits an H100)")
 
     output = parser.add_argument_group("outputs")
     output.add_argument("--out-dir", type=Path, required=True, help="adapter, train_metrics.jsonl, run_card.json")
@@ -148,7 +161,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LoopConfig, RouterConfi
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, plateau_factor=args.plateau_factor,
         plateau_patience=args.plateau_patience, max_length=args.max_length, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, keep=args.keep,
+        checkpoint_every=args.checkpoint_every, keep=args.keep, group_by_length=args.group_by_length,
     )
     router = None
     if args.method == "moir":
@@ -201,9 +214,10 @@ def gate_lr_scales(parameters: dict[str, torch.nn.Parameter], router: RouterConf
     return {name: router.gate_lr_scale for name in parameters if name.startswith("router.")}
 
 
-def load_split(name: str, manifest: Path, cache: Path, transcripts: Path | None, vlm, limit: int | None):
+def load_split(name: str, manifest: Path, cache: Path, transcripts: Path | None, vlm, limit: int | None,
+               transcript_max_tokens: int | None = None):
     examples = load_examples(manifest, cache_dir=cache, transcripts_path=transcripts, vlm=vlm,
-                             with_answer=True, limit=limit)
+                             with_answer=True, limit=limit, transcript_max_tokens=transcript_max_tokens)
     if not examples:
         raise TrainingError(f"{manifest}: the {name} split has no examples")
     return examples
@@ -215,12 +229,16 @@ def train(args: argparse.Namespace) -> Path:
     dtype = resolve_dtype(args.dtype, device)
     started = time.perf_counter()
 
-    vlm = load_vlm(args.model, device=device, dtype=dtype, revision=args.revision)
+    budget = PixelBudget.from_mapping(args.pixel_budget, "--pixel-budget") if args.pixel_budget else None
+    source = locked_source(args.model, args.revision, args.hub_lock, args.hub_name)
+    vlm = load_vlm(source, device=device, dtype=dtype, revision=None if args.hub_lock else args.revision,
+                   pixel_budget=budget)
     # The splits first: their caches are checked against the encoder as loaded, before LoRA changes the model.
     train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, vlm,
-                                args.train_limit)
-    val_examples = load_split("val", args.val_manifest, args.val_cache, args.val_transcripts, vlm, args.val_limit)
-    train_examples, train_dropped = filter_by_length(vlm, train_examples, loop_config.max_length)
+                                args.train_limit, args.transcript_max_tokens)
+    val_examples = load_split("val", args.val_manifest, args.val_cache, args.val_transcripts, vlm, args.val_limit,
+                              args.transcript_max_tokens)
+    train_examples, train_dropped, lengths, kinds = filter_and_measure(vlm, train_examples, loop_config.max_length)
     val_examples, val_dropped = filter_by_length(vlm, val_examples, loop_config.max_length)
     for split, dropped in (("train", train_dropped), ("val", val_dropped)):
         if dropped:
@@ -237,7 +255,7 @@ def train(args: argparse.Namespace) -> Path:
     parameters = trainable_parameters(vlm)
     trainable_count = vlm.num_trainable_parameters()
     if args.gradient_checkpointing:
-        vlm.enable_gradient_checkpointing()
+        vlm.enable_gradient_checkpointing(every_n_layers=args.checkpoint_every_n_layers)
 
     inputs = {
         "model": args.model,
@@ -251,6 +269,8 @@ def train(args: argparse.Namespace) -> Path:
         "inputs": inputs, "method": args.method, "router": router_config.to_dict() if router_config else None,
         "lora": lora, "dtype": str(dtype), "train_limit": args.train_limit, "val_limit": args.val_limit,
     }
+    if args.transcript_max_tokens is not None:  # the fingerprint of an uncapped run is what it was before
+        run_fingerprint["transcript_max_tokens"] = args.transcript_max_tokens
     log.info("%s/%s on %s: %d train / %d val examples, %d trainable parameters, %s on %s", args.method,
              lora["placement"], args.model, len(train_examples), len(val_examples), trainable_count, dtype, device)
 
@@ -261,6 +281,7 @@ def train(args: argparse.Namespace) -> Path:
         step_statistics=vlm.router.gate_statistics if vlm.router is not None else None,
         lr_scales=gate_lr_scales(parameters, router_config),
         description=f"train {args.out_dir.name}",
+        lengths=lengths, kinds=kinds,
     )
 
     card = {

@@ -124,3 +124,73 @@ def evaluate_paths(wildcards, input):
         "vision_split": ("--vision-split", input.get("vision_split")),
     }
     return [word for key, (flag, value) in options.items() if key in input.keys() for word in (flag, value)]
+
+
+def hub_lock_option(wildcards, input):
+    """--hub-lock of a stage that loads a hub model (its lock from fetch_models is then an input), else nothing."""
+    return ["--hub-lock", input.hub_lock] if "hub_lock" in input.keys() else []
+
+
+def judged_keys(judged):
+    """The clean and noise evaluations whose open-ended answers the rule `judge` scores (judged) or not."""
+    return [key for key, ev in PLAN.evaluations.items() if ev.mode != NO_IMAGE and PLAN.judged(key) == judged]
+
+
+# ------------------------------------------------------------------------------------------------ resources
+# The GPU jobs' time and host memory, estimated per job from the model and the data (moir/resources.py: assumed
+# throughput, 1.5x margin, rounded up to 15 min); datasets and models it has no numbers for (the demo) keep the
+# local defaults given in each rule. Training checkpoints and evaluations resume, so a job that hits its limit
+# loses little: `retries` in the SLURM profile resubmits it.
+from moir import resources as ESTIMATES  # noqa: E402
+
+UNGROUPED_PADDING = 0.4  # padding share of random batches of mixed lengths (issue 13: ScienceQA ~43%)
+GROUPED_PADDING = 0.02  # batches grouped by modality and length (moir.batching)
+
+
+def train_estimate(run_name):
+    run = PLAN.run(run_name)
+    model, data = ESTIMATES.MODELS.get(run.model), ESTIMATES.DATASETS.get(run.dataset)
+    if model is None or data is None or SC["device"] != "cuda":
+        return None
+    train = SC["train"]
+    return ESTIMATES.train_job(
+        run_name,
+        model,
+        n_train=min(data["train"], train["train_limit"] or data["train"]),
+        n_val=min(data["val"], train["val_limit"] or data["val"]),
+        epochs=train["epochs"],
+        mean_tokens=data["mean_tokens"],
+        padding_share=GROUPED_PADDING if train["group_by_length"] else UNGROUPED_PADDING,
+        tokens_per_s=ESTIMATES.assumed_train_tokens_per_s(model.params_b),
+        batch=train["batch_size"] // train["grad_accum"],
+        max_tokens=train["max_length"],
+        checkpoint_every_n=SC["models"][run.model].get("checkpoint_every_n_layers", 1),
+    )
+
+
+def evaluate_estimate(key):
+    ev = PLAN.evaluation(key)
+    model, data = ESTIMATES.MODELS.get(ev.model), ESTIMATES.DATASETS.get(ev.dataset)
+    if model is None or data is None or SC["device"] != "cuda":
+        return None
+    settings = PLAN.evaluate_settings(key)
+    return ESTIMATES.eval_job(
+        key,
+        model,
+        n_examples=min(data["eval"], settings.limit or data["eval"]),
+        mean_tokens=data["mean_tokens"],
+        new_tokens=settings.max_new_tokens,
+        batch=settings.batch_size,
+        tokens_per_s=ESTIMATES.assumed_train_tokens_per_s(model.params_b),
+        analysis=ev.mode == "clean",
+    )
+
+
+def estimated(estimate, key_of, resource, default):
+    """A rule's `resources` entry: the job's estimate (moir.resources) or the local default."""
+
+    def get(wildcards):
+        job = estimate(key_of(wildcards))
+        return default if job is None else job.slurm()[resource]
+
+    return get

@@ -36,6 +36,7 @@ rule extract_media:
 
 rule transcribe_audio:
     input:
+        **PLAN.hub_lock_input(PLAN.ASR),
         audio=PLAN.audio("{dataset}", "{split}"),
     output:
         PLAN.transcripts("{dataset}", "{split}"),
@@ -56,6 +57,7 @@ rule transcribe_audio:
         settings=PLAN.transcribe_settings().to_json(),
         code=code("transcribe"),
         cache=PLAN.TRANSCRIPT_CACHE,
+        hub=hub_lock_option,
     shell:
-        "python -m moir.media transcribe --audio {input.audio:q} --out {output:q} --cache-dir {params.cache:q}"
+        "python -m moir.media transcribe --audio {input.audio:q} {params.hub:q} --out {output:q} --cache-dir {params.cache:q}"
         " --settings {params.settings:q} 2> {log:q}"

@@ -22,8 +22,9 @@ rule train_run:
         ENV
     threads: THREADS["train"]
     resources:
-        mem_mb=4000,
-        runtime=1440,
+        # paper: sized per run from the model and dataset (common.smk, moir/resources.py); demo: local defaults
+        mem_mb=estimated(train_estimate, lambda wc: wc.run, "mem_mb", 4000),
+        runtime=estimated(train_estimate, lambda wc: wc.run, "runtime", 1440),
         gpu=GPU,
     params:
         settings=lambda wc: PLAN.train_settings(wc.run).to_json(),
@@ -44,8 +45,9 @@ rule train_run:
             )
         ],
         checkpoints=lambda wc: PLAN.run_checkpoints(wc.run),
+        hub=hub_lock_option,
     shell:
-        "python -m moir.train {params.data:q} --out-dir {output:q} --checkpoint-dir {params.checkpoints:q}"
+        "python -m moir.train {params.data:q} {params.hub:q} --out-dir {output:q} --checkpoint-dir {params.checkpoints:q}"
         " --settings {params.settings:q} 2> {log:q}"
 
 
