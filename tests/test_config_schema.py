@@ -248,8 +248,9 @@ def test_vizwiz_validation_is_held_out_of_train_and_settings_reach_the_stages(co
     config["suites"]["paper"]["train"]["keep"] = "best"
     assert Plan(config).train_settings(run).to_dict()["keep"] == "best"
     judged = next(key for key, ev in plan.evaluations.items() if ev.dataset == "mmbench_video")
-    settings = plan.evaluate_settings(judged).to_dict()
-    assert settings["judge_correct_threshold"] == 2 and settings["judge_max_failed_share"] == 0.02
+    assert plan.evaluate_settings(judged).to_dict()["judge"] == "defer"  # the rule `judge` scores the answers
+    settings = plan.judge_settings().to_dict()
+    assert settings["judge_correct_threshold"] == 2 and settings["max_failed_share"] == 0.02
     unjudged = next(key for key, ev in plan.evaluations.items() if ev.dataset == "vizwiz")
     assert "judge_correct_threshold" not in plan.evaluate_settings(unjudged).to_dict()
 
@@ -286,7 +287,7 @@ def test_snakemake_rejects_a_bad_command_line_value(tmp_path):
     result = dry_run(tmp_path, "--config", "suite=full")
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "config.suite: 'full' is not one of ['paper', 'demo']" in output
+    assert "config.suite: 'full' is not one of ['paper', 'demo', 'study']" in output
     assert "Building DAG" not in output
 
 

@@ -63,7 +63,7 @@ ANSWERS = ["a dog runs", "wrong", "a cat sleeps", "DOWN"]
 def manifest_rows() -> list[dict]:
     rows = [{"id": f"v/{i}", "dataset": "mmbench_video", "split": "test", "question": f"What happens in {i}?",
              "choices": [], "answer_index": None, "answers": [truth], "answer_type": None, "hint": "",
-             "media_kind": "video", "media_path": f"{i}.mp4", "has_image": True, "category": "action"}
+             "media_kind": "video", "media_path": f"{i}.mp4", "has_image": True, "category": "Object Recognition"}
             for i, truth in enumerate(["a dog runs", "a bird sings", "a cat sleeps", "rain"])]
     rows.append({"id": "v/mc", "dataset": "mmbench_video", "split": "test", "question": "Which?",
                  "choices": ["red", "blue"], "answer_index": 1, "answers": [], "answer_type": None, "hint": "",
@@ -120,12 +120,12 @@ def test_the_judge_stage_merges_the_scores_as_the_in_job_judge_would(server, tmp
     assert metrics["judge"]["calls"]["workers"] == 2 and metrics["judge"]["name"] == judge.name
 
 
-def test_a_call_that_keeps_failing_scores_null_and_counts_zero(server, tmp_path):
+def test_a_call_that_keeps_failing_scores_minus_one_and_counts_zero(server, tmp_path):
     _, manifest, predict_dir = write_deferred_evaluation(tmp_path, ANSWERS + ["B"])
     assert run_stage(server, tmp_path, predict_dir, manifest) == 0
     out = predict_dir.parent
     merged = pq.read_table(out / "predictions.parquet").to_pylist()
-    assert [r["score"] for r in merged] == [3.0, 1.0, 3.0, None, 1.0]  # DOWN: 2 attempts failed, -1 -> null
+    assert [r["score"] for r in merged] == [3.0, 1.0, 3.0, -1.0, 1.0]  # DOWN: 2 attempts failed: -1, as VLMEvalKit
     statuses = pq.read_table(out / "judge_scores.parquet").column("status").to_pylist()
     assert statuses == ["ok", "ok", "ok", "call_failed"]
     accuracy = json.loads((out / "metrics.json").read_text())["accuracy"]

@@ -97,8 +97,8 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
         "dump_encoder_cache": 12,
         "train_run": 26,    # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15
         # the 4 base models and the 26 runs (clean), Table 2's 2 runs (noise); MMBench-Video's 7 clean evaluations
-        # (base and 6 runs) are `predict` (GPU), the 6 runs' then `judge` (CPU; the base's ranks need no judge)
-        "evaluate": 4 + 26 + 2 - 7, "predict": 7, "judge": 6,
+        # (base and 6 runs) are `predict` (GPU), then `judge` (CPU; the base's too: Table 1 shows its accuracy)
+        "evaluate": 4 + 26 + 2 - 7, "predict": 7, "judge": 7,
         "vision_split": 1,
         "report": 1, "all": 1,
     }
@@ -141,7 +141,7 @@ def test_paper_suite_fetches_every_hub_model_before_the_gpu_stages_and_judges_on
     predicts = [c for c in commands if "/predict --settings" in c]
     assert len(predicts) == 7 and all('"judge":"defer"' in c and "judge_url" not in c for c in predicts)
     judges = [c for c in commands if c.startswith("python -m moir.evaluate.judge_stage ")]
-    assert len(judges) == 6 and all('"workers":8' in c and '"max_failed_share":0.02' in c for c in judges)
+    assert len(judges) == 7 and all('"workers":8' in c and '"max_failed_share":0.02' in c for c in judges)
     # the 13B's caches: linked from the 7B's when vision_tower_check finds the same tower, else dumped
     dump_13b = [c for c in commands if c.startswith("python -m moir.encoder_cache ") and "/llava-1.5-13b " in c]
     assert len(dump_13b) == 3 and all("--tower-check data/models/llava-1.5-13b.vision_tower.json" in c
@@ -308,7 +308,7 @@ def test_changing_a_judge_setting_reruns_only_the_judge_jobs(finished_paper):
         config["suites"]["paper"]["judge"]["max_failed_share"] = 0.05
 
     # MMBench-Video's 6 judged run evaluations and the report; no GPU job (predict, evaluate) reruns
-    assert paper_jobs(finished_paper, more_workers) == {"judge": 6, "report": 1, "all": 1}
+    assert paper_jobs(finished_paper, more_workers) == {"judge": 7, "report": 1, "all": 1}
 
 
 def test_changing_the_pixel_budget_reruns_the_qwen_caches_and_what_reads_them(finished_paper):
@@ -317,7 +317,7 @@ def test_changing_the_pixel_budget_reruns_the_qwen_caches_and_what_reads_them(fi
 
     # MMBench-Video's 3 caches (Qwen2.5-VL), its 6 runs, its 7 evaluations (base and runs) and their judges
     assert paper_jobs(finished_paper, smaller_videos) == {
-        "dump_encoder_cache": 3, "train_run": 6, "predict": 7, "judge": 6, "report": 1, "all": 1}
+        "dump_encoder_cache": 3, "train_run": 6, "predict": 7, "judge": 7, "report": 1, "all": 1}
 
 
 def test_fetching_one_more_model_reruns_no_stage(finished_paper):
@@ -325,7 +325,7 @@ def test_fetching_one_more_model_reruns_no_stage(finished_paper):
         config["suites"]["paper"]["judge"].update(backend="local", model="Qwen/Qwen2.5-7B-Instruct")
 
     # the judge model is fetched and locked on its own; the judges rerun with it, the GPU stages do not
-    assert paper_jobs(finished_paper, local_judge) == {"fetch_models": 1, "judge": 6, "report": 1, "all": 1}
+    assert paper_jobs(finished_paper, local_judge) == {"fetch_models": 1, "judge": 7, "report": 1, "all": 1}
 
 
 def test_changing_the_other_suite_reruns_nothing(demo):

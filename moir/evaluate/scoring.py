@@ -208,6 +208,10 @@ def accuracy_metrics(rows: list[dict], scored: list[dict], judge_name: str | Non
     result: dict[str, Any] = {}
     unit_scores = []
     for kind, indices in sorted(by_protocol.items()):
+        if kind == "open_ended" and any(scored[i]["score"] is None for i in indices):  # --judge defer
+            result[kind] = {"n": len(indices), "accuracy": None,
+                            "deferred": "scored by the rule `judge` (moir.evaluate.judge_stage)"}
+            continue
         if kind == "open_ended":
             result[kind] = judge_metrics(rows, scored, indices, judge_name, judge_correct_threshold)
             unit_scores += [float(scored[i]["correct"]) for i in indices]
