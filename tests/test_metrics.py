@@ -9,6 +9,9 @@ import torch
 from moir.metrics import (
     MMBENCH_VIDEO_DIMENSIONS,
     binomial_interval,
+
+
+    base_reading,
     effective_rank,
     exact_match,
     implied_sample_size,
@@ -382,3 +385,26 @@ def test_hint_reliance_on_hand_made_questions():
     assert result == {"acc_hint_right": 50.0, "acc_hint_wrong": pytest.approx(100 / 3),
                       "hint_follow": pytest.approx(200 / 3), "n_hint_right": 2, "n_hint_wrong": 3}
     assert hint_reliance([None], [True], [False])["acc_hint_right"] is None
+
+
+def test_base_reading_per_question_type_and_hint_outcome():
+    rows = [
+        {"id": "a", "category": "colour:hint-right", "protocol": "multiple_choice", "correct": True},
+        {"id": "b", "category": "colour:hint-wrong", "protocol": "multiple_choice", "correct": False},
+        {"id": "c", "category": "colour:hint-wrong", "protocol": "multiple_choice", "correct": True},
+        {"id": "d", "category": "colour:hint-wrong", "protocol": "short_answer", "correct": True},
+        {"id": "e", "category": "start colour:hint-right", "protocol": "short_answer", "correct": False},
+    ]
+    assert base_reading(rows) == [
+        {"question_type": "colour", "protocol": "multiple_choice", "n": 3, "n_hint_right": 1, "acc_hint_right": 100.0,
+         "n_hint_wrong": 2, "acc_hint_wrong": 50.0},
+        {"question_type": "colour", "protocol": "short_answer", "n": 1, "n_hint_right": 0, "acc_hint_right": None,
+         "n_hint_wrong": 1, "acc_hint_wrong": 100.0},
+        {"question_type": "start colour", "protocol": "short_answer", "n": 1, "n_hint_right": 1,
+         "acc_hint_right": 0.0, "n_hint_wrong": 0, "acc_hint_wrong": None},
+    ]
+    merged = base_reading(rows[:4], by_protocol=False)
+    assert merged == [{"question_type": "colour", "protocol": "all", "n": 4, "n_hint_right": 1,
+                       "acc_hint_right": 100.0, "n_hint_wrong": 3, "acc_hint_wrong": pytest.approx(200 / 3)}]
+    with pytest.raises(ValueError, match="prediction x: category 'biology'"):
+        base_reading([{"id": "x", "category": "biology", "protocol": "multiple_choice", "correct": True}])

@@ -1,4 +1,5 @@
-"""Metrics as pure functions: accuracy by each benchmark's protocol, MDI/AEI, effective rank and robustness.
+"""Metrics as pure functions: accuracy by each benchmark's protocol, MDI/AEI, effective rank, robustness and base
+reading (accuracy with the text hint right and wrong).
 
 The names exported here are called by checks outside this repository; keep them and their signatures.
 """
@@ -20,6 +21,7 @@ from moir.metrics.mmbench_video import (
     mmbench_video_mean_scores,
 )
 from moir.metrics.rank import effective_rank
+from moir.metrics.reading import base_reading
 from moir.metrics.robustness import robustness_summary, unchanged_rate, vision_irrelevant_split
 from moir.metrics.vizwiz import (
     normalize_vizwiz_answer,
@@ -34,6 +36,7 @@ __all__ = [
     "JUDGED_CORRECT_THRESHOLD",
     "MMBENCH_VIDEO_DIMENSIONS",
     "binomial_interval",
+    "base_reading",
     "effective_rank",
     "exact_match",
     "implied_sample_size",
