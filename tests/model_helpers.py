@@ -86,3 +86,16 @@ def randomize_lora(vlm: VLMWrapper, seed: int) -> None:
     with torch.no_grad():
         for param in vlm.trainable_parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+def option_letter_tokens(vlm: VLMWrapper, letter: str) -> tuple[list[str], list[str]]:
+    """(the prompt's tokens, the answer's tokens without the turn's end and bare spaces) of a four-option question
+    whose answer is `letter`, as a training batch tokenises them."""
+    prompt = ("Which colour is it?\nA. red\nB. green\nC. blue\nD. yellow\n"
+              "Answer with the option's letter from the given choices directly.")
+    batch = vlm.collate([Example("mc", prompt, letter, "none")], with_answer=True)
+    ids = batch["input_ids"][0]
+    tokens = vlm.tokenizer.convert_ids_to_tokens
+    answer = [t for t in tokens(ids[batch["answer_mask"][0]].tolist())
+              if t not in vlm.tokenizer.all_special_tokens and vlm.tokenizer.convert_tokens_to_string([t]).strip()]
+    return tokens(ids[batch["text_mask"][0]].tolist()), answer

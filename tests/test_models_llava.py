@@ -10,6 +10,7 @@ from model_helpers import (
     cached,
     image_examples,
     load,
+    option_letter_tokens,
     randomize_lora,
     reference_inputs,
     reference_model,
@@ -198,3 +199,10 @@ def test_revision_reaches_every_from_pretrained(vlm, tiny_dirs, monkeypatch):
     pinned = load_vlm(tiny_dirs[NAME], revision="v1.0")
     assert revisions == {"config": "v1.0", "processor": "v1.0", "model": "v1.0"}
     assert pinned.encoder_signature() == vlm.encoder_signature()
+
+
+@pytest.mark.parametrize("letter", "ABCD")
+def test_an_option_letter_is_the_same_token_in_the_prompt_and_the_answer(vlm, letter):
+    prompt_tokens, answer_tokens = option_letter_tokens(vlm, letter)
+    assert answer_tokens == [letter]  # one token, the letter itself, with no space merged into it
+    assert prompt_tokens.count(letter) == 1  # the token that starts the option's line

@@ -8,6 +8,7 @@ from model_helpers import (
     cached,
     image_examples,
     load,
+    option_letter_tokens,
     randomize_lora,
     reference_inputs,
     reference_model,
@@ -180,3 +181,10 @@ def test_signature_fingerprints_the_encoder_before_the_cache_point(tiny_dirs):
         assert vlm.encoder_signature() == signature
         vlm.vision_tower.blocks[0].mlp.gate_proj.weight.add_(1.0)  # before it: the cache is stale
         assert vlm.encoder_signature()["vision_weights"] != signature["vision_weights"]
+
+
+@pytest.mark.parametrize("letter", "ABCD")
+def test_an_option_letter_is_the_same_token_in_the_prompt_and_the_answer(vlm, letter):
+    prompt_tokens, answer_tokens = option_letter_tokens(vlm, letter)
+    assert answer_tokens == [letter]  # one token, the letter itself, with no space merged into it
+    assert prompt_tokens.count(letter) == 1  # the token that starts the option's line

@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -114,6 +114,12 @@ CORPUS_LINES = [
     "USER: ASSISTANT:",
 ]
 TOKENIZER_VOCAB_SIZE = 1024
+# A space before a one-letter word is a token of its own, never merged into the letter: an option letter is then the
+# same token in the prompt, where it starts a line ("\nB. red": "Ċ", "B"), and in LLaVA's answer, which follows a
+# space ("ASSISTANT: B": "Ġ", "B"). With "ĠB" in the answer and "B" in the options, a tiny model must learn the
+# mapping between two unrelated embeddings before it can answer a multiple-choice question from the image; with one
+# token it can copy the letter of the option it matched.
+ONE_LETTER_WORD_SPACE = r"\s(?=[A-Za-z]\b)"
 
 # The std of the language model's (and projector's) initial weights. The families' 0.02 is sized for 4096-wide
 # layers; at width 64 it makes every weight matrix on the path image -> projector -> attention value/output ->
@@ -129,7 +135,10 @@ def _train_byte_level_bpe(special_tokens: list[str]) -> Tokenizer:
     words = list(dict.fromkeys(CORPUS_WORDS.split() + list(SYNTHETIC_VOCABULARY)))
     corpus = CORPUS_LINES + [" ".join(words)] + words + [" " + word for word in words]
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(ONE_LETTER_WORD_SPACE), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=TOKENIZER_VOCAB_SIZE,
