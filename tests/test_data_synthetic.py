@@ -15,6 +15,7 @@ from moir.data.synthetic import (
     COLOURS,
     DIRECTIONS,
     NUMBERS,
+    SHAPES,
     TOKEN_PATTERN,
     TONE_HZ,
     VOCABULARY,
@@ -189,3 +190,17 @@ def test_rejects_settings_that_would_give_unreadable_or_meaningless_data(tmp_pat
         generate_synth_image(tmp_path, tmp_path, {"train": 1}, hints=HintSettings(hint_accuracy=-0.1))
     with pytest.raises(ValueError, match="unknown split"):
         generate_synth_image(tmp_path, tmp_path, {"dev": 1})
+
+
+def test_fixed_choices_list_every_answer_in_one_order(tmp_path):
+    assert main(["synth", "synth-image", "--raw", str(tmp_path / "raw"), "--manifests", str(tmp_path / "manifests"),
+                 "--seed", "2", "--train", "60", "--image-size", "32", "--hint-accuracy", "0.5", "--choice-share", "1",
+                 "--fixed-choices"]) == 0
+    rows = _rows(tmp_path / "manifests" / "train.parquet")
+    spaces = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(NUMBERS), "side": ["left", "right"],
+              "level": ["top", "bottom"]}
+    for row in rows:
+        assert row["choices"] == spaces[row["category"].split(":")[0]]
+        assert row["choices"][row["answer_index"]] == row["answers"][0]
+        assert _stated(row) in row["choices"]
+    assert {row["category"].split(":")[1] for row in rows} == {"hint-right", "hint-wrong"}

@@ -6,7 +6,7 @@ Every command writes `<manifests>/<split>.parquet` (schema: moir/data/manifest.p
 Generate the demo benchmark (seconds; sizes and hint accuracies come from config.yaml):
     python -m moir.data synth synth-image --raw data/raw/synth-image --manifests data/manifests/synth-image \\
         --seed 0 --pretrain 3000 --train 600 --val 150 --test 300 --image-size 48 \\
-        --hint-accuracy 0.8 --eval-hint-accuracy 0.5 [--pretrain-hint-accuracy P] [--choice-share 0.5]
+        --hint-accuracy 0.8 --eval-hint-accuracy 0.5 [--pretrain-hint-accuracy P] [--choice-share 0.5] [--fixed-choices]
     python -m moir.data synth synth-video --raw data/raw/synth-video --manifests data/manifests/synth-video \\
         --seed 0 --pretrain 400 --train 120 --val 40 --test 80 --frames 12 --frame-size 64 --fps 8 \\
         --sample-rate 16000 --silent-share 0.05 --tone-share 0.0 --hint-accuracy 0.8 --eval-hint-accuracy 0.5
@@ -56,6 +56,8 @@ def _add_synth_common(parser: argparse.ArgumentParser, sizes: dict[str, int]) ->
     parser.add_argument("--eval-hint-accuracy", type=_fraction, default=0.5, help="P(hint right) in val and test")
     parser.add_argument("--pretrain-hint-accuracy", type=_fraction, default=None, help="override for pretrain")
     parser.add_argument("--choice-share", type=_fraction, default=0.5, help="share of multiple-choice questions")
+    parser.add_argument("--fixed-choices", action="store_true",
+                        help="multiple choice lists every answer in a fixed order (default: 2-4 answers, shuffled)")
     add_settings_argument(parser)
 
 
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     setup_logging(args.log_level)
     if args.command == "synth":
-        hints = synthetic.HintSettings(args.hint_accuracy, args.eval_hint_accuracy, args.pretrain_hint_accuracy, args.choice_share)
+        hints = synthetic.HintSettings(args.hint_accuracy, args.eval_hint_accuracy, args.pretrain_hint_accuracy,
+                                       args.choice_share, args.fixed_choices)
         sizes = {split: getattr(args, split) for split in synthetic.SPLITS}
         if args.dataset == "synth-image":
             synthetic.generate_synth_image(args.raw, args.manifests, sizes, image_size=args.image_size, hints=hints, seed=args.seed)

@@ -19,7 +19,11 @@ synth-video   MP4 clips (MPEG-4 video + AAC audio, default 12 frames of 64x64 at
               and optionally the tone's pitch (`tone_share`, needs the audio). A configurable share of clips has no
               audio stream at all.
 
-Each question is multiple choice (2-4 options, `choice_share`) or short answer. Splits: pretrain (plentiful, used
+Each question is multiple choice (`choice_share`) or short answer. The options are 2-4 of the answers in a random
+order, or, with `fixed_choices`, every answer the question can have in one fixed order (colours always "A. red",
+"B. green", ...): then an option letter stands for one answer, and a tiny model answers a multiple-choice question
+as it names what it sees, instead of first having to learn to find the option that matches (a pointer that a
+4-layer, 64-wide model did not learn in 2,250 pretraining steps). Splits: pretrain (plentiful, used
 to pretrain the demo's tiny base models from scratch), train, val, test. Pretrain and train use `hint_accuracy`,
 val and test `eval_hint_accuracy`. Every example draws from its own random stream seeded by (seed, split, index),
 so the same arguments give byte-identical files and changing one split's size leaves the other splits unchanged.
@@ -114,19 +118,26 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radi
 
 
 def attach_question(
-    rng: np.random.Generator, question: Question, *, hint_accuracy: float, choice_share: float
+    rng: np.random.Generator, question: Question, *, hint_accuracy: float, choice_share: float,
+    fixed_choices: bool = False,
 ) -> dict:
-    """Manifest fields for one question: choices (or none), answer, and a hint right with `hint_accuracy`."""
+    """Manifest fields for one question: choices (or none), answer, and a hint right with `hint_accuracy`.
+
+    A multiple-choice question lists 2-4 of the answers in a random order, or every answer in the question's fixed
+    order (`fixed_choices`); a wrong hint names one of the other options."""
     wrong = [option for option in question.answer_space if option != question.answer]
     choices: list[str] = []
     answer_index = None
     if rng.random() < choice_share:
-        n_choices = int(rng.integers(2, min(4, len(question.answer_space)) + 1))
-        distractors = [wrong[i] for i in rng.permutation(len(wrong))[: n_choices - 1]]
-        choices = [question.answer, *distractors]
-        choices = [choices[i] for i in rng.permutation(len(choices))]
+        if fixed_choices:
+            choices = list(question.answer_space)
+        else:
+            n_choices = int(rng.integers(2, min(4, len(question.answer_space)) + 1))
+            distractors = [wrong[i] for i in rng.permutation(len(wrong))[: n_choices - 1]]
+            choices = [question.answer, *distractors]
+            choices = [choices[i] for i in rng.permutation(len(choices))]
+            wrong = distractors
         answer_index = choices.index(question.answer)
-        wrong = distractors
     hint_right = bool(rng.random() < hint_accuracy)
     stated = question.answer if hint_right else _pick(rng, wrong)
     return {
@@ -275,6 +286,7 @@ class HintSettings:
     eval_hint_accuracy: float = 0.5
     pretrain_hint_accuracy: float | None = None  # None: same as hint_accuracy
     choice_share: float = 0.5
+    fixed_choices: bool = False  # multiple choice lists every answer in a fixed order (module docstring)
 
     def for_split(self, split: str) -> float:
         if split in EVAL_SPLITS:
@@ -324,7 +336,8 @@ def _generate(
         for index in runtime.progress(range(n), desc=f"{dataset}/{split}", unit="example", leave=False):
             rng = _rng(seed, split, index)
             kind, media_path, question = make_example(rng, split, index, raw_dir)
-            fields = attach_question(rng, question, hint_accuracy=hints.for_split(split), choice_share=hints.choice_share)
+            fields = attach_question(rng, question, hint_accuracy=hints.for_split(split),
+                                     choice_share=hints.choice_share, fixed_choices=hints.fixed_choices)
             rows.append(_row(dataset, split, index, kind, media_path, fields))
         written[split] = write_manifest(rows, manifest_dir / f"{split}.parquet", media_root=raw_dir)
         log.info("%s/%s: %d examples -> %s", dataset, split, n, written[split])
