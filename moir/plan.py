@@ -90,6 +90,7 @@ class SynthImageSettings(Settings):
     eval_hint_accuracy: float
     pretrain_hint_accuracy: float | None
     choice_share: float
+    fixed_choices: bool | None = omit_if_none()  # None when false: the settings of data made before the option
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class SynthVideoSettings(Settings):
     eval_hint_accuracy: float
     pretrain_hint_accuracy: float | None
     choice_share: float
+    fixed_choices: bool | None = omit_if_none()  # None when false: the settings of data made before the option
 
 
 @dataclass(frozen=True)
@@ -967,7 +969,8 @@ class Plan:
         spec = self.dataset(dataset)["synthetic"]
         common = {**spec["sizes"], "seed": spec["seed"], "hint_accuracy": spec["hint_accuracy"],
                   "eval_hint_accuracy": spec["eval_hint_accuracy"],
-                  "pretrain_hint_accuracy": spec["pretrain_hint_accuracy"], "choice_share": spec["choice_share"]}
+                  "pretrain_hint_accuracy": spec["pretrain_hint_accuracy"], "choice_share": spec["choice_share"],
+                  "fixed_choices": True if spec.get("fixed_choices", False) else None}
         if self.is_video(dataset):
             return SynthVideoSettings(**common, **{key: spec[key] for key in (
                 "frames", "frame_size", "fps", "silent_share", "tone_share")})
