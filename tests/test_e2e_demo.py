@@ -71,11 +71,17 @@ def test_tables_hold_the_measured_numbers(demo_run):
     report = demo_run / "results/demo/report"
     table1 = read_csv(report / "table1.csv")
     assert [(r["dataset"], r["model"], r["placement"], r["method"]) for r in table1] == [
-        (dataset, model, placement, method)
+        row
         for dataset, model in (("synth-image", "tiny-llava"), ("synth-video", "tiny-qwen2.5-vl"))
-        for placement in ("attn", "mlp", "proj")
-        for method in ("ft", "moir")
+        for row in [(dataset, model, "", "base")] + [(dataset, model, placement, method)
+                                                   for placement in ("attn", "mlp", "proj")
+                                                   for method in ("ft", "moir")]
     ]
+    for row in (row for row in table1 if row["method"] == "base"):  # the reference of the rank deltas
+        measured = metrics(demo_run, f"{row['dataset']}__{row['model']}__base", "clean")
+        assert number(row["acc"]) == pytest.approx(measured["acc"]) and number(row["mdi"]) == pytest.approx(
+            measured["mdi"])
+    table1 = [row for row in table1 if row["method"] != "base"]
     for row in table1:
         arm = "ft" if row["method"] == "ft" else "moir-k0.1"
         measured = metrics(demo_run, f"{row['dataset']}__{row['model']}__{row['placement']}__{arm}__seed0", "clean")
