@@ -38,10 +38,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Files up to this size are hashed whole; a larger one (a hub-sized weight shard, pinned by its revision) by its size.
@@ -54,6 +56,8 @@ DEFAULT_PACKAGES = ("moir", "torch", "transformers", "peft", "numpy", "pyarrow")
 
 def resolve_device(name: str) -> torch.device:
     """"auto" -> cuda when available, else cpu."""
+    import torch  # torch is imported where a stage needs it: the data and media stages run without it
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -64,6 +68,8 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """"auto" -> bfloat16 on a GPU, float32 on CPU."""
+    import torch
+
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
@@ -71,6 +77,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def peak_memory(device: torch.device) -> dict[str, float | None]:
     """Peak resident memory of this process (GiB) and, on a GPU, peak allocated device memory (GiB)."""
+    import torch
+
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
     gpu_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"peak_rss_gib": round(rss_gib, 3), "peak_gpu_allocated_gib": None if gpu_gib is None else round(gpu_gib, 3)}

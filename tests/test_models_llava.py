@@ -58,6 +58,28 @@ def test_collate_matches_processor_and_masks(vlm):
     assert batch["attention_mask"][2, -1] == 0  # right padding for training
 
 
+def test_memoised_tokenisation_equals_a_fresh_one_and_tells_answers_apart(tiny_dirs):
+    """The wrapper memoises each example's tokens (every epoch tokenises the same examples): a batch is the same
+    whether it is tokenised fresh or from the memo, and two examples that share a prompt but not an answer (or
+    not a medium) each get their own tokens."""
+    vlm = load(tiny_dirs, NAME)
+    examples = image_examples()
+    first = vlm.collate(examples, with_answer=True)
+    assert vlm.tokenization_memo  # filled
+    again = vlm.collate(examples, with_answer=True)
+    fresh = load(tiny_dirs, NAME).collate(examples, with_answer=True)
+    for key in ("input_ids", "labels", "text_mask", "answer_mask", "query_mask", "visual_mask"):
+        assert torch.equal(first[key], again[key]) and torch.equal(first[key], fresh[key]), key
+    other = [Example("img-0b", examples[0].prompt, "blue", "image", pixels=examples[0].pixels),
+             Example("txt-0c", examples[0].prompt, "red", "none")]
+    batch = vlm.collate(other, with_answer=True)
+    decode = vlm.tokenizer.decode
+    assert decode(batch["input_ids"][0][batch["answer_mask"][0]]) == " blue</s>"
+    assert int(batch["visual_mask"][0].sum()) == 64 and int(batch["visual_mask"][1].sum()) == 0
+    generation = vlm.collate(examples, with_answer=False)
+    assert not generation["answer_mask"].any()
+
+
 @pytest.mark.parametrize("ratio", [None, 0.0])
 def test_equals_unmodified_model_when_moir_is_off(vlm, reference, ratio):
     examples = image_examples()

@@ -142,3 +142,15 @@ def test_progress_without_a_total_and_on_a_terminal():
     assert not isinstance(bar, LineProgress)  # a tqdm bar, which redraws its line in place
     list(bar)
     assert "\r" in terminal.getvalue() and "cache: 100%" in terminal.getvalue()
+
+
+@pytest.mark.parametrize("module", ["moir.data.__main__", "moir.media.__main__"])
+def test_the_data_and_media_stages_start_without_the_model_stack(module):
+    """Every job is a fresh process: a stage that never runs a model must not pay for importing torch and
+    transformers (seconds per job; benchmarks/startup.py measures it)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -21,7 +21,6 @@ from moir.settings import add_settings_argument, parse
 from moir.media.extract import TooManyBadFiles, extract_media
 from moir.media.frames import DEFAULT_MAX_SIDE, IMAGE_FORMATS, FrameSampling
 from moir.media.transcripts import CHUNK_LENGTH_S, AsrSettings, transcribe
-from moir.models.fetch import locked_source
 from moir.runtime import cli, setup_logging
 
 
@@ -89,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("moir.media").error("%s", error)
             return 1
     else:
+        from moir.models.fetch import locked_source  # imports the model stack: only the transcription needs it
+
         settings = AsrSettings(
             model=locked_source(args.model, args.revision, args.hub_lock, args.hub_name),
             revision=None if args.hub_lock else args.revision,

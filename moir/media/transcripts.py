@@ -29,9 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from moir import runtime
-from transformers import pipeline
 
 from moir.media.audio import SAMPLE_RATE, iter_audio, to_pcm16
 from moir.storage import write_table_atomic, write_text_atomic
@@ -93,6 +91,10 @@ class TranscriptCache:
 
 def load_asr_pipeline(settings: AsrSettings, *, device: str = "cpu", dtype: str = "float32"):
     """The transformers speech-recognition pipeline for `settings.model` (a hub id or a local directory)."""
+    from transformers import pipeline  # here: every stage that reads transcripts would otherwise import pipelines
+
+    import torch
+
     return pipeline(
         "automatic-speech-recognition",
         model=settings.model,
@@ -128,6 +130,8 @@ def transcribe(
     batch_size: int = 8,
 ) -> Path:
     """Write the transcripts table for an audio table (module docstring), transcribing only uncached tracks."""
+    import torch
+
     torch.manual_seed(0)
     cache = TranscriptCache(cache_dir, settings)
     asr = None  # loaded on the first uncached track: a fully cached rerun never loads the model

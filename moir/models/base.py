@@ -90,6 +90,8 @@ class VLMWrapper:
         self.name = name
         self.router: MoIRRouter | None = None
         self.placement: str | None = None
+        # (prompt, answer, medium, visual tokens, with answer) -> token ids and masks (moir.models.batching)
+        self.tokenization_memo: dict[tuple, tuple] = {}
         if getattr(processor, "chat_template", None) is None:
             raise ValueError(f"{name}: the processor has no chat template (chat_template.jinja or chat_template.json)")
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:

@@ -17,6 +17,8 @@ from moir.data.manifest import MEDIA_KINDS
 from moir.models.inputs import Example
 
 IGNORE_INDEX = -100
+# Memoised tokenisations per wrapper (a few hundred bytes each): bounded, cleared when full.
+TOKENIZATION_MEMO_ENTRIES = 200_000
 # Stands in for the prompt while the chat template is rendered, to find where the prompt text lies.
 _PROMPT_SENTINEL = "\x00moir-prompt\x00"
 
@@ -24,21 +26,32 @@ _PROMPT_SENTINEL = "\x00moir-prompt\x00"
 def render_prompt(vlm, example: Example, n_visual_tokens: int) -> tuple[str, tuple[int, int]]:
     """The example's prompt in the family's chat template, placeholders expanded to the visual-token count,
     and the character span of the prompt text in it."""
+    before, after = template_parts(vlm, example.media_kind, n_visual_tokens)
+    return before + example.prompt + after, (len(before), len(before) + len(example.prompt))
+
+
+def template_parts(vlm, media_kind: str, n_visual_tokens: int) -> tuple[str, str]:
+    """The chat template rendered around a user turn of one medium (placeholders expanded): the text before the
+    prompt and after it. Rendered with the family's template once per (medium, visual-token count)."""
+    key = ("template", media_kind, n_visual_tokens)
+    if key in vlm.tokenization_memo:
+        return vlm.tokenization_memo[key]
     content: list[dict] = []
-    if example.media_kind != "none":
-        content.append({"type": example.media_kind})
+    if media_kind != "none":
+        content.append({"type": media_kind})
     content.append({"type": "text", "text": _PROMPT_SENTINEL})
     rendered = vlm.processor.apply_chat_template(
         [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
     )
     before, after = rendered.split(_PROMPT_SENTINEL)
-    if example.media_kind != "none":
-        placeholder = vlm.tokenizer.convert_ids_to_tokens(vlm.placeholder_ids()[example.media_kind])
+    if media_kind != "none":
+        placeholder = vlm.tokenizer.convert_ids_to_tokens(vlm.placeholder_ids()[media_kind])
         if (before + after).count(placeholder) != 1:
             raise ValueError(f"{vlm.name}: the chat template must place exactly one {placeholder} per media")
         before = before.replace(placeholder, placeholder * n_visual_tokens)
         after = after.replace(placeholder, placeholder * n_visual_tokens)
-    return before + example.prompt + after, (len(before), len(before) + len(example.prompt))
+    vlm.tokenization_memo[key] = before, after
+    return before, after
 
 
 def tokenize(vlm, example: Example, n_visual_tokens: int, with_answer: bool) -> tuple[list[int], list[bool], int]:
@@ -49,7 +62,24 @@ def tokenize(vlm, example: Example, n_visual_tokens: int, with_answer: bool) -> 
 
 def tokenize_with_end(vlm, example: Example, n_visual_tokens: int,
                       with_answer: bool) -> tuple[list[int], list[bool], int, int]:
-    """`tokenize`, and the number of end-of-turn tokens closing the answer (its trailing special tokens)."""
+    """`tokenize`, and the number of end-of-turn tokens closing the answer (its trailing special tokens).
+
+    A pure function of the tokenizer, the texts, the medium and the visual-token count: each epoch of a training
+    run tokenises the same examples again, so the result is memoised on the wrapper (`tokenization_memo`),
+    keyed by everything it depends on."""
+    key = (example.prompt, example.answer if with_answer else None, example.media_kind, n_visual_tokens,
+           with_answer)
+    memo = vlm.tokenization_memo
+    if key not in memo:
+        if len(memo) >= TOKENIZATION_MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = _tokenize_with_end(vlm, example, n_visual_tokens, with_answer)
+    ids, text_mask, n_answer, n_end = memo[key]
+    return list(ids), list(text_mask), n_answer, n_end
+
+
+def _tokenize_with_end(vlm, example: Example, n_visual_tokens: int,
+                       with_answer: bool) -> tuple[tuple[int, ...], tuple[bool, ...], int, int]:
     for kind, token_id in vlm.placeholder_ids().items():
         token = vlm.tokenizer.convert_ids_to_tokens(token_id)
         if token in example.prompt:
@@ -78,7 +108,7 @@ def tokenize_with_end(vlm, example: Example, n_visual_tokens: int,
     n_end = 0
     while n_end < n_answer and ids[len(ids) - 1 - n_end] in special:
         n_end += 1
-    return ids, text_mask, n_answer, n_end
+    return tuple(ids), tuple(text_mask), n_answer, n_end
 
 
 def collate(vlm, examples: Sequence[Example], with_answer: bool = True) -> dict[str, Tensor]:
