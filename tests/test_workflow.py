@@ -95,10 +95,13 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
         "extract_media": 3, "transcribe_audio": 3,          # MMBench-Video train/val/test (V+A+T)
         # 3 splits x (ScienceQA 7B, ScienceQA 13B, MMBench-Video) + VizWiz train/val_heldout/val (7B)
         "dump_encoder_cache": 12,
-        "train_run": 26,    # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15
-        # the 4 base models and the 26 runs (clean), Table 2's 2 runs (noise); MMBench-Video's 7 clean evaluations
-        # (base and 6 runs) are `predict` (GPU), then `judge` (CPU; the base's too: Table 1 shows its accuracy)
-        "evaluate": 4 + 26 + 2 - 7, "predict": 7, "judge": 7,
+        # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15; Table 5 adds 2 keep ratios
+        # x {FT, MoIR} with visual-token compression
+        "train_run": 26 + 4,
+        # the 4 base models and the 30 runs (clean), Table 2's 2 runs (noise), Table 5's 2 compressed bases;
+        # MMBench-Video's 7 clean evaluations (base and 6 runs) are `predict` (GPU), then `judge` (CPU; the base's
+        # too: Table 1 shows its accuracy)
+        "evaluate": 4 + 30 + 2 + 2 - 7, "predict": 7, "judge": 7,
         "vision_split": 1,
         "report": 1, "all": 1,
     }
@@ -423,9 +426,10 @@ NOT_OUTPUT["report"] |= ({str(p.relative_to(REPO)) for p in (REPO / "moir" / "me
                          - {"moir/metrics/stats.py"}) | {"moir/prompts.py"}
 NOT_OUTPUT["judge"] |= {"moir/router.py"}  # imported with the evaluation's code; the judge scores text only
 # `python -m moir.models.fetch` / `moir.models.towers` (and moir.media's hub lock) import the moir.models package,
-# whose __init__ imports the model wrappers; these stages use fetch.py (and towers.py) alone.
+# whose __init__ imports the model wrappers (and they moir/compression.py); these stages use fetch.py (and
+# towers.py) alone.
 MODELS_PACKAGE = {str(path.relative_to(REPO)) for path in (REPO / "moir" / "models").glob("*.py")} - {
-    "moir/models/fetch.py", "moir/models/towers.py"}
+    "moir/models/fetch.py", "moir/models/towers.py"} | {"moir/compression.py"}
 for stage in ("fetch", "towers", "extract", "transcribe"):
     NOT_OUTPUT[stage] |= MODELS_PACKAGE | {"moir/data/synthetic.py", "moir/data/manifest.py", "moir/runtime.py",
                                            "moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py",
