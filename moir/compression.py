@@ -99,7 +99,8 @@ def segment_attention(query: Tensor, keys: Tensor, scaling: float) -> Tensor:
                          dim=-1)
 
 
-def vision_block_qk(block: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+def vision_block_qk(block: nn.Module, hidden: Tensor,
+                    position_embeddings: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Qwen2.5-VL vision block: (query, keys), each (N, heads, head_dim), after the block's norm and rotary
     embedding, as its attention computes them."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision

@@ -232,7 +232,8 @@ def config(suite: str) -> dict:
 
 def test_the_plan_has_the_table5_arms_and_evaluations():
     found = plan.Plan(config("demo"))
-    names = {"synth-image__tiny-llava__attn__ft+keep0.25__seed0", "synth-image__tiny-llava__attn__moir-k0.1+keep0.25__seed0"}
+    names = {"synth-image__tiny-llava__attn__ft+keep0.25__seed0",
+             "synth-image__tiny-llava__attn__moir-k0.1+keep0.25__seed0"}
     assert names <= set(found.runs)
     for name in names:
         assert json.loads(found.train_settings(name).to_json())["keep_ratio"] == 0.25

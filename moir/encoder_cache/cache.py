@@ -26,8 +26,9 @@ its only declared output) cannot keep the old encoder's features under the new m
 Shard columns: key str; kind str ("image" | "video"); shape list<int64> ([N, D]); grid_thw list<int64>
 (n_items x 3, flattened; null when the family has none); features binary (N x D values of the storage dtype,
 little-endian, row-major); scores binary (float32, one importance score per language-model visual token,
-`moir.compression`; their definition is part of the encoder signature, so a new definition re-dumps). Features are stored in half precision by default: float16 keeps bfloat16 encoder
-output exactly (fewer exponent bits, more mantissa bits; values beyond +-65504 are refused, not clipped).
+`moir.compression`; their definition is part of the encoder signature, so a new definition re-dumps). Features
+are stored in half precision by default: float16 keeps bfloat16 encoder output exactly (fewer exponent bits, more
+mantissa bits; values beyond +-65504 are refused, not clipped).
 
 Memory stays bounded whatever the dataset size: the dump loads pixels and encodes one `batch_size` at a time and
 holds at most one shard of features. An interrupted dump resumes at the first missing shard: shards appear
