@@ -250,6 +250,7 @@ class TrainSettings(Settings):
     pixel_budget: dict | None = omit_if_none()
     transcript_max_tokens: int | None = omit_if_none()  # datasets with transcripts only
     hub_name: str | None = omit_if_none()
+    keep_ratio: float | None = omit_if_none()  # Table 5's visual-token compression arms only
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ class EvaluateSettings(Settings):
     pixel_budget: dict | None = omit_if_none()
     transcript_max_tokens: int | None = omit_if_none()
     hub_name: str | None = omit_if_none()
+    keep_ratio: float | None = omit_if_none()  # visual-token compression (a Table 5 arm, a compressed base)
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,8 @@ class ReportSettings(Settings):
     # "<run>/clean" -> predictions.parquet: the per-question correctness that the paired comparisons (FT vs MoIR)
     # resample; empty: no comparisons are made (a report built from metrics alone)
     predictions: dict[str, str] = field(default_factory=dict)
+    # Table 5: run -> train_metrics.jsonl of its arms (the time per training step); None (left out) without it
+    train_metrics: dict[str, str] | None = field(default=None, metadata={"omit_if_none": True})
 
 
 # ------------------------------------------------------------------------------------------------ the grid
@@ -319,6 +323,11 @@ class Arm:
     def label(self) -> str:
         arm = "ft" if self.method == "ft" else f"moir-k{format_ratio(self.ratio)}"
         return arm + (f"+{self.variant}" if self.variant else "")
+
+    @property
+    def keep_ratio(self) -> float | None:
+        """The visual-token keep ratio of a compression arm (Table 5), None for all tokens."""
+        return dict(self.overrides).get("keep_ratio")
 
     def run(self, seed: int) -> Run:
         return Run(self, seed)
@@ -370,6 +379,8 @@ class Tables:
     table4: tuple[str, str, str] | None = None  # the design-choice ablation (optional): dataset, model, placement
     variants: tuple[str, ...] = ()  # names of VARIANTS
     gate_lr_scale: float | None = None  # the `gate-lr` variant's router.gate_lr_scale
+    table5: tuple[str, str, str] | None = None  # visual-token compression (optional): dataset, model, placement
+    keep_ratios: tuple[float, ...] = ()
 
     @classmethod
     def from_config(cls, suite: Mapping) -> Tables:
@@ -384,6 +395,9 @@ class Tables:
             table4=(t4["dataset"], t4["model"], t4["placement"]) if t4 else None,
             variants=tuple(t4["variants"]) if t4 else (),
             gate_lr_scale=float(t4["gate_lr_scale"]) if t4 and "gate-lr" in t4["variants"] else None,
+            table5=(suite["table5"]["dataset"], suite["table5"]["model"], suite["table5"]["placement"])
+            if "table5" in suite else None,
+            keep_ratios=tuple(float(r) for r in suite["table5"]["keep_ratios"]) if "table5" in suite else (),
         )
 
     @classmethod
@@ -398,6 +412,8 @@ class Tables:
             table4=tuple(value["table4"]) if value.get("table4") else None,
             variants=tuple(value.get("variants", ())),
             gate_lr_scale=value.get("gate_lr_scale"),
+            table5=tuple(value["table5"]) if value.get("table5") else None,
+            keep_ratios=tuple(float(r) for r in value.get("keep_ratios", ())),
         )
 
     def to_dict(self) -> dict:
@@ -406,6 +422,8 @@ class Tables:
                "ratios": list(self.ratios)}
         if self.table4 is not None:  # only when configured: a suite without Table 4 keeps its report's settings
             out.update(table4=list(self.table4), variants=list(self.variants), gate_lr_scale=self.gate_lr_scale)
+        if self.table5 is not None:  # likewise for Table 5
+            out.update(table5=list(self.table5), keep_ratios=list(self.keep_ratios))
         return out
 
     def table1(self) -> list[Arm]:
@@ -439,12 +457,32 @@ class Tables:
                             overrides))
         return arms
 
+    def table5_arms(self) -> list[Arm]:
+        """Visual-token compression (moir.compression) at Table 5's setting: FT and MoIR (Table 1's k') without
+        compression, then per keep ratio FT and MoIR trained with it (the variant `keep<r>`); none without it.
+        The training-free arm (the base model with compression) is an evaluation, not a run (`Plan`)."""
+        if self.table5 is None:
+            return []
+        dataset, model, placement = self.table5
+        arms = [Arm(dataset, model, placement, "ft", None), Arm(dataset, model, placement, "moir", self.ratio)]
+        for keep in self.keep_ratios:
+            overrides = (("keep_ratio", keep),)
+            arms += [Arm(dataset, model, placement, "ft", None, keep_variant(keep), overrides),
+                     Arm(dataset, model, placement, "moir", self.ratio, keep_variant(keep), overrides)]
+        return arms
+
     def arms(self) -> list[tuple[Arm, frozenset[str]]]:
         """Every arm of the tables with the evaluations it gets (Table 2's also get the noise evaluation)."""
         return ([(arm, frozenset({CLEAN})) for arm in self.table1()]
                 + [(arm, frozenset({CLEAN, NOISE})) for arm in self.table2_arms()]
                 + [(arm, frozenset({CLEAN})) for arm in self.table3_arms()]
-                + [(arm, frozenset({CLEAN})) for arm in self.table4_arms()])
+                + [(arm, frozenset({CLEAN})) for arm in self.table4_arms()]
+                + [(arm, frozenset({CLEAN})) for arm in self.table5_arms()])
+
+
+def keep_variant(keep_ratio: float) -> str:
+    """A compression arm's name part: `keep0.25` (the ratio as k' prints: `%g`)."""
+    return f"keep{format_ratio(keep_ratio)}"
 
 
 # Table 4: the design choices the paper leaves open, each a MoIR arm against FT (router overrides on top of the
@@ -477,6 +515,7 @@ class Evaluation:
     dataset: str
     model: str
     run: Run | None  # None for the base model
+    keep_ratio: float | None = None  # visual-token compression: a run's arm's, or a compressed base's (Table 5)
 
     @property
     def key(self) -> str:
@@ -491,7 +530,8 @@ class Evaluation:
 # imports and fails on a module of the package that is neither here nor in its NOT_OUTPUT list.
 _DATA = ("moir/data/manifest.py", "moir/storage.py", "moir/runtime.py")
 _MEDIA_READ = ("moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py", "moir/media/images.py")
-_MODELS = ("moir/models", "moir/data/manifest.py", "moir/storage.py", "moir/runtime.py") + _MEDIA_READ
+_MODELS = ("moir/models", "moir/compression.py", "moir/data/manifest.py", "moir/storage.py",
+           "moir/runtime.py") + _MEDIA_READ
 _EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/media/transcript_cap.py",
              "moir/encoder_cache/cache.py")
 CODE: dict[str, tuple[str, ...]] = {
@@ -656,8 +696,28 @@ def check_references(config: Mapping) -> None:
             need("models", models, sc["table4"]["model"], f"{where}.table4.model")
             if "gate-lr" in sc["table4"]["variants"] and "gate_lr_scale" not in sc["table4"]:
                 raise PlanError(f"config: {where}.table4.gate_lr_scale is required by the variant 'gate-lr'")
+        if "table5" in sc:
+            check_table5(sc["table5"], datasets, models, f"{where}.table5")
         for name, spec in models.items():
             check_pixel_budget(spec, f"{where}.models.{name}")
+
+
+def check_table5(table5: Mapping, datasets: Mapping, models: Mapping, where: str) -> None:
+    """Table 5 (visual-token compression): known dataset and model, keep ratios in (0, 1] that name distinct runs."""
+    for kind, names in (("dataset", datasets), ("model", models)):
+        if table5[kind] not in names:
+            raise PlanError(f"config: {where}.{kind}: {table5[kind]!r} is not one of the suite's {kind}s "
+                            f"({', '.join(names)})")
+    seen: dict[str, float] = {}
+    for index, ratio in enumerate(table5["keep_ratios"]):
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
+                or not 0 < ratio <= 1:
+            raise PlanError(f"config: {where}.keep_ratios[{index}]: {ratio!r} is not a keep ratio in (0, 1]")
+        name = keep_variant(float(ratio))
+        if name in seen:
+            raise PlanError(f"config: {where}.keep_ratios[{index}]: {ratio!r} names the runs '{name}' as "
+                            f"{seen[name]!r} does; give distinct ratios")
+        seen[name] = ratio
 
 
 def check_split_roles(datasets: Mapping, where: str) -> None:
@@ -720,9 +780,14 @@ class Plan:
             self._add(Evaluation(name, CLEAN, dataset, model, None))
         for name, run in self.runs.items():
             for mode in sorted(self.run_evaluations[name]):
-                self._add(Evaluation(name, mode, run.dataset, run.model, run))
+                self._add(Evaluation(name, mode, run.dataset, run.model, run, run.arm.keep_ratio))
                 if mode == NOISE:
                     self._add(Evaluation(self.base_name(run), NO_IMAGE, run.dataset, run.model, None))
+        if self.tables.table5 is not None:  # Table 5's training-free arm: the base model with compression
+            dataset, model, _ = self.tables.table5
+            for keep in self.tables.keep_ratios:
+                self._add(Evaluation(self.compressed_base_name(dataset, model, keep), CLEAN, dataset, model, None,
+                                     keep))
 
     def _add(self, evaluation: Evaluation) -> None:
         self.evaluations.setdefault(evaluation.key, evaluation)
@@ -730,6 +795,11 @@ class Plan:
     @staticmethod
     def base_name(run: Run) -> str:
         return f"{run.dataset}__{run.model}__base"
+
+    @staticmethod
+    def compressed_base_name(dataset: str, model: str, keep_ratio: float) -> str:
+        """The evaluation name of the base model with visual-token compression (Table 5's training-free arm)."""
+        return f"{dataset}__{model}__base+{keep_variant(keep_ratio)}"
 
     def run(self, name: str) -> Run:
         if name not in self.runs:
@@ -956,7 +1026,8 @@ class Plan:
     def report_inputs(self) -> dict:
         inputs = {
             "metrics": [self.metrics(key) for key, ev in self.evaluations.items() if self.reported(ev)],
-            "runs": [self.run_dir(name) for name, run in self.runs.items() if run.method == "moir"],
+            "runs": [self.run_dir(name) for name, run in self.runs.items()
+                     if run.method == "moir" or name in self.table5_runs()],
             "predictions": list(self.report_predictions().values()),
         }
         if self.suite == "paper":
@@ -1029,6 +1100,7 @@ class Plan:
             pixel_budget=self.pixel_budget(run.model),
             transcript_max_tokens=self.transcript_max_tokens(run.dataset),
             hub_name=self.hub_name(run.model),
+            keep_ratio=None,  # a compression arm's override (Table 5)
         )
         for key, value in run.arm.overrides:  # a later arm's changes
             if key.startswith("router."):
@@ -1063,6 +1135,7 @@ class Plan:
             pixel_budget=self.pixel_budget(ev.model),
             transcript_max_tokens=self.transcript_max_tokens(ev.dataset),
             hub_name=self.hub_name(ev.model),
+            keep_ratio=ev.keep_ratio,
         )
 
     def report_settings(self) -> ReportSettings:
@@ -1076,7 +1149,14 @@ class Plan:
             reference_tables=self.REFERENCE["tables"] if self.suite == "paper" else None,
             reference_robustness=self.REFERENCE["robustness"] if self.suite == "paper" else None,
             predictions=self.report_predictions(),
+            train_metrics={name: f"{self.run_dir(name)}/train_metrics.jsonl" for name in self.table5_runs()}
+            if self.tables.table5 is not None else None,
         )
+
+    def table5_runs(self) -> list[str]:
+        """The runs of Table 5's arms (their train metrics give the time per training step); none without it."""
+        arms = set(self.tables.table5_arms())
+        return [name for name, run in self.runs.items() if run.arm in arms]
 
     def report_predictions(self) -> dict[str, str]:
         """"<run>/clean" -> predictions.parquet of every run's clean evaluation (the paired comparisons)."""
@@ -1090,6 +1170,8 @@ class Plan:
                  "gates_selected.png"]
         if self.tables.table4 is not None:
             names += ["table4.csv", "table4.md"]
+        if self.tables.table5 is not None:
+            names += ["table5.csv", "table5.md", "table5.tex"]
         return [f"{self.report_dir()}/{name}" for name in names]
 
     # -------------------------------------------------------------------------------------- code
@@ -1110,6 +1192,7 @@ class Plan:
         ASR model when a dataset has transcripts, a local judge given as a hub id when a dataset is judged.
         Each is fetched once (rule fetch_models) and every stage loads it offline from its lock."""
         used = {model for dataset, model in self.tables.pairs} | {self.tables.table2[1], self.tables.table3[1]}
+        used |= {self.tables.table5[1]} if self.tables.table5 is not None else set()
         models = {name: (spec["hub_id"], spec["revision"]) for name, spec in self.sc["models"].items()
                   if name in used and spec["source"] == "hub"}
         if any(self.uses_transcripts(d) for d in self.sc["datasets"]):

@@ -266,7 +266,8 @@ def test_the_plan_of_the_demo(config):
     validate(config)
     config["suite"] = "demo"
     demo = Plan(config)
-    assert len(demo.runs) == 14 and len(demo.evaluations) == 2 + 14 + 2 + 1
+    # Table 5 adds FT and MoIR with compression (2 runs, 2 evaluations) and the compressed base's evaluation
+    assert len(demo.runs) == 14 + 2 and len(demo.evaluations) == 2 + 14 + 2 + 1 + 2 + 1
     run = "synth-image__tiny-llava__attn__moir-k0.05__seed0"
     assert demo.train_settings(run).router.ratio == 0.05  # k' travels as a float, never through the name
     assert demo.train_settings("synth-image__tiny-llava__attn__ft__seed0").router is None

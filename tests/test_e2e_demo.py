@@ -2,9 +2,9 @@
 the evaluations measured; a second run has nothing to do; `snakemake --report` builds the HTML report.
 
 Every stage runs as in `snakemake --cores 2 --config suite=demo` (the README's first command): the synthetic data,
-frames and audio, token caches, the pretrained tiny bases, the 14 LoRA runs with and without MoIR, every
-evaluation and the report. Only the sizes are smaller (OVERRIDES below, written to e2e_demo.yaml in the
-run's working directory and merged over config.yaml).
+frames and audio, token caches, the pretrained tiny bases, the 16 LoRA runs with and without MoIR (and visual-token
+compression), every evaluation and the report. Only the sizes are smaller (OVERRIDES below, written to
+e2e_demo.yaml in the run's working directory and merged over config.yaml).
 """
 
 from __future__ import annotations
@@ -103,6 +103,13 @@ def test_tables_hold_the_measured_numbers(demo_run):
     table3 = read_csv(report / "table3.csv")
     assert [float(r["k_ratio"]) for r in table3] == [0.05, 0.1, 0.15]
     assert table3[1]["acc"] == next(r["acc"] for r in table1 if r["placement"] == "attn" and r["method"] == "moir")
+
+    table5 = {row["arm"]: row for row in read_csv(report / "table5.csv")}  # visual-token compression
+    assert list(table5) == ["base", "base+keep0.25", "ft", "moir-k0.1", "ft+keep0.25", "moir-k0.1+keep0.25"]
+    measured = metrics(demo_run, "synth-image__tiny-llava__attn__ft+keep0.25__seed0", "clean")
+    assert number(table5["ft+keep0.25"]["acc"]) == pytest.approx(measured["acc"])
+    assert number(table5["ft+keep0.25"]["visual_tokens"]) == 16 and number(table5["ft"]["visual_tokens"]) == 64
+    assert int(table5["ft+keep0.25"]["mdi_n"]) > 0 and number(table5["ft+keep0.25"]["step_time_rel"]) > 0
 
     markdown = (report / "report.md").read_text()
     assert "| synth-image | I+T | tiny-llava | Attn | FT |" in markdown

@@ -95,10 +95,13 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
         "extract_media": 3, "transcribe_audio": 3,          # MMBench-Video train/val/test (V+A+T)
         # 3 splits x (ScienceQA 7B, ScienceQA 13B, MMBench-Video) + VizWiz train/val_heldout/val (7B)
         "dump_encoder_cache": 12,
-        "train_run": 26,    # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15
-        # the 4 base models and the 26 runs (clean), Table 2's 2 runs (noise); MMBench-Video's 7 clean evaluations
-        # (base and 6 runs) are `predict` (GPU), then `judge` (CPU; the base's too: Table 1 shows its accuracy)
-        "evaluate": 4 + 26 + 2 - 7, "predict": 7, "judge": 7,
+        # Table 1: 4 pairs x 3 placements x {FT, MoIR}; Table 3 adds k'=0.05 and 0.15; Table 5 adds 2 keep ratios
+        # x {FT, MoIR} with visual-token compression
+        "train_run": 26 + 4,
+        # the 4 base models and the 30 runs (clean), Table 2's 2 runs (noise), Table 5's 2 compressed bases;
+        # MMBench-Video's 7 clean evaluations (base and 6 runs) are `predict` (GPU), then `judge` (CPU; the base's
+        # too: Table 1 shows its accuracy)
+        "evaluate": 4 + 30 + 2 + 2 - 7, "predict": 7, "judge": 7,
         "vision_split": 1,
         "report": 1, "all": 1,
     }
@@ -167,8 +170,9 @@ def finished_demo(tmp_path_factory) -> Path:
     workdir = copy_repository(tmp_path_factory.mktemp("demo"))
     output = dry_run(workdir, "--config", "suite=demo")
     assert job_counts(output) == {
-        "synthesize_data": 2, "extract_media": 4, "pretrain_base": 2, "dump_encoder_cache": 6, "train_run": 14,
-        "evaluate": 2 + 14 + 2, "vision_split": 1, "report": 1, "all": 1,   # 49 jobs
+        "synthesize_data": 2, "extract_media": 4, "pretrain_base": 2, "dump_encoder_cache": 6, "train_run": 16,
+        # the bases, the runs, Table 2's noise evaluations, Table 5's compressed base
+        "evaluate": 2 + 16 + 2 + 1, "vision_split": 1, "report": 1, "all": 1,   # 54 jobs
     }
     for rule, fields in jobs(output):
         for index, path in enumerate(fields.get("output", "").split(", ") if "output" in fields else []):
@@ -197,8 +201,9 @@ def demo_jobs(workdir: Path) -> dict[str, int]:
     return job_counts(dry_run(workdir, "--config", "suite=demo"))
 
 
-EVALUATIONS = {"evaluate": 18, "vision_split": 1}
-MOIR_RUNS = 8  # 6 of Table 1 (one of them also Table 2's), Table 3's k'=0.05 and 0.15
+EVALUATIONS = {"evaluate": 21, "vision_split": 1}
+# 6 of Table 1 (one of them also Table 2's), Table 3's k'=0.05 and 0.15, Table 5's MoIR with compression
+MOIR_RUNS = 9
 
 
 def test_a_finished_dag_is_a_no_op(demo):
@@ -230,9 +235,10 @@ def test_changing_the_main_k_reruns_the_moir_arms_of_tables_1_and_2(demo):
 
     set_config(demo, main_ratio)
     output = dry_run(demo, "--config", "suite=demo")
-    assert job_counts(output) == {"train_run": 6, "evaluate": 6 + 1, "report": 1, "all": 1}
+    # Table 1's 6 MoIR arms (one also Table 2's: its noise evaluation) and Table 5's MoIR arm with compression
+    assert job_counts(output) == {"train_run": 7, "evaluate": 7 + 1, "report": 1, "all": 1}
     trained = [fields["wildcards"] for rule, fields in jobs(output) if rule == "train_run"]
-    assert all("__moir-k0.2__" in run for run in trained)
+    assert all("__moir-k0.2__" in run or "__moir-k0.2+keep" in run for run in trained)
 
 
 def test_changing_a_router_setting_reruns_moir_runs_and_no_ft_run(demo):
@@ -258,7 +264,7 @@ def test_changing_a_training_setting_reruns_runs_but_not_data_caches_or_bases(de
 
     set_config(demo, more_epochs)
     counts = demo_jobs(demo)
-    assert counts == {"train_run": 14, "evaluate": 14 + 2, "report": 1, "all": 1}
+    assert counts == {"train_run": 16, "evaluate": 16 + 2, "report": 1, "all": 1}
 
 
 def test_changing_one_benchmarks_answer_budget_reruns_only_its_evaluations(demo):
@@ -379,13 +385,13 @@ def test_a_code_change_reruns_only_the_stages_that_run_the_code(demo):
 
 def test_a_training_loop_change_reruns_training_and_not_the_data_or_caches(demo):
     edit(demo / "moir" / "train" / "finetune.py")
-    assert demo_jobs(demo) == {"train_run": 14, "evaluate": 14 + 2, "report": 1, "all": 1}
+    assert demo_jobs(demo) == {"train_run": 16, "evaluate": 16 + 2, "report": 1, "all": 1}
 
 
 def test_a_data_change_reruns_everything_downstream(demo):
     edit(demo / "moir" / "data" / "synthetic.py")
     counts = demo_jobs(demo)
-    assert counts["synthesize_data"] == 2 and counts["train_run"] == 14 and counts["report"] == 1
+    assert counts["synthesize_data"] == 2 and counts["train_run"] == 16 and counts["report"] == 1
 
 
 # ------------------------------------------------------------------------------------- the code map
@@ -423,9 +429,10 @@ NOT_OUTPUT["report"] |= ({str(p.relative_to(REPO)) for p in (REPO / "moir" / "me
                          - {"moir/metrics/stats.py"}) | {"moir/prompts.py"}
 NOT_OUTPUT["judge"] |= {"moir/router.py"}  # imported with the evaluation's code; the judge scores text only
 # `python -m moir.models.fetch` / `moir.models.towers` (and moir.media's hub lock) import the moir.models package,
-# whose __init__ imports the model wrappers; these stages use fetch.py (and towers.py) alone.
+# whose __init__ imports the model wrappers (and they moir/compression.py); these stages use fetch.py (and
+# towers.py) alone.
 MODELS_PACKAGE = {str(path.relative_to(REPO)) for path in (REPO / "moir" / "models").glob("*.py")} - {
-    "moir/models/fetch.py", "moir/models/towers.py"}
+    "moir/models/fetch.py", "moir/models/towers.py"} | {"moir/compression.py"}
 for stage in ("fetch", "towers", "extract", "transcribe"):
     NOT_OUTPUT[stage] |= MODELS_PACKAGE | {"moir/data/synthetic.py", "moir/data/manifest.py", "moir/runtime.py",
                                            "moir/media/pixels.py", "moir/media/frames.py", "moir/media/audio.py",

@@ -25,8 +25,10 @@ its only declared output) cannot keep the old encoder's features under the new m
 
 Shard columns: key str; kind str ("image" | "video"); shape list<int64> ([N, D]); grid_thw list<int64>
 (n_items x 3, flattened; null when the family has none); features binary (N x D values of the storage dtype,
-little-endian, row-major). Features are stored in half precision by default: float16 keeps bfloat16 encoder
-output exactly (fewer exponent bits, more mantissa bits; values beyond +-65504 are refused, not clipped).
+little-endian, row-major); scores binary (float32, one importance score per language-model visual token,
+`moir.compression`; their definition is part of the encoder signature, so a new definition re-dumps). Features
+are stored in half precision by default: float16 keeps bfloat16 encoder output exactly (fewer exponent bits, more
+mantissa bits; values beyond +-65504 are refused, not clipped).
 
 Memory stays bounded whatever the dataset size: the dump loads pixels and encodes one `batch_size` at a time and
 holds at most one shard of features. An interrupted dump resumes at the first missing shard: shards appear
@@ -78,7 +80,7 @@ from moir.models.pixel_budget import PixelBudget
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: meta.json records each shard's sha256
+CACHE_FORMAT = 3  # 2: meta.json records each shard's sha256; 3: shards hold the visual tokens' importance scores
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 SHARD_SCHEMA = pa.schema(
@@ -88,13 +90,15 @@ SHARD_SCHEMA = pa.schema(
         pa.field("shape", pa.list_(pa.int64()), nullable=False),
         pa.field("grid_thw", pa.list_(pa.int64()), nullable=True),
         pa.field("features", pa.binary(), nullable=False),
+        pa.field("scores", pa.binary(), nullable=True),
     ]
 )
 # One row group per row: a random read touches one example's bytes. Features are incompressible noise to a
 # general-purpose codec; compressing them only costs time.
 SHARD_WRITE_OPTIONS = {
     "row_group_size": 1,
-    "compression": {"key": "zstd", "kind": "zstd", "shape": "zstd", "grid_thw": "zstd", "features": "none"},
+    "compression": {"key": "zstd", "kind": "zstd", "shape": "zstd", "grid_thw": "zstd", "features": "none",
+                    "scores": "none"},
     "use_dictionary": False,
     "write_statistics": ["key"],
 }
@@ -137,7 +141,10 @@ def to_storage(key: str, media: EncodedMedia | None, dtype: torch.dtype) -> Enco
         bad = "non-finite values" if not torch.isfinite(features).all() else f"values beyond the range of {dtype}"
         raise ValueError(f"{key}: encoder output has {bad}; store it with a wider --dtype")
     grid = None if media.grid_thw is None else media.grid_thw.detach().to("cpu", torch.int64)
-    return EncodedMedia(stored, grid, media.kind)
+    scores = None if media.scores is None else media.scores.detach().to("cpu", torch.float32).contiguous()
+    if scores is not None and not torch.isfinite(scores).all():
+        raise ValueError(f"{key}: the encoder's importance scores have non-finite values")
+    return EncodedMedia(stored, grid, media.kind, scores)
 
 
 def media_to_row(key: str, media: EncodedMedia) -> dict:
@@ -148,6 +155,7 @@ def media_to_row(key: str, media: EncodedMedia) -> dict:
         "shape": list(media.features.shape),
         "grid_thw": None if media.grid_thw is None else media.grid_thw.reshape(-1).tolist(),
         "features": media.features.contiguous().view(torch.uint8).numpy().tobytes(),
+        "scores": None if media.scores is None else media.scores.numpy().tobytes(),
     }
 
 
@@ -162,7 +170,14 @@ def row_to_media(row: Mapping, dtype: torch.dtype, source: str) -> EncodedMedia:
         )
     features = torch.frombuffer(data, dtype=dtype).view(shape) if data else torch.empty(shape, dtype=dtype)
     grid = None if row["grid_thw"] is None else torch.tensor(row["grid_thw"], dtype=torch.long).view(-1, 3)
-    return EncodedMedia(features=features, grid_thw=grid, kind=row["kind"])
+    scores = None
+    if row.get("scores") is not None:
+        score_data = bytearray(row["scores"])
+        if len(score_data) % 4:
+            raise CacheMismatchError(f"{source}: field 'scores' of {row['key']} has {len(score_data)} bytes, not a "
+                                     "whole number of float32 values")
+        scores = torch.frombuffer(score_data, dtype=torch.float32) if score_data else torch.empty(0)
+    return EncodedMedia(features=features, grid_thw=grid, kind=row["kind"], scores=scores)
 
 
 def write_shard(path: Path, keys: Sequence[str], media: Sequence[EncodedMedia], *, plan_sha256: str) -> None:
@@ -442,7 +457,7 @@ class EncoderCache:
             raise KeyError(f"{self.dir}: no cached features for {key!r}")
         shard_index, row = self._location[key]
         table = self._file(shard_index).read_row_group(row)
-        record = {name: table.column(name)[0].as_py() for name in ("key", "kind", "shape", "grid_thw")}
+        record = {name: table.column(name)[0].as_py() for name in ("key", "kind", "shape", "grid_thw", "scores")}
         record["features"] = table.column("features")[0].as_buffer()  # no copy until row_to_media's one
         if record["key"] != key:
             raise CacheMismatchError(

@@ -77,6 +77,7 @@ import argparse
 import gc
 import json
 import logging
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ from moir import runtime
 
 from moir.data.manifest import ManifestError, read_manifest
 from moir.settings import add_settings_argument, json_object, parse
+from moir.compression import check_keep_ratio
 from moir.dataset import load_examples
 from moir.evaluate import EvaluationError
 from moir.evaluate.analysis import RANK_SITE, analyse, dominance_metrics, rank_metrics
@@ -136,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Qwen2.5-VL: pixel limits (moir.models.pixel_budget), those of the encoder cache")
     model.add_argument("--run", type=Path, help="a LoRA run's directory (moir.train: LoRA + router); omit for "
                        "the base model")
+    model.add_argument("--keep-ratio", type=float,
+                       help="visual-token compression (moir.compression): keep this share (0, 1] of each image's "
+                            "(video frame's) visual tokens by the encoder's scores; omit for all (a run trained "
+                            "with compression is evaluated with its ratio)")
     model.add_argument("--run-name", help="name recorded in metrics.json (default: the run directory's name, "
                        "or 'base')")
     data = parser.add_argument_group("data")
@@ -182,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every argument checked before any model is loaded; EvaluationError names the bad one."""
+    if args.keep_ratio is not None:
+        try:
+            check_keep_ratio(args.keep_ratio, "--keep-ratio")
+        except ValueError as error:
+            raise EvaluationError(str(error)) from error
     for name in ("manifest", "frames", "transcripts"):
         path = getattr(args, name)
         if path is not None and not path.is_file():
@@ -219,6 +230,7 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     source = locked_source(args.model, args.revision, args.hub_lock, args.hub_name)
     vlm = load_vlm(source, device=str(device), dtype=dtype, revision=None if args.hub_lock else args.revision,
                    pixel_budget=budget)
+    vlm.compress(args.keep_ratio)
     adapter_description = None
     if args.adapter is not None:
         try:
@@ -257,7 +269,8 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         "analysis_queries": "answer-producing positions" if analysis else None,
         "rank_site": RANK_SITE if analysis else None,
         "dtype": str(dtype), "limit": args.limit,
-        **{name: getattr(args, name) for name in ("pixel_budget", "transcript_max_tokens") if getattr(args, name)},
+        **{name: getattr(args, name) for name in ("pixel_budget", "transcript_max_tokens", "keep_ratio")
+           if getattr(args, name)},
     }
     store = PartStore(args.out_dir, settings)
     done = store.rows()
@@ -369,6 +382,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "reliance": reliance_metrics(rows, [r["prediction"] for r in raw], scored),
         "router_effect": None if predicted["router_effect"] is None
         else router_effect_metrics(predicted["router_effect"], rows, [r["prediction"] for r in raw]),
+        "compression": compression_metrics(args.keep_ratio, raw),
     }
     if clean is not None:
         metrics["robustness"] = robustness_metrics(clean, split, args.vision_split, rows, scored)
@@ -396,6 +410,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     predicted["store"].remove()
     log.info("%s: accuracy %.2f over %d examples", args.out_dir, metrics["accuracy"]["value"], len(rows))
     return metrics
+
+def compression_metrics(keep_ratio: float | None, raw: list[dict]) -> dict:
+    """The keep ratio of visual-token compression (None: all tokens) and the visual tokens the language model saw
+    per example with media (the analysis pass's count; None without analysis)."""
+    counts = [r["n_visual"] for r in raw if r.get("n_visual")]
+    return {"keep_ratio": keep_ratio, "visual_tokens_mean": statistics.fmean(counts) if counts else None,
+            "n": len(counts)}
+
 
 def summary(metrics: dict) -> dict:
     """The report's columns (names as in the paper's tables) from the detailed metrics."""
@@ -428,6 +450,7 @@ def summary(metrics: dict) -> dict:
         "hint_follow": pick(metrics.get("reliance"), "hint_follow"),
         "router_tv": pick(metrics.get("router_effect"), "tv_mean"),
         "router_changed": pick(metrics.get("router_effect"), "changed_share"),
+        "visual_tokens": pick(metrics.get("compression"), "visual_tokens_mean"),
     }
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,9 @@ encoder output) or `pixel_values` / `pixel_values_videos` (processed pixels), pl
 
 `attach_router(RouterConfig(...))` turns MoIR on; `apply_lora(placement)` wraps "attn", "mlp" or "proj";
 `save_trainable(dir)` / `load_trainable(dir)` write and read the LoRA adapter and the router together;
-`encode(examples)` is the encoder cache's input; `encoder_signature()` what a cache must match.
+`encode(examples)` is the encoder cache's input (features and the visual tokens' importance scores);
+`encoder_signature()` what a cache must match. `compress(keep_ratio)` turns visual-token compression on
+(moir.compression): `collate` then keeps the top share of each image's (video frame's) visual tokens.
 By concern: base.py (the wrapper and the fusion seam, where the router sits), inputs.py (Example, EncodedMedia,
 media checks), batching.py (prompt rendering, tokenisation, masks, collation), lora.py (placements, apply_lora),
 saving.py (save/load of LoRA + router), llava.py / qwen2_5_vl.py (each family), tiny.py (the tiny models).

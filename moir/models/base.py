@@ -32,6 +32,7 @@ the model's config, for a hub id and a local `save_pretrained` directory alike.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from transformers import GenerationConfig, PreTrainedModel, ProcessorMixin
 
+from moir import compression
 from moir.models import batching, inputs, lora, saving
 from moir.models.batching import IGNORE_INDEX
 from moir.models.inputs import EncodedMedia, Example, check_model_directory
@@ -81,6 +83,9 @@ class VLMWrapper:
     """
 
     family: str = ""
+    # Visual-token compression (moir.compression): the keep ratio, or None for all tokens. Set by `compress`.
+    keep_ratio: float | None = None
+    rows_per_token: int = 1  # encoder-feature rows per language-model visual token (Qwen2.5-VL: the merge unit)
 
     def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, name: str) -> None:
         self.model: nn.Module = model
@@ -176,6 +181,7 @@ class VLMWrapper:
             "vision_weights": weights.hexdigest()[:16],
             **self.encoder_settings(),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "scores": compression.SCORE_DEFINITION,  # the visual-token importance scores stored with the features
         }
 
     def check_encoder_signature(self, signature: dict, source: str) -> None:
@@ -204,9 +210,77 @@ class VLMWrapper:
     def collate(self, examples: Sequence[Example], with_answer: bool = True) -> dict[str, Tensor]:
         """Tokenise and pad a batch; see the interface in moir/models/__init__.py for the keys.
 
-        Padding is on the right for training batches (`with_answer=True`) and on the left for generation.
+        Padding is on the right for training batches (`with_answer=True`) and on the left for generation. With
+        compression on (`compress`), the batch holds the kept visual tokens only (`compressed_batch`).
         """
-        return batching.collate(self, examples, with_answer)
+        if self.keep_ratio is None:
+            return self.complete_batch(batching.collate(self, examples, with_answer))
+        examples = self.with_encoded_media(examples)
+        return self.compressed_batch(self.complete_batch(batching.collate(self, examples, with_answer)), examples,
+                                     with_answer)
+
+    def complete_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The family's extra batch entries (Qwen2.5-VL: mm_token_type_ids)."""
+        return batch
+
+    # ------------------------------------------------------------------ visual-token compression (moir.compression)
+
+    def compress(self, keep_ratio: float | None) -> None:
+        """Keep the top `keep_ratio` share of each image's (each video frame's) visual tokens by the encoder's
+        importance score from now on; None (or 1 for the same result) keeps them all."""
+        self.keep_ratio = None if keep_ratio is None else compression.check_keep_ratio(keep_ratio)
+
+    def media_groups(self, media: EncodedMedia) -> list[int]:
+        """The visual-token counts of the groups selection keeps tokens in (an image; each frame of a video)."""
+        raise NotImplementedError
+
+    def full_position_ids(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """Positions the language model needs computed on the uncompressed sequence (Qwen2.5-VL: M-RoPE), or None
+        (LLaVA: the default contiguous positions of the shortened sequence, as FasterVLM)."""
+        return None
+
+    def with_encoded_media(self, examples: Sequence[Example]) -> list[Example]:
+        """The examples with pixels replaced by their encoder output and scores (`encode`, the cache's own
+        function: the vision tower is frozen), so that pixels and the cache select the same tokens."""
+        pending = [i for i, ex in enumerate(examples) if ex.media_kind != "none" and ex.media is None]
+        examples = list(examples)
+        if pending:
+            encoded = self.encode([examples[i] for i in pending])
+            for i, media in zip(pending, encoded):
+                examples[i] = dataclasses.replace(examples[i], media=media, pixels=None)
+        return examples
+
+    def compressed_batch(self, batch: dict[str, Tensor], examples: Sequence[Example],
+                         with_answer: bool) -> dict[str, Tensor]:
+        """The batch of the full examples shortened to the kept visual tokens: their placeholder positions, their
+        feature rows, the positions of the full sequence (`full_position_ids`)."""
+        position_ids = self.full_position_ids(batch)
+        if position_ids is not None:
+            batch["position_ids"] = position_ids.cpu()
+        keep = torch.ones_like(batch["attention_mask"], dtype=torch.bool)
+        for kind, token_id in self.placeholder_ids().items():
+            with_kind = [ex for ex in examples if ex.media_kind == kind]
+            if not with_kind:
+                continue
+            flags = []
+            for example in with_kind:
+                if example.media.scores is None:
+                    raise ValueError(f"example {example.id}: its encoder output has no importance scores (an "
+                                     "encoder cache dumped without them: dump it again)")
+                flags.append(compression.keep_mask(example.media.scores, self.media_groups(example.media),
+                                                   self.keep_ratio))
+            flags = torch.cat(flags)
+            positions = batch["input_ids"] == token_id
+            features = batch[f"{kind}_features"]
+            if int(positions.sum()) != flags.numel() or features.shape[0] != flags.numel() * self.rows_per_token:
+                raise ValueError(f"the batch has {int(positions.sum())} {kind} placeholders, {features.shape[0]} "
+                                 f"feature rows and {flags.numel()} scored {kind} tokens")
+            keep[positions] = flags
+            batch[f"{kind}_features"] = features.view(-1, self.rows_per_token, features.shape[-1])[flags].flatten(0, 1)
+        pad_values = {"input_ids": self.pad_token_id, "attention_mask": 0, "text_mask": False, "visual_mask": False,
+                      "answer_mask": False, "query_mask": False, "labels": IGNORE_INDEX, "mm_token_type_ids": 0,
+                      "position_ids": 0}
+        return compression.compress_batch(batch, keep, left_pad=not with_answer, pad_values=pad_values)
 
     # ------------------------------------------------------------------ the seam
 

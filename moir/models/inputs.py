@@ -20,12 +20,14 @@ class EncodedMedia:
     features: (N, D_enc) float. LLaVA: the selected vision layer's patch features (after the select strategy),
     before the projector. Qwen2.5-VL: the vision transformer's output before the patch merger, one row per patch in
     raster order (each 2x2 merge group contiguous). grid_thw: (1, 3) patches along time, height, width (Qwen2.5-VL)
-    or None (LLaVA). kind: "image" or "video".
+    or None (LLaVA). kind: "image" or "video". scores: (n_tokens,) float32, one importance score per language-model
+    visual token (moir.compression: LLaVA one per row; Qwen2.5-VL one per merge group, in raster order), or None.
     """
 
     features: Tensor
     grid_thw: Tensor | None
     kind: str
+    scores: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("image", "video"):
@@ -34,6 +36,8 @@ class EncodedMedia:
             raise ValueError(f"EncodedMedia.features must be (N, D_enc), got shape {tuple(self.features.shape)}")
         if self.grid_thw is not None and tuple(self.grid_thw.shape) != (1, 3):
             raise ValueError(f"EncodedMedia.grid_thw must be (1, 3) or None, got shape {tuple(self.grid_thw.shape)}")
+        if self.scores is not None and self.scores.ndim != 1:
+            raise ValueError(f"EncodedMedia.scores must be (n_tokens,), got shape {tuple(self.scores.shape)}")
 
 
 @dataclass

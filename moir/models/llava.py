@@ -4,17 +4,20 @@ projector and a Llama language model. Images only.
 Seam: the CLIP layer `vision_feature_layer` (-2) with the select strategy ("default" drops the CLS token) is the
 encoder output the cache stores, (576, 1024) per image at 336 px; `multi_modal_projector` maps it to visual tokens
 that replace the `<image>` placeholders, the router acting in between. Positions are the language model's default
-(0..L-1), exactly as in LlavaModel.forward.
+(0..L-1), exactly as in LlavaModel.forward; with visual-token compression (moir.compression) the shortened
+sequence keeps contiguous positions, as FasterVLM does.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from moir import compression
 from moir.models.base import EncodedMedia, Example, VLMWrapper
 
 
@@ -96,14 +99,35 @@ class LlavaWrapper(VLMWrapper):
         pixels = self.processor.image_processor(images=[ex.pixels for ex in with_media], return_tensors="pt")
         return {"pixel_values": pixels["pixel_values"]}, n_visual
 
-    def _vision_features(self, pixel_values: Tensor) -> Tensor:
-        """(n_images, tokens_per_image, encoder_width): the selected layer(s), after the select strategy."""
+    def score_layer(self) -> nn.Module:
+        """The CLIP encoder layer whose output is the (last) selected feature layer: the one whose [CLS] attention
+        scores the visual tokens (moir.compression; FasterVLM's "[CLS] attention at the feature layer")."""
         tower = self.vision_tower
-        outputs = tower(pixel_values.to(self.device, tower.dtype), output_hidden_states=True)
+        layers = getattr(tower, "vision_model", tower).encoder.layers  # transformers 5: CLIPVisionModel.encoder
+        index = self.feature_layers[-1] % (len(layers) + 1) - 1  # hidden_states[i] is the output of layer i - 1
+        if index < 0:
+            raise ValueError(f"vision_feature_layer {self.feature_layers[-1]} is the embeddings: no attention layer "
+                             "scores its tokens")
+        return layers[index]
+
+    def _vision_features(self, pixel_values: Tensor, with_scores: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(n_images, tokens_per_image, encoder_width): the selected layer(s), after the select strategy; with
+        `with_scores`, also (n_images, tokens_per_image) importance scores: the [CLS] attention of `score_layer`
+        (recomputed from its captured input: SDPA returns no attention maps), the CLS column dropped with it."""
+        tower = self.vision_tower
+        scorer = self.score_layer() if with_scores else None
+        with compression.capture_inputs(scorer) if scorer is not None else contextlib.nullcontext() as captured:
+            outputs = tower(pixel_values.to(self.device, tower.dtype), output_hidden_states=True)
         selected = [outputs.hidden_states[layer] for layer in self.feature_layers]
-        if self.hf_model.config.vision_feature_select_strategy == "default":
+        default = self.hf_model.config.vision_feature_select_strategy == "default"
+        if default:
             selected = [hidden[:, 1:] for hidden in selected]
-        return torch.cat(selected, dim=-1)
+        features = torch.cat(selected, dim=-1)
+        if not with_scores:
+            return features
+        hidden = captured["args"][0] if captured["args"] else captured["kwargs"]["hidden_states"]
+        scores = compression.cls_attention(scorer, hidden)
+        return features, scores[:, 1:] if default else scores
 
     def encoder_features(self, batch: dict[str, Tensor], kind: str) -> tuple[Tensor, None] | None:
         if "image_features" in batch:
@@ -117,6 +141,9 @@ class LlavaWrapper(VLMWrapper):
     def project(self, features: Tensor, grid_thw: Tensor | None) -> Tensor:
         projector = self.hf_model.model.multi_modal_projector
         return projector(features.to(projector.linear_1.weight.dtype))
+
+    def media_groups(self, media: EncodedMedia) -> list[int]:
+        return [media.features.shape[0]]
 
     def language_model_inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         return {}
@@ -136,7 +163,8 @@ class LlavaWrapper(VLMWrapper):
             if examples[i].pixels is None:
                 raise ValueError(f"example {examples[i].id}: no pixels to encode")
         pixels = self.processor.image_processor(images=[examples[i].pixels for i in with_media], return_tensors="pt")
-        features = self._vision_features(pixels["pixel_values"]).float().cpu()
+        features, scores = self._vision_features(pixels["pixel_values"], with_scores=True)
+        features, scores = features.float().cpu(), scores.float().cpu()
         for row, i in enumerate(with_media):
-            encoded[i] = EncodedMedia(features=features[row], grid_thw=None, kind="image")
+            encoded[i] = EncodedMedia(features=features[row], grid_thw=None, kind="image", scores=scores[row])
         return encoded

@@ -8,11 +8,13 @@ the grid (t, h, w) in patches. `visual.merger` maps them to the visual tokens th
 so merging raster-ordered rows gives exactly the rows the model computes (it merges in window order, then
 reorders). Positions: the model's own `get_rope_index` on input_ids, `mm_token_type_ids` (0 text, 1 image,
 2 video) and the grids, as Qwen2_5_VLModel.forward computes them; the token count is unchanged by MoIR, so are the
-positions.
+positions. With visual-token compression (moir.compression) they are computed on the full sequence and the kept
+tokens keep theirs.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from transformers.vision_utils import get_vision_window_index
 
+from moir import compression
 from moir.models.base import EncodedMedia, Example, VLMWrapper
 from moir.models.pixel_budget import PixelBudget, process_videos
 
@@ -136,21 +139,50 @@ class Qwen2_5_VLWrapper(VLMWrapper):
             n_visual.append(int(grid.prod()) // self.merge_unit)
         return inputs, n_visual
 
-    def collate(self, examples: Sequence[Example], with_answer: bool = True) -> dict[str, Tensor]:
-        batch = super().collate(examples, with_answer)
+    @property
+    def rows_per_token(self) -> int:
+        return self.merge_unit
+
+    def complete_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         batch["mm_token_type_ids"] = torch.tensor(self.processor.create_mm_token_type_ids(batch["input_ids"]))
         return batch
 
-    def _vision_features(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
-        """(patches, vision width): the vision transformer's output before the merger, in raster order."""
+    def media_groups(self, media: EncodedMedia) -> list[int]:
+        """One group per temporal patch group (an image: one), of (h * w / merge unit) tokens."""
+        t, h, w = (int(x) for x in media.grid_thw[0])
+        return [h * w // self.merge_unit] * t
+
+    def full_position_ids(self, batch: dict[str, Tensor]) -> Tensor:
+        """The M-RoPE positions (3, B, L) of the uncompressed batch: a kept token keeps its position."""
+        return self._rope_positions(batch)
+
+    def score_block(self) -> nn.Module:
+        """The last full-attention vision block: the attention its patches receive scores the visual tokens."""
+        visual = self.vision_tower
+        return visual.blocks[visual.fullatt_block_indexes[-1] % len(visual.blocks)]
+
+    def _vision_features(self, pixel_values: Tensor, grid_thw: Tensor,
+                         with_scores: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """(patches, vision width): the vision transformer's output before the merger, in raster order; with
+        `with_scores`, also (patches / merge unit,) importance scores in the same order (moir.compression: the mean
+        attention each patch receives within its frame at `score_block`, averaged over its merge group)."""
         visual = self.vision_tower
         grid_thw = grid_thw.to(self.device)
-        hidden = visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw).last_hidden_state
+        block = self.score_block() if with_scores else None
+        with compression.capture_inputs(block) if block is not None else contextlib.nullcontext() as captured:
+            hidden = visual(pixel_values.to(self.device, visual.dtype), grid_thw=grid_thw).last_hidden_state
         window_index, _ = get_vision_window_index(
             grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size
         )
         raster = torch.argsort(window_index.to(hidden.device))
-        return hidden.view(-1, self.merge_unit, hidden.shape[-1])[raster].view(-1, hidden.shape[-1])
+        features = hidden.view(-1, self.merge_unit, hidden.shape[-1])[raster].view(-1, hidden.shape[-1])
+        if not with_scores:
+            return features
+        args, kwargs = captured["args"], captured["kwargs"]
+        block_input = args[0] if args else kwargs["hidden_states"]
+        received = compression.received_attention(block, block_input, kwargs["cu_seqlens"],
+                                                  kwargs["position_embeddings"])
+        return features, received.view(-1, self.merge_unit).mean(1)[raster]
 
     def encoder_features(self, batch: dict[str, Tensor], kind: str) -> tuple[Tensor, Tensor] | None:
         grid = batch.get(f"{kind}_grid_thw")
@@ -171,17 +203,29 @@ class Qwen2_5_VLWrapper(VLMWrapper):
         names = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
         return {name: batch[name].to(self.device) for name in names if name in batch}
 
-    def language_model_inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        """The M-RoPE positions (3, B, L) the unmodified model computes for this batch."""
+    def _rope_positions(self, batch: dict[str, Tensor]) -> Tensor:
         position_ids, _ = self.hf_model.model.get_rope_index(
             batch["input_ids"].to(self.device),
             attention_mask=batch["attention_mask"].to(self.device),
             **self._position_inputs(batch),
         )
-        return {"position_ids": position_ids}
+        return position_ids
+
+    def language_model_inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        """The M-RoPE positions (3, B, L) the unmodified model computes for this batch; a compressed batch carries
+        those of its full sequence (`position_ids`)."""
+        if "position_ids" in batch:
+            return {"position_ids": batch["position_ids"].to(self.device)}
+        return {"position_ids": self._rope_positions(batch)}
 
     def generation_inputs(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        """generate computes the positions itself from these, as for the unmodified model."""
+        """generate computes the positions itself from these, as for the unmodified model. A compressed batch
+        gives them explicitly: (4, B, L), the text positions generate would use (row 0) and the full sequence's
+        M-RoPE positions; generate extends each row by one per new token, as the model's own rope deltas do."""
+        if "position_ids" in batch:
+            mask = batch["attention_mask"].to(self.device)
+            text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            return {"position_ids": torch.cat([text[None], batch["position_ids"].to(self.device)])}
         return self._position_inputs(batch)
 
     @torch.no_grad()
@@ -204,7 +248,12 @@ class Qwen2_5_VLWrapper(VLMWrapper):
                     self.processor.video_processor, [np.stack(examples[i].pixels) for i in indices], self.pixel_budget
                 )
                 pixel_values, grid = processed["pixel_values_videos"], processed["video_grid_thw"]
-            features = self._vision_features(pixel_values, grid).float().cpu()
-            for i, item_features, item_grid in zip(indices, features.split(grid.prod(-1).tolist()), grid.split(1)):
-                encoded[i] = EncodedMedia(features=item_features, grid_thw=item_grid.clone(), kind=kind)
+            features, scores = self._vision_features(pixel_values, grid, with_scores=True)
+            features, scores = features.float().cpu(), scores.float().cpu()
+            sizes = grid.prod(-1)
+            for i, item_features, item_scores, item_grid in zip(
+                    indices, features.split(sizes.tolist()), scores.split((sizes // self.merge_unit).tolist()),
+                    grid.split(1)):
+                encoded[i] = EncodedMedia(features=item_features, grid_thw=item_grid.clone(), kind=kind,
+                                          scores=item_scores)
         return encoded

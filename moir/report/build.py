@@ -58,6 +58,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from moir.settings import json_object  # noqa: E402
 from moir.plan import Arm, Plan, ReportSettings, Tables, format_ratio  # noqa: E402
 from moir.report import study  # noqa: E402
+from moir.report import table5  # noqa: E402
 from moir.storage import write_text_atomic  # noqa: E402
 from moir.report.breakdowns import breakdown_sections  # noqa: E402
 
@@ -837,6 +838,12 @@ def collect(settings: ReportSettings) -> Collected:
         if arms4:
             found["table4"] = study.table4_frame(build_rows(4, arms4, settings, evaluation=CLEAN, reference=None),
                                                  arms4, found["comparisons"])
+    found["table5"] = None
+    if tables.table5 is not None:
+        try:
+            found["table5"] = table5.table5_frame(settings, tables)
+        except (table5.Table5Error, study.StudyError) as error:
+            raise ReportError(str(error)) from error
     return Collected(frames, gates, with_reference, tables, found)
 
 
@@ -941,6 +948,8 @@ def write_study(found: dict, out: Path) -> list[str]:
         write_text_atomic(out / "comparisons.csv", csv_text(found["comparisons"]))
         write_text_atomic(out / "comparisons.md", markdown)
         sections.append(markdown)
+    if found.get("table5") is not None:
+        sections.append(write_table5(found["table5"], out))
     write_text_atomic(out / "router_effect.csv", csv_text(found["router_effect"]))
     write_text_atomic(out / "router_channels.csv", csv_text(found["router_channels"]))
     sections.append(study.router_effect_markdown(found["router_effect"]))
@@ -951,6 +960,17 @@ def write_study(found: dict, out: Path) -> list[str]:
     sections.append("![Gates of the chosen channels](gates_selected.png)\n\nEach MoIR run's gates (first seed) "
                     "against how often Eq. 2 chose their channel at evaluation: only chosen channels can learn.\n")
     return sections
+
+
+def write_table5(frame: pl.DataFrame, out: Path) -> str:
+    """table5.csv/.md/.tex (moir.report.table5); returns the Markdown."""
+    headers, body, caption = table5.layout(frame)
+    markdown = f"**{caption}**\n\n" + markdown_text(headers, body)
+    latex_headers, latex_body, _ = table5.layout(frame, latex=True)
+    write_text_atomic(out / "table5.csv", csv_text(frame))
+    write_text_atomic(out / "table5.md", markdown)
+    write_text_atomic(out / "table5.tex", latex_text(latex_headers, latex_body, caption, "tab:table5"))
+    return markdown
 
 
 def build_report(settings: ReportSettings, out: Path) -> Collected:
@@ -981,7 +1001,8 @@ def build_report(settings: ReportSettings, out: Path) -> Collected:
 def read_settings(value: Mapping) -> ReportSettings:
     """--settings as ReportSettings; a missing or unknown key is an error naming it."""
     names = [item.name for item in dataclasses.fields(ReportSettings)]
-    missing, unknown = sorted(set(names) - set(value)), sorted(set(value) - set(names))
+    optional = {item.name for item in dataclasses.fields(ReportSettings) if item.metadata.get("omit_if_none")}
+    missing, unknown = sorted(set(names) - set(value) - optional), sorted(set(value) - set(names))
     if missing or unknown:
         raise ReportError(f"--settings: missing keys {missing}, unknown keys {unknown} (expected: {', '.join(names)})")
     return ReportSettings(**value)

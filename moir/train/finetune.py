@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from moir.compression import check_keep_ratio
 from moir.dataset import load_examples
 from moir.models import load_vlm
 from moir.models.fetch import locked_source
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--placement", choices=PLACEMENTS, required=True, help="where LoRA goes")
     run.add_argument("--method", choices=METHODS, required=True, help="ft: LoRA alone; moir: LoRA + router")
     run.add_argument("--seed", type=int, default=0, help="seeds LoRA's initialisation, the data order, dropout")
+    run.add_argument("--keep-ratio", type=float,
+                     help="visual-token compression (moir.compression): keep this share (0, 1] of each image's (video "
+                          "frame's) visual tokens, the top ones by the cached encoder scores; omit for all")
 
     optim = parser.add_argument_group("optimisation (defaults: the paper's Section 4.1)")
     optim.add_argument("--epochs", type=int, default=10, help="training epochs")
@@ -188,6 +192,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[LoopConfig, RouterConfi
     for name in ("train_cache", "val_cache"):
         if not getattr(args, name).is_dir():
             raise ValueError(f"{name.replace('_', '-')}: cache directory not found: {getattr(args, name)}")
+    if args.keep_ratio is not None:
+        check_keep_ratio(args.keep_ratio, "keep_ratio")
     lora = {"placement": args.placement, "r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}
     return loop, router, lora
 
@@ -233,6 +239,7 @@ def train(args: argparse.Namespace) -> Path:
     source = locked_source(args.model, args.revision, args.hub_lock, args.hub_name)
     vlm = load_vlm(source, device=device, dtype=dtype, revision=None if args.hub_lock else args.revision,
                    pixel_budget=budget)
+    vlm.compress(args.keep_ratio)
     # The splits first: their caches are checked against the encoder as loaded, before LoRA changes the model.
     train_examples = load_split("train", args.train_manifest, args.train_cache, args.train_transcripts, vlm,
                                 args.train_limit, args.transcript_max_tokens)
@@ -271,6 +278,8 @@ def train(args: argparse.Namespace) -> Path:
     }
     if args.transcript_max_tokens is not None:  # the fingerprint of an uncapped run is what it was before
         run_fingerprint["transcript_max_tokens"] = args.transcript_max_tokens
+    if args.keep_ratio is not None:  # likewise for an uncompressed run
+        run_fingerprint["keep_ratio"] = args.keep_ratio
     log.info("%s/%s on %s: %d train / %d val examples, %d trainable parameters, %s on %s", args.method,
              lora["placement"], args.model, len(train_examples), len(val_examples), trainable_count, dtype, device)
 
@@ -306,6 +315,7 @@ def train(args: argparse.Namespace) -> Path:
         "best_epoch": result.best_epoch,
         "keep": args.keep,
         "kept_epoch": result.kept_epoch,
+        "keep_ratio": args.keep_ratio,
         "train_time_s": round(result.train_time_s, 3),
         "wall_time_s_this_session": round(time.perf_counter() - started, 3),
         **peak_memory(device),
