@@ -275,6 +275,7 @@ class EvaluateSettings(Settings):
     transcript_max_tokens: int | None = omit_if_none()
     hub_name: str | None = omit_if_none()
     keep_ratio: float | None = omit_if_none()  # visual-token compression (a Table 5 arm, a compressed base)
+    router_effect_limit: int | None = omit_if_none()  # a MoIR run's clean evaluation: router on/off on N examples
 
 
 @dataclass(frozen=True)
@@ -760,7 +761,9 @@ class Plan:
         self.config = config
         self.suite = config["suite"]
         self.sc = config["suites"][self.suite]
-        self.seeds = sorted(set(config["seeds"]))
+        # the command line's (or the top level's) seeds, else the suite's own (the study's three), else seed 0
+        seeds = config["seeds"] if config.get("seeds") is not None else self.sc.get("seeds", [0])
+        self.seeds = sorted(set(seeds))
         self.results = f"results/{self.suite}"
         self.logs = f"logs/{self.suite}"
         self.benchmarks = f"benchmarks/out/{self.suite}"
@@ -1136,6 +1139,8 @@ class Plan:
             transcript_max_tokens=self.transcript_max_tokens(ev.dataset),
             hub_name=self.hub_name(ev.model),
             keep_ratio=ev.keep_ratio,
+            router_effect_limit=(evaluate.get("router_effect_limit")
+                                 if ev.mode == CLEAN and ev.run is not None and ev.run.method == "moir" else None),
         )
 
     def report_settings(self) -> ReportSettings:

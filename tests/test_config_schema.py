@@ -262,6 +262,22 @@ def test_seeds_from_the_command_line_are_coerced(config):
         assert config["seeds"] == expected
 
 
+def test_a_suite_brings_its_seeds_and_the_command_line_overrides_them(config):
+    validate(config)
+    assert config["seeds"] is None  # the shipped default: each suite's own seeds
+    config["suite"] = "study"
+    assert Plan(config).seeds == [0, 1, 2]
+    config["suite"] = "demo"
+    assert Plan(config).seeds == [0]
+    config["seeds"] = [3]  # --config seeds=3
+    assert Plan(config).seeds == [3]
+    del config["suites"]["demo"]["seeds"]
+    config["seeds"] = None
+    assert Plan(config).seeds == [0]  # a suite without seeds: seed 0
+    config["suites"]["study"]["seeds"] = [1, 1]
+    assert "suites.study.seeds" in rejected(config)
+
+
 def test_the_plan_of_the_demo(config):
     validate(config)
     config["suite"] = "demo"

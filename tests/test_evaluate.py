@@ -468,3 +468,13 @@ def test_hint_reliance_and_the_router_effect_of_a_moir_run(work):
         assert direction["alpha_shift_selected_mean"] == pytest.approx(shift[counts > 0].mean())
         assert direction["alpha_shift_max"] == pytest.approx(shift.max())
         assert direction["alpha"] == pytest.approx(gates[name].tolist())
+
+    # router_effect_limit: the same measurement on the first 4 examples only, and the metrics say so
+    limited = root / "eval" / "limited"
+    assert _evaluate(work, limited, "--run", str(with_router), "--no-analysis", "--router-effect-limit", "4") == 0
+    effect4 = json.loads((limited / "metrics.json").read_text())["router_effect"]
+    first4 = list(manifest)[:4]
+    assert effect4["n"] == 4 and effect4["n_tv"] == 4
+    assert effect4["changed_share"] == pytest.approx(
+        100 * np.mean([predictions_on[i]["normalized"] != predictions_off[i]["normalized"] for i in first4]))
+    assert _predictions(limited) == predictions_on  # the predictions themselves are all the examples'

@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--max-new-tokens", type=int, default=16)
     evaluation.add_argument("--batch-size", type=int, default=8)
     evaluation.add_argument("--no-analysis", action="store_true", help="clean mode: skip MDI/AEI and ranks")
+    evaluation.add_argument("--router-effect-limit", type=int,
+                            help="a MoIR run's clean evaluation: measure the router's effect (on vs off) on the "
+                                 "first N examples only (default: all); it costs a generation and two forward passes "
+                                 "per example")
     evaluation.add_argument("--rank-layer", type=int, default=-1,
                             help="where the effective rank is taken: k >= 1 the output of decoder layer k-1 before "
                             "the final norm, 0 the input embeddings, -1 the last decoder layer's output")
@@ -188,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Every argument checked before any model is loaded; EvaluationError names the bad one."""
+    if args.router_effect_limit is not None and args.router_effect_limit < 1:
+        raise EvaluationError(f"--router-effect-limit must be a positive integer, got {args.router_effect_limit}")
     if args.keep_ratio is not None:
         try:
             check_keep_ratio(args.keep_ratio, "--keep-ratio")
@@ -296,7 +302,9 @@ def predict(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
     done = store.rows()
     router_effect = None
     if args.mode == "clean" and vlm.router is not None:  # a MoIR run: what its router changes
-        router_effect = measure_router_effect(vlm, examples, [done[example_id]["prediction"] for example_id in ids],
+        n_effect = len(ids) if args.router_effect_limit is None else min(args.router_effect_limit, len(ids))
+        router_effect = measure_router_effect(vlm, examples[:n_effect],
+                                              [done[example_id]["prediction"] for example_id in ids[:n_effect]],
                                               args.batch_size, args.max_new_tokens)
     return {
         "rows": examples.rows, "raw": [done[example_id] for example_id in ids], "analysis": analysis,
@@ -381,7 +389,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "vision_split": None,
         "reliance": reliance_metrics(rows, [r["prediction"] for r in raw], scored),
         "router_effect": None if predicted["router_effect"] is None
-        else router_effect_metrics(predicted["router_effect"], rows, [r["prediction"] for r in raw]),
+        else router_effect_metrics(predicted["router_effect"], rows[:len(predicted["router_effect"]["tv"])],
+                                   [r["prediction"] for r in raw]),
         "compression": compression_metrics(args.keep_ratio, raw),
     }
     if clean is not None:
