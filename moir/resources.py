@@ -138,7 +138,8 @@ def paper_jobs(*, seeds: int = 1, epochs: int = 10, padding_share: float = 0.02,
                tokens_per_s: dict[str, float] | None = None, eval_batch: dict[str, int] | None = None,
                checkpoint_every_n: dict[str, int] | None = None) -> dict[str, list[JobEstimate]]:
     """Every GPU job of the paper suite, per table (config.yaml's grid: table1 pairs x placements x {FT, MoIR},
-    table2 noise evaluations, table3 extra ratios), under the given throughputs (default: assumed)."""
+    table2 noise evaluations, table3 extra ratios, table5 compression arms), under the given throughputs (default:
+    assumed)."""
     tokens_per_s = tokens_per_s or {name: assumed_train_tokens_per_s(m.params_b) for name, m in MODELS.items()}
     eval_batch = eval_batch or {"scienceqa": 16, "vizwiz": 16, "mmbench_video": 4}
     checkpoint_every_n = checkpoint_every_n or {"llava-1.5-7b": 2, "llava-1.5-13b": 1, "qwen2.5-vl": 1}
@@ -158,7 +159,7 @@ def paper_jobs(*, seeds: int = 1, epochs: int = 10, padding_share: float = 0.02,
                         new_tokens=data["new_tokens"], batch=eval_batch[dataset], tokens_per_s=tokens_per_s[model_name],
                         analysis=analysis)
 
-    tables: dict[str, list[JobEstimate]] = {"table1": [], "table2": [], "table3": []}
+    tables: dict[str, list[JobEstimate]] = {"table1": [], "table2": [], "table3": [], "table5": []}
     for seed in range(seeds):
         for dataset, model_name in pairs:
             tables["table1"].append(evaluate(dataset, model_name, f"eval base {dataset} {model_name} s{seed}"))
@@ -175,6 +176,13 @@ def paper_jobs(*, seeds: int = 1, epochs: int = 10, padding_share: float = 0.02,
             label = f"vizwiz llava-1.5-7b attn moir k'={ratio} s{seed}"
             tables["table3"].append(train("vizwiz", "llava-1.5-7b", f"train {label}"))
             tables["table3"].append(evaluate("vizwiz", "llava-1.5-7b", f"eval {label}"))
+        # visual-token compression (144/576 and 58/576 kept): estimated at the uncompressed cost, an upper bound
+        for keep in ("144/576", "58/576"):
+            tables["table5"].append(evaluate("vizwiz", "llava-1.5-7b", f"eval base keep {keep} s{seed}"))
+            for method in ("ft", "moir"):
+                label = f"vizwiz llava-1.5-7b attn {method} keep {keep} s{seed}"
+                tables["table5"].append(train("vizwiz", "llava-1.5-7b", f"train {label}"))
+                tables["table5"].append(evaluate("vizwiz", "llava-1.5-7b", f"eval {label}"))
     return tables
 
 

@@ -46,6 +46,7 @@ def test_paper_jobs_cover_the_grid():
     tables = paper_jobs()
     assert len(tables["table1"]) == 4 * (1 + 3 * 2 * 2)  # pairs x (base eval + placements x methods x train/eval)
     assert len(tables["table2"]) == 3 and len(tables["table3"]) == 4
+    assert len(tables["table5"]) == 2 * (1 + 2 * 2)  # keep ratios x (base eval + {FT, MoIR} x train/eval)
     hours = gpu_hours(tables)
     assert all(h["limits"] >= h["expected"] for h in hours.values())
     assert 50 < sum(h["expected"] for h in hours.values()) < 200
