@@ -651,6 +651,15 @@ def test_comparisons_table4_router_effect_and_validity(tmp_path):
 
     page = (out / "report.md").read_text()
     assert "Is MDI/AEI a valid measure?** Across the suite's 13 evaluated runs" in page
+    # ... and within each dataset (synth-image: Table 1's six runs and Table 4's variant; synth-video: six): here
+    # the hint-follow rate rises with MDI inside each dataset while the pooled runs mix the datasets' levels, so
+    # the pooled rho is negative and both within-dataset rhos positive (the confounding the split exposes)
+    import re
+
+    pooled = float(re.search(r"ρ\(MDI, hint-follow\) = ([+-][0-9.]+)", page).group(1))
+    within = {name: float(rho) for name, rho in re.findall(r"(synth-\w+) \(\d+ runs\): ρ\(MDI\) = ([+-][0-9.]+)", page)}
+    assert "synth-image (7 runs)" in page and "synth-video (6 runs)" in page
+    assert pooled < 0 < min(within.values()) and set(within) == {"synth-image", "synth-video"}
     assert "Survives: Holm p <= 0.05" in page and "Table 4" in page and "Router diagnostics" in page
     assert (out / "validity.png").read_bytes().startswith(PNG_MAGIC)
     assert (out / "gates_selected.png").read_bytes().startswith(PNG_MAGIC)

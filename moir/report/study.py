@@ -288,12 +288,19 @@ def validity(metrics: Mapping[str, tuple[dict, Path]]) -> dict:
         summary = data.get("summary") or {}
         values = {key: _number(summary.get(key), source, f"summary.{key}") for key in ("mdi", "aei", "hint_follow")}
         if all(v is not None and math.isfinite(v) for v in values.values()):
-            points.append({"run": name, **values})
-    result = {"points": points}
-    for key in ("mdi", "aei"):
-        result[key] = spearman_bootstrap([p[key] for p in points], [p["hint_follow"] for p in points],
-                                         n_resamples=N_RESAMPLES, seed=BOOTSTRAP_SEED) if len(points) >= 3 else None
-    return result
+            points.append({"run": name, "dataset": name.split("__", 1)[0], **values})
+
+    def correlations(subset: list[dict]) -> dict:
+        return {key: spearman_bootstrap([p[key] for p in subset], [p["hint_follow"] for p in subset],
+                                        n_resamples=N_RESAMPLES, seed=BOOTSTRAP_SEED) if len(subset) >= 3 else None
+                for key in ("mdi", "aei")}
+
+    # Across datasets the correlation mixes their levels (a dataset with more text dominance and more hint-following
+    # makes rho look good or bad alone): also within each dataset that has at least 3 runs.
+    datasets = sorted({p["dataset"] for p in points})
+    by_dataset = {name: {"n": len(subset), **correlations(subset)}
+                  for name in datasets if len(subset := [p for p in points if p["dataset"] == name]) >= 3}
+    return {"points": points, **correlations(points), "by_dataset": by_dataset}
 
 
 def validity_line(found: dict) -> str:
@@ -303,9 +310,15 @@ def validity_line(found: dict) -> str:
                 "(at least 3 are needed; the hint-follow rate exists on datasets with labelled hints).\n")
     parts = [f"ρ({key.upper()}, hint-follow) = {found[key]['rho']:+.2f} [{found[key]['low']:+.2f}, "
              f"{found[key]['high']:+.2f}]" for key in ("mdi", "aei")]
+    within = [f"{name} ({stat['n']} runs): " + "; ".join(
+                  f"ρ({key.upper()}) = {stat[key]['rho']:+.2f} [{stat[key]['low']:+.2f}, {stat[key]['high']:+.2f}]"
+                  for key in ("mdi", "aei") if stat[key] is not None)
+              for name, stat in found.get("by_dataset", {}).items() if stat["mdi"] is not None]
     return (f"**Is MDI/AEI a valid measure?** Across the suite's {n} evaluated runs, Spearman's "
-            + "; ".join(parts) + " (95% bootstrap intervals over runs). A valid measure of text dominance rises "
-            "with the rate at which the model follows a wrong hint (positive ρ).\n")
+            + "; ".join(parts) + " (95% bootstrap intervals over runs)"
+            + (". Within one dataset, " + "; ".join(within) if within else "")
+            + ". A valid measure of text dominance rises with the rate at which the model follows a wrong hint "
+            "(positive ρ).\n")
 
 
 def figure_validity(found: dict, path: Path, save_figure) -> None:
