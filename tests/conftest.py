@@ -17,6 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread per process (torch reads these when the test modules import it), here and in the processes tests
+# start: the tiny models' operations are far smaller than a thread pool's overhead, which on a machine with more
+# processes than cores costs many times the work itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 TINY_MODELS = ("tiny-llava", "tiny-qwen2.5-vl")
 

@@ -16,7 +16,7 @@ from moir.batching import (
     padding_share,
     random_order,
 )
-from moir.models import Example, build_tiny_model, load_vlm
+from moir.models import Example, load_vlm
 from moir.train.finetune import trainable_parameters
 from moir.train.loop import LoopConfig, TrainingError, filter_and_measure, run_training
 
@@ -61,8 +61,8 @@ def test_sampler_resumes_where_it_stopped():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model("tiny-llava", tmp_path_factory.mktemp("m") / "tiny-llava", seed=0)
+def tiny(tiny_dirs):
+    return tiny_dirs["tiny-llava"]
 
 
 def examples() -> list[Example]:

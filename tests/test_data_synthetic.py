@@ -194,8 +194,8 @@ def test_rejects_settings_that_would_give_unreadable_or_meaningless_data(tmp_pat
 
 def test_fixed_choices_list_every_answer_in_one_order(tmp_path):
     assert main(["synth", "synth-image", "--raw", str(tmp_path / "raw"), "--manifests", str(tmp_path / "manifests"),
-                 "--seed", "2", "--train", "60", "--image-size", "32", "--hint-accuracy", "0.5", "--choice-share", "1",
-                 "--fixed-choices"]) == 0
+                 "--seed", "2", "--train", "60", "--pretrain", "0", "--val", "0", "--test", "0", "--image-size", "32",
+                 "--hint-accuracy", "0.5", "--choice-share", "1", "--fixed-choices"]) == 0
     rows = _rows(tmp_path / "manifests" / "train.parquet")
     spaces = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(NUMBERS), "side": ["left", "right"],
               "level": ["top", "bottom"]}

@@ -235,7 +235,7 @@ def test_open_ended_questions_are_judged_and_cached(work, caplog):
     manifest = write_manifest(rows, root / "mmbench.parquet", media_root=root)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
     server.calls = 0
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     args = ["--model", str(work["model"]), "--manifest", str(manifest), "--max-new-tokens", "4",
             "--judge", "openai", "--judge-url", url, "--judge-model", "judge",

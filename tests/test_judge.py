@@ -60,7 +60,7 @@ def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ChatCompletions)
     httpd.requests = []
     httpd.fail_first = 0
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()

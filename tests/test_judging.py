@@ -59,7 +59,7 @@ def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
     httpd.condition = threading.Condition()
     httpd.calls, httpd.in_flight, httpd.max_in_flight = [], 0, 0
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()

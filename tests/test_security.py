@@ -114,7 +114,7 @@ def http_server():
         httpd.daemon_threads = True
         httpd.requests = []
         httpd.sent = 0
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         servers.append(httpd)
         return httpd
 

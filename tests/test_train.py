@@ -104,11 +104,25 @@ def test_run_writes_adapter_metrics_and_card(demo, method):
     assert loss == pytest.approx(card["final_val_loss"], rel=1e-5)
 
 
-def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(demo):
+# 3 epochs of 2 steps at a high learning rate: the validation loss moves from epoch to epoch.
+KEEP_ARGS = ("--epochs", "3", "--lr", "0.05", "--train-limit", "8")
+
+
+@pytest.fixture(scope="module")
+def kept_best(demo) -> tuple[Path, Path]:
+    """A --keep best run (its checkpoints kept), and the same command run again: it resumes after the last epoch."""
+    args = train_args(demo, "best", "--keep", "best", *KEEP_ARGS, "--keep-checkpoints")
+    assert train_main(args) == 0
+    first = demo["root"] / "runs" / "best-first"
+    (demo["root"] / "runs" / "best").rename(first)
+    assert train_main(args) == 0  # resumes at the end of epoch 3: nothing left to train
+    return first, demo["root"] / "runs" / "best"
+
+
+def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(demo, kept_best):
     """Every run records its best-validation epoch; --keep best writes that epoch's weights: loading them gives
     exactly the best validation loss (whichever epoch it was)."""
-    assert train_main(train_args(demo, "best", "--keep", "best", "--epochs", "3", "--lr", "0.05")) == 0
-    out = demo["root"] / "runs" / "best"
+    out = kept_best[0]
     card = json.loads((out / "run_card.json").read_text())
     losses = [r["val_loss"] for r in metrics(out) if r["kind"] == "epoch"]
     assert card["best_epoch"] == 1 + losses.index(min(losses)) and card["best_val_loss"] == min(losses)
@@ -121,21 +135,17 @@ def test_keep_best_writes_the_weights_of_the_lowest_validation_loss(demo):
         LoopConfig(keep="first")
 
 
-def test_keep_best_survives_a_resume_from_the_last_checkpoint(demo):
+def test_keep_best_survives_a_resume_from_the_last_checkpoint(kept_best):
     """The best epoch's weights travel in the checkpoints: a run resumed after its last epoch writes them."""
-    args = train_args(demo, "best-resume", "--keep", "best", "--epochs", "3", "--lr", "0.05", "--keep-checkpoints")
-    assert train_main(args) == 0
-    first = demo["root"] / "runs" / "best-resume"
-    first.rename(demo["root"] / "runs" / "best-resume-first")
-    assert train_main(args) == 0  # resumes at the end of epoch 3: nothing left to train
-    card = json.loads((first / "run_card.json").read_text())
-    assert card["resumed_from_steps"] == [18] and card["kept_epoch"] == card["best_epoch"]
-    expected, got = saved_tensors(demo["root"] / "runs" / "best-resume-first"), saved_tensors(first)
+    first, resumed = kept_best
+    card = json.loads((resumed / "run_card.json").read_text())
+    assert card["resumed_from_steps"] == [6] and card["kept_epoch"] == card["best_epoch"]
+    expected, got = saved_tensors(first), saved_tensors(resumed)
     assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_keep_last_is_the_default_and_still_records_the_best_epoch(demo):
-    assert train_main(train_args(demo, "last", "--epochs", "3", "--lr", "0.05")) == 0
+    assert train_main(train_args(demo, "last", *KEEP_ARGS)) == 0
     card = json.loads((demo["root"] / "runs" / "last" / "run_card.json").read_text())
     losses = [r["val_loss"] for r in metrics(demo["root"] / "runs" / "last") if r["kind"] == "epoch"]
     assert card["keep"] == "last" and card["kept_epoch"] == 3
@@ -248,10 +258,14 @@ def test_cache_of_another_model_fails_before_training(demo, caplog):
     assert not (demo["root"] / "checkpoints" / "mismatch").exists()
 
 
+# One optimizer step and a small validation: enough to leave a checkpoint behind.
+ONE_STEP = ("--epochs", "1", "--train-limit", "4", "--val-limit", "4")
+
+
 def test_checkpoint_of_another_run_is_refused(demo, caplog):
-    assert train_main(train_args(demo, "first", "--epochs", "1", "--keep-checkpoints")) == 0
+    assert train_main(train_args(demo, "first", *ONE_STEP, "--keep-checkpoints")) == 0
     assert latest_checkpoint(demo["root"] / "checkpoints" / "first") is not None
-    args = train_args(demo, "first", "--epochs", "1", "--lr", "1e-3")
+    args = train_args(demo, "first", *ONE_STEP, "--lr", "1e-3")
     with caplog.at_level(logging.ERROR, logger="moir.train"):
         assert train_main(args) == 1
     message = caplog.records[-1].getMessage()
@@ -259,8 +273,8 @@ def test_checkpoint_of_another_run_is_refused(demo, caplog):
 
 
 def test_checkpoint_of_another_seed_names_the_field(demo, caplog):
-    assert train_main(train_args(demo, "seeded", "--epochs", "1", "--keep-checkpoints")) == 0
-    args = train_args(demo, "seeded", "--epochs", "1", "--seed", "1")
+    assert train_main(train_args(demo, "seeded", *ONE_STEP, "--keep-checkpoints")) == 0
+    args = train_args(demo, "seeded", *ONE_STEP, "--seed", "1")
     with caplog.at_level(logging.ERROR, logger="moir.train"):
         assert train_main(args) == 1
     message = caplog.records[-1].getMessage()
@@ -281,11 +295,11 @@ def _flip_tensor_bytes(checkpoint: Path, n: int = 32) -> None:
 
 
 def test_a_corrupt_checkpoint_is_refused_naming_the_file(demo, caplog):
-    assert train_main(train_args(demo, "flipped", "--epochs", "1", "--keep-checkpoints")) == 0
+    assert train_main(train_args(demo, "flipped", *ONE_STEP, "--keep-checkpoints")) == 0
     checkpoint = latest_checkpoint(demo["root"] / "checkpoints" / "flipped")
     _flip_tensor_bytes(checkpoint)
     with caplog.at_level(logging.ERROR, logger="moir.train"):
-        assert train_main(train_args(demo, "flipped", "--epochs", "1")) == 1
+        assert train_main(train_args(demo, "flipped", *ONE_STEP)) == 1
     message = caplog.records[-1].getMessage()
     assert f"{checkpoint}: corrupt checkpoint: sha256" in message, message
 

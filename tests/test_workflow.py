@@ -82,6 +82,21 @@ def set_config(workdir: Path, edit) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """planned(suite): `snakemake --dry-run --printshellcmds` of that suite in a fresh copy of the repository, run
+    once for the tests that only read its output (the jobs, their files and shell commands)."""
+    workdir = copy_repository(tmp_path_factory.mktemp("planned"))
+    outputs = {}
+
+    def output(suite: str) -> str:
+        if suite not in outputs:
+            outputs[suite] = dry_run(workdir, "--printshellcmds", "--config", f"suite={suite}")
+        return outputs[suite]
+
+    return output
+
+
 # ------------------------------------------------------------------------------------- the paper suite on SLURM
 
 
@@ -127,9 +142,8 @@ def test_paper_suite_builds_its_whole_dag_through_the_slurm_profile(tmp_path):
     assert "data/raw/vizwiz/download.complete.json" in output
 
 
-def test_paper_suite_fetches_every_hub_model_before_the_gpu_stages_and_judges_on_a_cpu(tmp_path):
-    workdir = copy_repository(tmp_path)
-    output = dry_run(workdir, "--printshellcmds", "--config", "suite=paper")
+def test_paper_suite_fetches_every_hub_model_before_the_gpu_stages_and_judges_on_a_cpu(planned):
+    output = planned("paper")
     listed = list(jobs(output))
     locks = {fields["output"] for rule, fields in listed if rule == "fetch_models"}
     assert locks == {f"data/models/{name}.lock.json" for name in ("llava-1.5-7b", "llava-1.5-13b", "qwen2.5-vl", "asr")}
@@ -156,19 +170,18 @@ def test_paper_suite_fetches_every_hub_model_before_the_gpu_stages_and_judges_on
         assert setting in qwen_train, setting
     assert any('"checkpoint_every_n_layers":2' in c for c in commands if "llava-1.5-7b-hf" in c)
     assert any('"shard_bytes":2147483648' in c and '"shard_size":null' in c for c in commands)
-    assert '"reference_tables":"moir/reference/paper_tables.csv"' in snakemake(
-        workdir, "--dry-run", "--printshellcmds", "--config", "suite=paper", "--", "results/paper/report/report.md"
-    )
+    reports = [c for c in commands if c.startswith("python -m moir.report ")]  # the job `all` waits for
+    assert len(reports) == 1 and '"reference_tables":"moir/reference/paper_tables.csv"' in reports[0]
 
 
 # ------------------------------------------------------------------------------------- rerun only what changed
 
 
 @pytest.fixture(scope="module")
-def finished_demo(tmp_path_factory) -> Path:
+def finished_demo(tmp_path_factory, planned) -> Path:
     """A copy of the repository whose demo DAG is complete (empty outputs, real provenance records)."""
     workdir = copy_repository(tmp_path_factory.mktemp("demo"))
-    output = dry_run(workdir, "--config", "suite=demo")
+    output = planned("demo")
     assert job_counts(output) == {
         "synthesize_data": 2, "extract_media": 4, "pretrain_base": 2, "dump_encoder_cache": 6, "train_run": 16,
         # the bases, the runs, Table 2's noise evaluations, Table 5's compressed base
@@ -277,10 +290,10 @@ def test_changing_one_benchmarks_answer_budget_reruns_only_its_evaluations(demo)
 
 
 @pytest.fixture(scope="module")
-def finished_paper(tmp_path_factory) -> Path:
+def finished_paper(tmp_path_factory, planned) -> Path:
     """A copy of the repository whose paper DAG is complete (empty outputs, real provenance records)."""
     workdir = copy_repository(tmp_path_factory.mktemp("paper"))
-    for rule, fields in jobs(dry_run(workdir, "--config", "suite=paper")):
+    for rule, fields in jobs(planned("paper")):
         for index, path in enumerate(fields["output"].split(", ") if "output" in fields else []):
             path = workdir / path
             if DIRECTORY_OUTPUTS.get(rule) == index:
@@ -522,16 +535,15 @@ def test_a_fingerprint_ignores_comments_and_docstrings_only(tmp_path, monkeypatc
 # ------------------------------------------------------------------------------------- the workflow's code
 
 
-def shell_commands(workdir: Path, suite: str) -> list[str]:
-    output = dry_run(workdir, "--printshellcmds", "--config", f"suite={suite}")
+def shell_commands(output: str) -> list[str]:
     return [command for command in re.findall(r"^Shell command: (.*)$", output, re.MULTILINE) if command != "None"]
 
 
 @pytest.mark.parametrize("suite", ["demo", "paper", "study"])
-def test_every_command_is_accepted_by_its_stage_cli(tmp_path, suite):
+def test_every_command_is_accepted_by_its_stage_cli(planned, suite):
     """Each job's `python -m moir.<stage> ...` parses with that stage's own argparse parser (flags, choices,
     required arguments), so a CLI change that the rules do not follow fails here, not hours into a run."""
-    commands = shell_commands(copy_repository(tmp_path), suite)
+    commands = shell_commands(planned(suite))
     stages = set()
     for command in commands:
         words = shlex.split(command)
