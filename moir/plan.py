@@ -91,6 +91,7 @@ class SynthImageSettings(Settings):
     pretrain_hint_accuracy: float | None
     choice_share: float
     fixed_choices: bool | None = omit_if_none()  # None when false: the settings of data made before the option
+    pretrain_question_weights: str | None = omit_if_none()  # "type=weight,...", sorted (None: uniform)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class SynthVideoSettings(Settings):
     pretrain_hint_accuracy: float | None
     choice_share: float
     fixed_choices: bool | None = omit_if_none()  # None when false: the settings of data made before the option
+    pretrain_question_weights: str | None = omit_if_none()  # "type=weight,...", sorted (None: uniform)
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ class PretrainSettings(Settings):
     limit: int | None
     checkpoint_every: int
     device: str
+    text_layers: int | None = omit_if_none()  # models.<model>.text_layers (None: moir.models.tiny's default)
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,11 @@ class ReportSettings(Settings):
 
 
 # ------------------------------------------------------------------------------------------------ the grid
+
+
+def format_weights(weights: dict | None) -> str | None:
+    """Question-type weights as the data CLI's --pretrain-question-weights: "type=weight,...", sorted."""
+    return None if not weights else ",".join(f"{kind}={weights[kind]:g}" for kind in sorted(weights))
 
 
 def format_ratio(ratio: float) -> str:
@@ -970,7 +978,8 @@ class Plan:
         common = {**spec["sizes"], "seed": spec["seed"], "hint_accuracy": spec["hint_accuracy"],
                   "eval_hint_accuracy": spec["eval_hint_accuracy"],
                   "pretrain_hint_accuracy": spec["pretrain_hint_accuracy"], "choice_share": spec["choice_share"],
-                  "fixed_choices": True if spec.get("fixed_choices", False) else None}
+                  "fixed_choices": True if spec.get("fixed_choices", False) else None,
+                  "pretrain_question_weights": format_weights(spec.get("pretrain_question_weights"))}
         if self.is_video(dataset):
             return SynthVideoSettings(**common, **{key: spec[key] for key in (
                 "frames", "frame_size", "fps", "silent_share", "tone_share")})
@@ -1004,8 +1013,10 @@ class Plan:
     def pretrain_settings(self, model: str) -> PretrainSettings:
         spec, pretrain = self.sc["models"][model], self.sc["pretrain"]
         return PretrainSettings(name=spec["architecture"], seed=spec["seed"], device=self.sc["device"],
+                                text_layers=spec.get("text_layers"),
+                                epochs=spec.get("pretrain_epochs", pretrain["epochs"]),
                                 **{key: pretrain[key] for key in (
-                                    "epochs", "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm",
+                                    "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm",
                                     "max_length", "limit", "checkpoint_every")})
 
     def train_settings(self, name: str) -> TrainSettings:
