@@ -25,7 +25,9 @@ order, or, with `fixed_choices`, every answer the question can have in one fixed
 as it names what it sees, instead of first having to learn to find the option that matches (a pointer that a
 4-layer, 64-wide model did not learn in 2,250 pretraining steps). Splits: pretrain (plentiful, used
 to pretrain the demo's tiny base models from scratch), train, val, test. Pretrain and train use `hint_accuracy`,
-val and test `eval_hint_accuracy`. Every example draws from its own random stream seeded by (seed, split, index),
+val and test `eval_hint_accuracy`. `pretrain_question_weights` draws the pretrain split's question types in proportion
+to weights (a curriculum for the bases: the hard types more often); the other splits keep uniform types. Every
+example draws from its own random stream seeded by (seed, split, index),
 so the same arguments give byte-identical files and changing one split's size leaves the other splits unchanged.
 
 The words of every prompt and answer these datasets produce (with moir.prompts) are in `VOCABULARY`, split with

@@ -138,7 +138,9 @@ TINY_TIE_EMBEDDINGS = True
 # an 8x8 grid, 64 visual tokens, as 32 px in 4 px patches did.
 LLAVA_IMAGE_SIZE = 48
 LLAVA_PATCH_SIZE = 6
-LLAVA_VISION_LAYERS = 2  # LLaVA reads the second-to-last layer (vision_feature_layer=-2): the first
+# CLIP layers of tiny-llava: LLaVA reads the second-to-last (vision_feature_layer=-2), so 3 layers give it 2 (the
+# study's measured bases, docs/study.md "Bases"); the pixel path only, not a step from the encoder cache.
+LLAVA_VISION_LAYERS = 3
 QWEN_VISION_LAYERS = 2
 LLAVA_VISION_WIDTH = 32
 
