@@ -91,6 +91,7 @@ class SynthImageSettings(Settings):
     pretrain_hint_accuracy: float | None
     choice_share: float
     fixed_choices: bool | None = omit_if_none()  # None when false: the settings of data made before the option
+    pretrain_question_weights: str | None = omit_if_none()  # "type=weight,...", sorted (None: uniform)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class SynthVideoSettings(Settings):
     pretrain_hint_accuracy: float | None
     choice_share: float
     fixed_choices: bool | None = omit_if_none()  # None when false: the settings of data made before the option
+    pretrain_question_weights: str | None = omit_if_none()  # "type=weight,...", sorted (None: uniform)
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ class PretrainSettings(Settings):
     limit: int | None
     checkpoint_every: int
     device: str
+    text_layers: int | None = omit_if_none()  # models.<model>.text_layers (None: moir.models.tiny's default)
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,11 @@ class ReportSettings(Settings):
 
 
 # ------------------------------------------------------------------------------------------------ the grid
+
+
+def format_weights(weights: dict | None) -> str | None:
+    """Question-type weights as the data CLI's --pretrain-question-weights: "type=weight,...", sorted."""
+    return None if not weights else ",".join(f"{kind}={weights[kind]:g}" for kind in sorted(weights))
 
 
 def format_ratio(ratio: float) -> str:
@@ -1044,7 +1052,8 @@ class Plan:
         common = {**spec["sizes"], "seed": spec["seed"], "hint_accuracy": spec["hint_accuracy"],
                   "eval_hint_accuracy": spec["eval_hint_accuracy"],
                   "pretrain_hint_accuracy": spec["pretrain_hint_accuracy"], "choice_share": spec["choice_share"],
-                  "fixed_choices": True if spec.get("fixed_choices", False) else None}
+                  "fixed_choices": True if spec.get("fixed_choices", False) else None,
+                  "pretrain_question_weights": format_weights(spec.get("pretrain_question_weights"))}
         if self.is_video(dataset):
             return SynthVideoSettings(**common, **{key: spec[key] for key in (
                 "frames", "frame_size", "fps", "silent_share", "tone_share")})
@@ -1078,8 +1087,10 @@ class Plan:
     def pretrain_settings(self, model: str) -> PretrainSettings:
         spec, pretrain = self.sc["models"][model], self.sc["pretrain"]
         return PretrainSettings(name=spec["architecture"], seed=spec["seed"], device=self.sc["device"],
+                                text_layers=spec.get("text_layers"),
+                                epochs=spec.get("pretrain_epochs", pretrain["epochs"]),
                                 **{key: pretrain[key] for key in (
-                                    "epochs", "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm",
+                                    "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm",
                                     "max_length", "limit", "checkpoint_every")})
 
     def train_settings(self, name: str) -> TrainSettings:
@@ -1164,9 +1175,9 @@ class Plan:
         return [name for name, run in self.runs.items() if run.arm in arms]
 
     def report_predictions(self) -> dict[str, str]:
-        """"<run>/clean" -> predictions.parquet of every run's clean evaluation (the paired comparisons)."""
-        return {key: self.predictions(key) for key, ev in self.evaluations.items()
-                if ev.run is not None and ev.mode == CLEAN}
+        """"<name>/clean" -> predictions.parquet of every clean evaluation: the runs' (the paired comparisons) and
+        the base models' (Table 5's training-free arm is compared with its base)."""
+        return {key: self.predictions(key) for key, ev in self.evaluations.items() if ev.mode == CLEAN}
 
     def report_extra_outputs(self) -> list[str]:
         """The report's files beyond Tables 1-3 and their figures: the comparisons, the router diagnostics, the
@@ -1177,6 +1188,8 @@ class Plan:
             names += ["table4.csv", "table4.md"]
         if self.tables.table5 is not None:
             names += ["table5.csv", "table5.md", "table5.tex"]
+        if any(self.dataset(name)["source"] == "synthetic" for name in self.sc["datasets"]):
+            names.append("base_reading.csv")  # the synthetic benchmarks label their hints
         return [f"{self.report_dir()}/{name}" for name in names]
 
     # -------------------------------------------------------------------------------------- code

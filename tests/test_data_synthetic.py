@@ -204,3 +204,25 @@ def test_fixed_choices_list_every_answer_in_one_order(tmp_path):
         assert row["choices"][row["answer_index"]] == row["answers"][0]
         assert _stated(row) in row["choices"]
     assert {row["category"].split(":")[1] for row in rows} == {"hint-right", "hint-wrong"}
+
+
+def test_pretrain_question_weights_shift_only_the_pretrain_split(image_dataset, tmp_path):
+    """shape=4 with the other types at 1 makes half the pretrain questions shape questions; the other splits are
+    byte-identical to an unweighted run (the weights apply to the pretrain split alone)."""
+    assert main(["synth", "synth-image", "--raw", str(tmp_path / "raw"), "--manifests", str(tmp_path / "manifests"),
+                 "--seed", "3", "--pretrain", "400", "--train", "0", "--val", "0", "--test", "60",
+                 "--hint-accuracy", "0.8", "--eval-hint-accuracy", "0.5", "--pretrain-question-weights", "shape=4"]) == 0
+    kinds = [row["category"].split(":")[0] for row in _rows(tmp_path / "manifests" / "pretrain.parquet")]
+    assert 0.42 < kinds.count("shape") / len(kinds) < 0.58  # 4 / 8, binomial sd 0.025
+    assert set(kinds) == {"colour", "shape", "count", "side", "level"}
+    assert _rows(tmp_path / "manifests" / "test.parquet") == _rows(image_dataset / "manifests" / "test.parquet")
+    for path in ("test/000000.png", "test/000059.png"):
+        assert (tmp_path / "raw" / path).read_bytes() == (image_dataset / "raw" / path).read_bytes()
+    with pytest.raises(ValueError, match=r"unknown question type\(s\) \['direction'\]"):
+        generate_synth_image(tmp_path, tmp_path, {"pretrain": 1}, pretrain_question_weights={"direction": 2})
+    with pytest.raises(ValueError, match="not all 0"):
+        generate_synth_video(tmp_path, tmp_path, {"pretrain": 1}, pretrain_question_weights={
+            "direction": 0, "start colour": 0, "end colour": 0, "colour change": 0})
+    with pytest.raises(SystemExit):
+        main(["synth", "synth-image", "--raw", str(tmp_path), "--manifests", str(tmp_path),
+              "--pretrain-question-weights", "shape:3"])

@@ -198,3 +198,26 @@ def test_transcripts_are_deterministic_and_cached_per_video(videos, tmp_path):
     shutil.move(tmp_path / "moved", model_dir)
     third = transcribe(media / "audio.parquet", tmp_path / "t3.parquet", settings, cache_dir=tmp_path / "fresh")
     assert read_transcripts(third) == read_transcripts(first)
+
+
+def test_media_loader_reads_a_videos_frames_from_its_row_groups_in_time_order(tmp_path):
+    """A frames table of many row groups (a video split across two of them, its frames out of order): each
+    video's frames come back complete and in time order; a video not in the table gives None."""
+    import pyarrow as pa
+
+    from moir.media.pixels import MediaLoader
+
+    rows = [(f"v{v}.mp4", index) for v in range(5) for index in (2, 0, 1)]
+    table = pa.table({"media_path": [p for p, _ in rows], "frame_index": pa.array([i for _, i in rows], pa.int32()),
+                      "timestamp": pa.array([0.0] * len(rows), pa.float32()),
+                      "sampled_fps": pa.array([1.0] * len(rows), pa.float32()),
+                      "image": [f"{p}:{i}".encode() for p, i in rows]})
+    path = tmp_path / "frames.parquet"
+    pq.write_table(table, path, row_group_size=4)  # v1's frames span row groups 0 and 1
+    assert pq.ParquetFile(path).num_row_groups == 4
+    manifest = pa.table({"media_kind": ["video"], "media_path": ["v1.mp4"]})
+    loader = MediaLoader(manifest, path, vlm=None)
+    for v in range(5):
+        assert loader.encoded_frames(f"v{v}.mp4") == [f"v{v}.mp4:{i}".encode() for i in range(3)]
+    assert loader.encoded_frames("missing.mp4") is None
+    assert read_encoded_frames(path, ["v1.mp4"])["v1.mp4"] == loader.encoded_frames("v1.mp4")

@@ -228,3 +228,23 @@ def test_an_option_letter_is_the_same_token_in_the_prompt_and_the_answer(vlm, le
     prompt_tokens, answer_tokens = option_letter_tokens(vlm, letter)
     assert answer_tokens == [letter]  # one token, the letter itself, with no space merged into it
     assert prompt_tokens.count(letter) == 1  # the token that starts the option's line
+
+
+def test_tiny_llava_reads_the_benchmarks_48_px_in_6_px_patches_with_tied_embeddings(vlm):
+    model, processor = vlm.hf_model, vlm.processor
+    pixels = processor.image_processor(images=[image_examples()[0].pixels], return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2:] == (48, 48)  # the synthetic benchmark's size: no resampling
+    features = model.get_image_features(pixel_values=pixels)
+    features = features.pooler_output if hasattr(features, "pooler_output") else features
+    assert features[0].shape[-2] == 64  # an 8 x 8 grid of 6 px patches
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def test_tiny_text_layers_is_the_language_models_depth():
+    from moir.models.tiny import TINY_TEXT_LAYERS, build_tiny_llava, build_tiny_qwen
+
+    for build in (build_tiny_llava, build_tiny_qwen):
+        assert build(seed=0)[0].config.text_config.num_hidden_layers == TINY_TEXT_LAYERS
+        deeper = build(seed=0, text_layers=TINY_TEXT_LAYERS + 1)[0]
+        assert deeper.config.text_config.num_hidden_layers == len(deeper.model.language_model.layers) == \
+            TINY_TEXT_LAYERS + 1

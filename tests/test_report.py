@@ -680,3 +680,40 @@ def test_comparisons_need_the_same_questions_in_both_arms(tmp_path):
     del predictions[next(iter(predictions))]
     with pytest.raises(ReportError, match="no predictions file was passed"):
         build_report(dataclasses.replace(base, predictions=predictions), out)
+
+
+def test_base_reading_tabulates_each_base_per_question_type_and_hint(tmp_path):
+    """base_reading.csv: per base, question type and protocol (and all protocols), accuracy with the hint right
+    and wrong, from the base's clean evaluation's per-category accuracy; no file when no dataset labels hints."""
+    results, out = tmp_path / "results", tmp_path / "report"
+    fill(results, DEMO, demo_value)
+    by_category = {  # synth-image's base: reads colour, follows the hint on shape (multiple choice only)
+        "multiple_choice": {"colour:hint-right": {"n": 10, "accuracy": 90.0}, "colour:hint-wrong": {"n": 10, "accuracy": 80.0},
+                            "shape:hint-right": {"n": 4, "accuracy": 100.0}, "shape:hint-wrong": {"n": 4, "accuracy": 0.0},
+                            "other": {"n": 3, "accuracy": 100.0}},
+        "short_answer": {"colour:hint-right": {"n": 10, "accuracy": 70.0}, "colour:hint-wrong": {"n": 30, "accuracy": 60.0}},
+    }
+    path = results / "eval" / base_name("synth-image", "tiny-llava") / "clean" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["accuracy"]["by_protocol"] = {p: {"accuracy": 50.0, "by_category": c} for p, c in by_category.items()}
+    path.write_text(json.dumps(metrics))
+    build_report(settings(DEMO, results), out)
+    rows = read_csv(out / "base_reading.csv")
+    assert list(rows[0]) == ["dataset", "model", "question_type", "protocol", "n", "n_hint_right", "acc_hint_right",
+                             "n_hint_wrong", "acc_hint_wrong"]
+    found = {(r["question_type"], r["protocol"]): r for r in rows}
+    assert [key for key in found] == [("colour", "all"), ("colour", "multiple_choice"), ("colour", "short_answer"),
+                                      ("shape", "all"), ("shape", "multiple_choice")]  # "other": no hint, left out
+    colour = found[("colour", "all")]
+    assert (colour["dataset"], colour["model"], colour["n"], colour["n_hint_right"], colour["n_hint_wrong"]) == (
+        "synth-image", "tiny-llava", "60", "20", "40")
+    assert float(colour["acc_hint_right"]) == pytest.approx(80.0)  # (9 + 7) / 20
+    assert float(colour["acc_hint_wrong"]) == pytest.approx(65.0)  # (8 + 18) / 40
+    assert float(found[("shape", "multiple_choice")]["acc_hint_wrong"]) == 0.0
+
+    del metrics["accuracy"]["by_protocol"]
+    path.write_text(json.dumps(metrics))
+    with pytest.raises(ReportError, match=r"metrics.json: missing field 'accuracy.by_protocol'"):
+        report.base_reading_frame(settings(DEMO, results), DEMO.tables)
+    fill(results, DEMO, demo_value)  # no labelled hint anywhere: no table (and build_report writes no file)
+    assert report.base_reading_frame(settings(DEMO, results), DEMO.tables) is None

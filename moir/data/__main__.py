@@ -46,6 +46,20 @@ def _count(text: str) -> int:
     return value
 
 
+def _weights(text: str) -> dict[str, float]:
+    """"shape=3,count=1.5" -> {"shape": 3.0, "count": 1.5}."""
+    weights = {}
+    for item in text.split(","):
+        kind, sep, value = item.partition("=")
+        try:
+            weights[kind.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not kind.strip():
+            raise argparse.ArgumentTypeError(f"expected TYPE=WEIGHT[,TYPE=WEIGHT...], got {text!r}")
+    return weights
+
+
 def _add_synth_common(parser: argparse.ArgumentParser, sizes: dict[str, int]) -> None:
     parser.add_argument("--raw", required=True, help="directory for the generated media (the manifests' media root)")
     parser.add_argument("--manifests", required=True, help="directory for <split>.parquet")
@@ -58,6 +72,8 @@ def _add_synth_common(parser: argparse.ArgumentParser, sizes: dict[str, int]) ->
     parser.add_argument("--choice-share", type=_fraction, default=0.5, help="share of multiple-choice questions")
     parser.add_argument("--fixed-choices", action="store_true",
                         help="multiple choice lists every answer in a fixed order (default: 2-4 answers, shuffled)")
+    parser.add_argument("--pretrain-question-weights", type=_weights, default=None, metavar="TYPE=W,...",
+                        help="the pretrain split's question types in proportion to these weights (unnamed: 1)")
     add_settings_argument(parser)
 
 
@@ -113,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
                                        args.choice_share, args.fixed_choices)
         sizes = {split: getattr(args, split) for split in synthetic.SPLITS}
         if args.dataset == "synth-image":
-            synthetic.generate_synth_image(args.raw, args.manifests, sizes, image_size=args.image_size, hints=hints, seed=args.seed)
+            synthetic.generate_synth_image(args.raw, args.manifests, sizes, image_size=args.image_size, hints=hints,
+                                           seed=args.seed, pretrain_question_weights=args.pretrain_question_weights)
         else:
             synthetic.generate_synth_video(
                 args.raw, args.manifests, sizes, frames=args.frames, frame_size=args.frame_size, fps=args.fps,
                 sample_rate=args.sample_rate, silent_share=args.silent_share, tone_share=args.tone_share,
-                hints=hints, seed=args.seed,
+                hints=hints, seed=args.seed, pretrain_question_weights=args.pretrain_question_weights,
             )
     elif args.command == "download":
         download.fetch(download.REGISTRY[args.dataset], args.out, allow_unpinned=args.allow_unpinned,

@@ -25,7 +25,9 @@ order, or, with `fixed_choices`, every answer the question can have in one fixed
 as it names what it sees, instead of first having to learn to find the option that matches (a pointer that a
 4-layer, 64-wide model did not learn in 2,250 pretraining steps). Splits: pretrain (plentiful, used
 to pretrain the demo's tiny base models from scratch), train, val, test. Pretrain and train use `hint_accuracy`,
-val and test `eval_hint_accuracy`. Every example draws from its own random stream seeded by (seed, split, index),
+val and test `eval_hint_accuracy`. `pretrain_question_weights` draws the pretrain split's question types in proportion
+to weights (a curriculum for the bases: the hard types more often); the other splits keep uniform types. Every
+example draws from its own random stream seeded by (seed, split, index),
 so the same arguments give byte-identical files and changing one split's size leaves the other splits unchanged.
 
 The words of every prompt and answer these datasets produce (with moir.prompts) are in `VOCABULARY`, split with
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,26 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str
     return options[int(rng.integers(len(options)))]
 
 
+def _pick_kind(rng: np.random.Generator, kinds: tuple[str, ...], weights: Mapping[str, float] | None) -> str:
+    """A question type: uniform (one draw of `_pick`), or in proportion to `weights` (a type not named weighs 1)."""
+    if weights is None:
+        return _pick(rng, kinds)
+    w = np.array([float(weights.get(kind, 1.0)) for kind in kinds])
+    index = int(np.searchsorted(np.cumsum(w / w.sum()), rng.random(), side="right"))
+    return kinds[min(index, len(kinds) - 1)]
+
+
+def check_question_weights(weights: Mapping[str, float] | None, kinds: tuple[str, ...]) -> None:
+    """ValueError naming an unknown question type or a weight that is negative (or all zero)."""
+    if weights is None:
+        return
+    unknown = sorted(set(weights) - set(kinds))
+    if unknown:
+        raise ValueError(f"pretrain_question_weights: unknown question type(s) {unknown}; expected some of {kinds}")
+    if any(float(w) < 0 for w in weights.values()) or sum(float(weights.get(k, 1.0)) for k in kinds) <= 0:
+        raise ValueError(f"pretrain_question_weights: weights must be >= 0 and not all 0, got {dict(weights)}")
+
+
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float, fill: tuple) -> None:
     """Draw one filled shape centred at (cx, cy) whose bounding box has half-width `radius`."""
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
@@ -156,9 +178,11 @@ def attach_question(
 IMAGE_QUESTION_KINDS = ("colour", "shape", "count", "side", "level")
 
 
-def image_example(rng: np.random.Generator, image_size: int) -> tuple[Image.Image, Question]:
+def image_example(
+    rng: np.random.Generator, image_size: int, weights: Mapping[str, float] | None = None
+) -> tuple[Image.Image, Question]:
     """Render one scene and ask one question about it."""
-    kind = _pick(rng, IMAGE_QUESTION_KINDS)
+    kind = _pick_kind(rng, IMAGE_QUESTION_KINDS, weights)
     count = 1 if kind in ("side", "level") else int(rng.integers(1, 5))
     colour, shape = _pick(rng, tuple(COLOURS)), _pick(rng, SHAPES)
     cells = rng.permutation(4)[:count]  # 2x2 grid: cell = 2 * row + column
@@ -168,7 +192,7 @@ def image_example(rng: np.random.Generator, image_size: int) -> tuple[Image.Imag
     for c in cells:
         row, column = divmod(int(c), 2)
         jitter = rng.uniform(-0.08, 0.08, size=2) * cell
-        radius = cell * rng.uniform(0.26, 0.34)
+        radius = cell * rng.uniform(0.30, 0.40)
         draw_shape(draw, shape, (column + 0.5) * cell + jitter[0], (row + 0.5) * cell + jitter[1], radius, COLOURS[colour])
     row, column = divmod(int(cells[0]), 2)
     subject = "the shape" if count == 1 else "the shapes"
@@ -202,7 +226,7 @@ def render_clip(rng: np.random.Generator, clip: Clip, *, frames: int, size: int)
     """The clip's frames, (frames, size, size, 3) uint8: the shape moves across, changing colour half-way."""
     radius = size * rng.uniform(0.12, 0.16)
     lane = size * rng.uniform(0.35, 0.65)  # the fixed coordinate across the motion
-    start, stop = 0.2 * size, 0.8 * size
+    start, stop = 0.15 * size, 0.85 * size
     if clip.direction in ("left", "up"):
         start, stop = stop, start
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
@@ -255,7 +279,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None
 
 
 def video_example(
-    rng: np.random.Generator, *, silent_share: float, tone_share: float
+    rng: np.random.Generator, *, silent_share: float, tone_share: float, weights: Mapping[str, float] | None = None
 ) -> tuple[Clip, Question]:
     """Draw one clip's content and one question about it."""
     start_colour = _pick(rng, tuple(COLOURS))
@@ -265,7 +289,7 @@ def video_example(
     clip = Clip(_pick(rng, SHAPES), _pick(rng, DIRECTIONS), start_colour, end_colour, tone)
     if tone is not None and rng.random() < tone_share:
         return clip, Question("tone", "Is the sound low or high?", tone, TONES)
-    kind = _pick(rng, VIDEO_QUESTION_KINDS)
+    kind = _pick_kind(rng, VIDEO_QUESTION_KINDS, weights)
     question = {
         "direction": Question("direction", "Which way does the shape move?", clip.direction, DIRECTIONS),
         "start colour": Question("start colour", "What colour is the shape at the start?", start_colour, tuple(COLOURS)),
@@ -353,13 +377,15 @@ def generate_synth_image(
     hints: HintSettings = HintSettings(),
     seed: int = 0,
     dataset: str = "synth-image",
+    pretrain_question_weights: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Render the synth-image splits into `raw_dir/<split>/` and write one manifest per split."""
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16 pixels, got {image_size}")
+    check_question_weights(pretrain_question_weights, IMAGE_QUESTION_KINDS)
 
     def make(rng: np.random.Generator, split: str, index: int, root: Path) -> tuple[str, str, Question]:
-        image, question = image_example(rng, image_size)
+        image, question = image_example(rng, image_size, pretrain_question_weights if split == "pretrain" else None)
         media_path = f"{split}/{index:06d}.png"
         with atomic_path(root / media_path) as tmp:
             image.save(tmp, format="PNG")
@@ -382,6 +408,7 @@ def generate_synth_video(
     hints: HintSettings = HintSettings(),
     seed: int = 0,
     dataset: str = "synth-video",
+    pretrain_question_weights: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Encode the synth-video splits into `raw_dir/<split>/*.mp4` and write one manifest per split.
 
@@ -389,6 +416,7 @@ def generate_synth_video(
     """
     if frames < 4:
         raise ValueError(f"frames must be >= 4 (motion and a colour change need them), got {frames}")
+    check_question_weights(pretrain_question_weights, VIDEO_QUESTION_KINDS)
     if frame_size < 32 or frame_size % 32:
         raise ValueError(f"frame_size must be a positive multiple of 32 (decord misreads e.g. 48), got {frame_size}")
     if fps < 1:
@@ -399,7 +427,8 @@ def generate_synth_video(
     duration = frames / fps
 
     def make(rng: np.random.Generator, split: str, index: int, root: Path) -> tuple[str, str, Question]:
-        clip, question = video_example(rng, silent_share=silent_share, tone_share=tone_share)
+        clip, question = video_example(rng, silent_share=silent_share, tone_share=tone_share,
+                                       weights=pretrain_question_weights if split == "pretrain" else None)
         video = render_clip(rng, clip, frames=frames, size=frame_size)
         audio = None if clip.tone is None else tone_track(clip.tone, duration, sample_rate)
         media_path = f"{split}/{index:06d}.mp4"

@@ -15,9 +15,11 @@ yes/no, letters, digits, the benchmarks' instructions and the chat-template word
 tokens and chat templates are those of the real families (LLaVA-1.5: `<s>`, `</s>`, `<image>`, "USER: ...
 ASSISTANT:"; Qwen2.5-VL: `<|im_start|>`, `<|im_end|>`, `<|vision_start|>`, `<|image_pad|>`, `<|video_pad|>`, ...).
 
-Sizes: images are 32 px for LLaVA (a 4 px patch: 64 visual tokens); Qwen2.5-VL takes images up to 64x64 px
-(4 px patches merged 2x2: up to 64 tokens) and video frames up to 32x32 px (2 frames per temporal patch: 16 tokens
-per pair of frames). A forward+backward of a batch of 4 takes a few tens of milliseconds on one CPU core.
+Sizes: images are 48 px for LLaVA (the synthetic benchmark's size, in 6 px patches: 64 visual tokens); Qwen2.5-VL
+takes images up to 64x64 px (4 px patches merged 2x2: up to 64 tokens) and video frames up to 32x32 px (2 frames per
+temporal patch: 16 tokens per pair of frames). The language models have 2 decoder layers, or `text_layers`
+(a per-model setting, models.<name>.text_layers: the study's bases have 4), and tie their output matrix to the input
+embedding. A forward+backward of a batch of 4 takes a few tens of milliseconds on one CPU core.
 
 CLI:
     python -m moir.models.tiny --name tiny-llava --out results/demo/base/tiny-llava/init --seed 0
@@ -127,6 +129,20 @@ ONE_LETTER_WORD_SPACE = r"\s(?=[A-Za-z]\b)"
 # text-only path (embedding -> lm_head) learns the answer prior at once: pretraining then plateaus at chance on the
 # image questions. About 0.5 / sqrt(width) lets the image path learn from the first epoch.
 TINY_INITIALIZER_RANGE = 0.06
+# The language model's depth (`text_layers`, a per-model setting: models.<name>.text_layers): the demo keeps the
+# default, cheap to fine-tune; the study's bases are deeper (docs/study.md, "Bases"). Output matrix = input
+# embedding (tied, as in Qwen2.5-VL-3B; the 7B/13B checkpoints are untied): fewer parameters, same step time.
+TINY_TEXT_LAYERS = 2
+TINY_TIE_EMBEDDINGS = True
+# tiny-llava sees a 48 px image (the synthetic benchmark's size: no resampling blurs its shapes) in 6 px patches:
+# an 8x8 grid, 64 visual tokens, as 32 px in 4 px patches did.
+LLAVA_IMAGE_SIZE = 48
+LLAVA_PATCH_SIZE = 6
+# CLIP layers of tiny-llava: LLaVA reads the second-to-last (vision_feature_layer=-2), so 3 layers give it 2 (the
+# study's measured bases, docs/study.md "Bases"); the pixel path only, not a step from the encoder cache.
+LLAVA_VISION_LAYERS = 3
+QWEN_VISION_LAYERS = 2
+LLAVA_VISION_WIDTH = 32
 
 
 def _train_byte_level_bpe(special_tokens: list[str]) -> Tokenizer:
@@ -179,30 +195,33 @@ def _padded_vocab_size(tokenizer: PreTrainedTokenizerFast) -> int:
     return -(-len(tokenizer) // 64) * 64
 
 
-def build_tiny_llava(seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def build_tiny_llava(
+    seed: int, text_layers: int = TINY_TEXT_LAYERS
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     tokenizer = llava_tokenizer()
     vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-        patch_size=4, projection_dim=32,
+        hidden_size=LLAVA_VISION_WIDTH, intermediate_size=2 * LLAVA_VISION_WIDTH, num_hidden_layers=LLAVA_VISION_LAYERS,
+        num_attention_heads=2, image_size=LLAVA_IMAGE_SIZE, patch_size=LLAVA_PATCH_SIZE, projection_dim=32,
     )
     text_config = LlamaConfig(
-        vocab_size=_padded_vocab_size(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5,
-        initializer_range=TINY_INITIALIZER_RANGE, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=_padded_vocab_size(tokenizer), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        rms_norm_eps=1e-5, initializer_range=TINY_INITIALIZER_RANGE, tie_word_embeddings=TINY_TIE_EMBEDDINGS,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     config = LlavaConfig(
         vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=64,
         pad_token_id=tokenizer.pad_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
-        projector_hidden_act="gelu", tie_word_embeddings=False,
+        projector_hidden_act="gelu", tie_word_embeddings=TINY_TIE_EMBEDDINGS,
     )
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD,
+        size={"shortest_edge": LLAVA_IMAGE_SIZE}, crop_size={"height": LLAVA_IMAGE_SIZE, "width": LLAVA_IMAGE_SIZE},
+        image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=4, vision_feature_select_strategy="default",
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=LLAVA_PATCH_SIZE, vision_feature_select_strategy="default",
         num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
     )
     torch.manual_seed(seed)
@@ -213,19 +232,21 @@ def build_tiny_llava(seed: int) -> tuple[LlavaForConditionalGeneration, LlavaPro
     return model, processor
 
 
-def build_tiny_qwen(seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
+def build_tiny_qwen(
+    seed: int, text_layers: int = TINY_TEXT_LAYERS
+) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     tokenizer = qwen_tokenizer()
     text_hidden = 64
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": _padded_vocab_size(tokenizer), "hidden_size": text_hidden, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "num_hidden_layers": text_layers, "num_attention_heads": 4, "num_key_value_heads": 2,
             "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "initializer_range": TINY_INITIALIZER_RANGE,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
         },
         vision_config={
-            "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 4,
+            "depth": QWEN_VISION_LAYERS, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 4,
             "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 16, "fullatt_block_indexes": [1],
             "out_hidden_size": text_hidden, "tokens_per_second": 2, "initializer_range": TINY_INITIALIZER_RANGE,
         },
@@ -233,7 +254,7 @@ def build_tiny_qwen(seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        tie_word_embeddings=False,
+        tie_word_embeddings=TINY_TIE_EMBEDDINGS,
     )
     patch = {"patch_size": 4, "temporal_patch_size": 2, "merge_size": 2}
     pixel_floor = 16 * 16  # smaller images are upscaled to 16x16 px (one merged token per 8x8 px)
@@ -257,8 +278,11 @@ def build_tiny_qwen(seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen
     return model, processor
 
 
-def build_tiny_model(name: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Write the tiny model `name` ("tiny-llava" | "tiny-qwen2.5-vl") with weights drawn from `seed` to `out_dir`.
+def build_tiny_model(
+    name: str, out_dir: str | os.PathLike, seed: int = 0, text_layers: int = TINY_TEXT_LAYERS
+) -> Path:
+    """Write the tiny model `name` ("tiny-llava" | "tiny-qwen2.5-vl") with weights drawn from `seed` and
+    `text_layers` language-model layers to `out_dir`.
 
     The directory is written whole or not at all (built in a temporary sibling, then renamed into place).
     """
@@ -266,7 +290,9 @@ def build_tiny_model(name: str, out_dir: str | os.PathLike, seed: int = 0) -> Pa
     if name not in builders:
         raise ValueError(f"unknown tiny model {name!r}; choose one of {TINY_MODELS}")
     out_dir = Path(out_dir)
-    model, processor = builders[name](seed)
+    if text_layers < 1:
+        raise ValueError(f"text_layers must be >= 1, got {text_layers}")
+    model, processor = builders[name](seed, text_layers)
     with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)

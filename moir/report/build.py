@@ -61,6 +61,7 @@ from moir.report import study  # noqa: E402
 from moir.report import table5  # noqa: E402
 from moir.storage import write_text_atomic  # noqa: E402
 from moir.report.breakdowns import breakdown_sections  # noqa: E402
+from moir.metrics.reading import HINT_OUTCOMES, split_category  # noqa: E402
 
 log = logging.getLogger("moir.report")
 
@@ -832,6 +833,7 @@ def collect(settings: ReportSettings) -> Collected:
                 Path(settings.gates[name]))
     with_reference = {1: tables_ref is not None, 2: robust_ref is not None, 3: tables_ref is not None}
     found = collect_study(settings, tables)
+    found["base_reading"] = base_reading_frame(settings, tables)
     if found["comparisons"] is not None:
         frames[1] = study.mark_table1(frames[1], found["comparisons"])
         arms4 = tables.table4_arms()
@@ -866,6 +868,55 @@ def collect_study(settings: ReportSettings, tables: Tables) -> dict:
                 "validity": study.validity(clean)}
     except study.StudyError as error:
         raise ReportError(str(error)) from error
+
+
+def base_reading_frame(settings: ReportSettings, tables: Tables) -> pl.DataFrame | None:
+    """Do the base models read the media? Per (dataset, model) pair, question type and protocol (and "all"
+    protocols), the base's accuracy when the text hint is right and when it is wrong, from its clean evaluation
+    (`accuracy.by_protocol.<protocol>.by_category`, the categories "<type>:hint-right|wrong" of
+    moir.data.synthetic; moir.metrics.reading). None when no evaluated dataset labels its hints."""
+    counts: dict[tuple, dict[str, list[float]]] = {}  # (pair, type, protocol) -> outcome -> [n, correct]
+    for arm in base_arms(tables):
+        path = metrics_path(settings, evaluation_keys(arm, settings, CLEAN)[0])
+        metrics = read_json(path)
+        accuracy = metrics.get("accuracy")
+        protocols = accuracy.get("by_protocol") if isinstance(accuracy, Mapping) else None
+        if not isinstance(protocols, Mapping):
+            raise ReportError(f"{path}: missing field 'accuracy.by_protocol'")
+        for protocol, entry in sorted(protocols.items()):
+            for category in sorted((entry or {}).get("by_category") or {}):
+                try:
+                    question_type, outcome = split_category(category)
+                except ValueError:
+                    continue  # a benchmark's own category, not a labelled hint
+                where = f"accuracy.by_protocol.{protocol}.by_category.{category}"
+                n = field(metrics, f"{where}.n", path)
+                correct = n * (field(metrics, f"{where}.accuracy", path, required=False) or 0.0) / 100.0
+                for key in (protocol, "all"):
+                    group = counts.setdefault((arm.dataset, arm.model, question_type, key),
+                                              {o: [0.0, 0.0] for o in HINT_OUTCOMES})
+                    group[outcome][0] += n
+                    group[outcome][1] += correct
+    if not counts:
+        return None
+
+    def percent(n: float, correct: float) -> float | None:
+        return 100.0 * correct / n if n else None
+
+    rows = []
+    for (dataset, model, question_type, protocol), outcomes in counts.items():
+        (n_right, right), (n_wrong, wrong) = outcomes["hint-right"], outcomes["hint-wrong"]
+        rows.append({"dataset": dataset, "model": model, "question_type": question_type, "protocol": protocol,
+                     "n": round(n_right + n_wrong), "n_hint_right": round(n_right),
+                     "acc_hint_right": percent(n_right, right), "n_hint_wrong": round(n_wrong),
+                     "acc_hint_wrong": percent(n_wrong, wrong)})
+    pairs = {pair: index for index, pair in enumerate(tables.pairs)}
+    rows.sort(key=lambda r: (pairs[(r["dataset"], r["model"])], r["question_type"], r["protocol"] != "all",
+                             r["protocol"]))
+    return pl.DataFrame(rows, schema={"dataset": pl.String, "model": pl.String, "question_type": pl.String,
+                                      "protocol": pl.String, "n": pl.Int64, "n_hint_right": pl.Int64,
+                                      "acc_hint_right": pl.Float64, "n_hint_wrong": pl.Int64,
+                                      "acc_hint_wrong": pl.Float64})
 
 
 def write_tables(collected: Collected, out: Path) -> dict[int, dict[str, str]]:
@@ -989,6 +1040,8 @@ def build_report(settings: ReportSettings, out: Path) -> Collected:
     page += [f"![{FIGURES[name]}]({name})\n\n{caption}\n" for name, caption in captions.items()]
     page += breakdown_sections(settings, out)  # moir/report/breakdowns.py: VizWiz, MMBench-Video, paper intervals
     page += write_study(collected.study, out)
+    if collected.study.get("base_reading") is not None:
+        write_text_atomic(out / "base_reading.csv", csv_text(collected.study["base_reading"]))
     page.append(f"![{VALIDITY_CAPTION}](validity.png)\n\n{VALIDITY_CAPTION}\n")
     write_text_atomic(out / "report.md", "\n".join(page))
     log.info("report written to %s", out)

@@ -40,7 +40,7 @@ from torch.utils.data import ConcatDataset
 from moir.settings import add_settings_argument, parse
 from moir.dataset import load_examples
 from moir.models import load_vlm
-from moir.models.tiny import TINY_MODELS, build_tiny_model
+from moir.models.tiny import TINY_MODELS, TINY_TEXT_LAYERS, build_tiny_model
 from moir.runtime import cli, fingerprint, package_versions, peak_memory, resolve_device, setup_logging
 from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
 from moir.train.loop import (
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", choices=TINY_MODELS, required=True, help="which tiny architecture")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the data order")
+    parser.add_argument("--text-layers", type=int, default=TINY_TEXT_LAYERS,
+                        help="decoder layers of the tiny language model (moir/models/tiny.py)")
     parser.add_argument("--data", nargs="+", action="append", required=True, metavar="PATH",
                         help="a manifest, followed by its frames table when it has videos (repeatable)")
     parser.add_argument("--limit", type=int, help="use only the first N examples of each manifest (smoke runs)")
@@ -108,7 +110,7 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     args.out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.out_dir.name}.init-", dir=args.out_dir.parent) as init_dir:
-        build_tiny_model(args.name, init_dir, seed=args.seed)
+        build_tiny_model(args.name, init_dir, seed=args.seed, text_layers=args.text_layers)
         vlm = load_vlm(init_dir, device=device, dtype=torch.float32)  # full fine-tune: fp32 weights
         vlm.name = args.name
 
@@ -130,7 +132,7 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     inputs = {str(manifest): {"manifest": fingerprint(manifest), "frames": fingerprint(frames)}
               for manifest, frames in data}
-    run_fingerprint = {"name": args.name, "inputs": inputs, "limit": args.limit}
+    run_fingerprint = {"name": args.name, "text_layers": args.text_layers, "inputs": inputs, "limit": args.limit}
     n_parameters = sum(p.numel() for p in parameters.values())
     log.info("pretraining %s (%d parameters) on %d examples from pixels on %s", args.name, n_parameters,
              len(train_examples), device)
