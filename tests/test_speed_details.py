@@ -19,14 +19,16 @@ def decoder_flags(vlm) -> list[bool]:
     return [layer.gradient_checkpointing for layer in layers]
 
 
-@pytest.mark.parametrize("every, expected", [(1, [True, True]), (2, [True, False])])
-def test_checkpointing_every_n_layers(tiny_dirs, every, expected):  # noqa: F811
+@pytest.mark.parametrize("every", [1, 2])
+def test_checkpointing_every_n_layers(tiny_dirs, every):  # noqa: F811
     vlm = load_vlm(tiny_dirs["tiny-llava"])
     vlm.enable_gradient_checkpointing(every_n_layers=every)
     checkpointed = [m.gradient_checkpointing for m in vlm.hf_model.modules()
                     if isinstance(m, GradientCheckpointingLayer)]
-    assert checkpointed[::every] == [True] * len(checkpointed[::every])
-    assert decoder_flags(vlm) == expected  # the tiny CLIP tower has an even number of layers
+    # exactly every n-th layer, counted over the model's layers in order (vision tower, then the decoder)
+    assert checkpointed == [i % every == 0 for i in range(len(checkpointed))]
+    flags = decoder_flags(vlm)
+    assert sorted(set(flags)) == ([True] if every == 1 else [False, True])  # 2 consecutive layers: one of them
     vlm.apply_lora("attn", r=4, alpha=8, dropout=0.0)
     vlm.model.train()
     loss = vlm.forward(vlm.collate(image_examples())).loss
