@@ -61,3 +61,19 @@ def synth_videos():
         return manifest, root / "media" / "frames.parquet"
 
     return make
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_dirs):
+    """tiny-llava behind its wrapper, loaded once per test module (imported here: conftest imports no torch)."""
+    from moir.models import load_vlm
+
+    return load_vlm(tiny_dirs["tiny-llava"])
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_dirs):
+    """tiny-qwen2.5-vl behind its wrapper, loaded once per test module."""
+    from moir.models import load_vlm
+
+    return load_vlm(tiny_dirs["tiny-qwen2.5-vl"])

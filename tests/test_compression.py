@@ -28,16 +28,6 @@ from moir.report.build import write_table5
 REPO = plan.REPO
 
 
-@pytest.fixture(scope="module")
-def llava(tiny_dirs):
-    return load_vlm(tiny_dirs["tiny-llava"])
-
-
-@pytest.fixture(scope="module")
-def qwen(tiny_dirs):
-    return load_vlm(tiny_dirs["tiny-qwen2.5-vl"])
-
-
 @pytest.fixture(autouse=True)
 def uncompressed(llava, qwen):
     """Every test starts (and leaves) both shared models without compression."""

@@ -35,16 +35,6 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llava(tiny_dirs):
-    return load_vlm(tiny_dirs["tiny-llava"])
-
-
-@pytest.fixture(scope="module")
-def qwen(tiny_dirs):
-    return load_vlm(tiny_dirs["tiny-qwen2.5-vl"])
-
-
-@pytest.fixture(scope="module")
 def images(work, synth_images):
     """A synth-image test split of 5 questions."""
     return synth_images(work / "image", {"test": 5}, seed=1)["test"]
