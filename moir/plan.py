@@ -88,7 +88,7 @@ class SynthImageSettings(Settings):
     image_size: int
     hint_accuracy: float
     eval_hint_accuracy: float
-    pretrain_hint_accuracy: float | None
+    pretrain_hint_accuracy: float | str | None  # "chance": the hint tells nothing (moir.data.synthetic.CHANCE)
     choice_share: float
     fixed_choices: bool | None = omit_if_none()  # None when false: the settings of data made before the option
     pretrain_question_weights: str | None = omit_if_none()  # "type=weight,...", sorted (None: uniform)
@@ -108,10 +108,11 @@ class SynthVideoSettings(Settings):
     tone_share: float
     hint_accuracy: float
     eval_hint_accuracy: float
-    pretrain_hint_accuracy: float | None
+    pretrain_hint_accuracy: float | str | None  # "chance": the hint tells nothing (moir.data.synthetic.CHANCE)
     choice_share: float
     fixed_choices: bool | None = omit_if_none()  # None when false: the settings of data made before the option
     pretrain_question_weights: str | None = omit_if_none()  # "type=weight,...", sorted (None: uniform)
+    background: str | None = omit_if_none()  # None when plain: the settings of data made before the option
 
 
 @dataclass(frozen=True)
@@ -1055,8 +1056,10 @@ class Plan:
                   "fixed_choices": True if spec.get("fixed_choices", False) else None,
                   "pretrain_question_weights": format_weights(spec.get("pretrain_question_weights"))}
         if self.is_video(dataset):
+            background = spec.get("background", "plain")
             return SynthVideoSettings(**common, **{key: spec[key] for key in (
-                "frames", "frame_size", "fps", "silent_share", "tone_share")})
+                "frames", "frame_size", "fps", "silent_share", "tone_share")},
+                background=None if background == "plain" else background)
         return SynthImageSettings(**common, image_size=spec["image_size"])
 
     def convert_settings(self, dataset: str) -> ConvertSettings:

@@ -19,9 +19,11 @@ from moir.data.synthetic import (
     TOKEN_PATTERN,
     TONE_HZ,
     VOCABULARY,
+    YES_NO,
     HintSettings,
     generate_synth_image,
     generate_synth_video,
+    video_background,
 )
 from moir.prompts import build_prompt, target_answer
 
@@ -123,8 +125,8 @@ def test_vocabulary_covers_every_prompt_and_answer(image_dataset, video_dataset)
                 assert set(re.findall(TOKEN_PATTERN, text)) <= vocabulary, text
 
 
-def _shape_pixels(frame: np.ndarray) -> np.ndarray:
-    return np.abs(frame.astype(int) - BACKGROUND).sum(axis=-1) > 120
+def _shape_pixels(frame: np.ndarray, background=BACKGROUND) -> np.ndarray:
+    return np.abs(frame.astype(int) - background).sum(axis=-1) > 120
 
 
 def test_videos_are_real_mp4s_whose_answers_need_the_frames(video_dataset):
@@ -226,3 +228,53 @@ def test_pretrain_question_weights_shift_only_the_pretrain_split(image_dataset, 
     with pytest.raises(SystemExit):
         main(["synth", "synth-image", "--raw", str(tmp_path), "--manifests", str(tmp_path),
               "--pretrain-question-weights", "shape:3"])
+
+
+def test_chance_hints_name_every_candidate_equally_often(tmp_path):
+    """pretrain_hint_accuracy "chance": the stated answer is uniform over the candidates (the options of a
+    multiple-choice question, else the answer space) whatever the answer, so the hint carries no information."""
+    generate_synth_video(tmp_path / "raw", tmp_path / "manifests", {"pretrain": 600, "train": 200}, frame_size=32,
+                         fps=2, silent_share=1.0, seed=5,
+                         hints=HintSettings(hint_accuracy=0.8, pretrain_hint_accuracy="chance", fixed_choices=True))
+    rows = _rows(tmp_path / "manifests" / "pretrain.parquet")
+    spaces = {"direction": DIRECTIONS, "start colour": tuple(COLOURS), "end colour": tuple(COLOURS),
+              "colour change": YES_NO}
+    expected = np.mean([1 / len(spaces[row["category"].split(":")[0]]) for row in rows])
+    right = np.mean([_stated(row) == row["answers"][0] for row in rows])
+    assert abs(right - expected) < 0.065  # 3.3 sd at n=600
+    stated = [_stated(row) for row in rows if row["category"].startswith("direction")]
+    for direction in DIRECTIONS:  # each about 1/4 of ~150 direction questions, whatever the answers were
+        assert 0.14 < stated.count(direction) / len(stated) < 0.36
+    train = _rows(tmp_path / "manifests" / "train.parquet")  # the other splits keep their accuracy
+    assert abs(np.mean([row["category"].endswith("hint-right") for row in train]) - 0.8) < 0.1
+    with pytest.raises(ValueError, match="hint_accuracy must be in"):
+        generate_synth_image(tmp_path, tmp_path, {"train": 1}, hints=HintSettings(hint_accuracy="chance"))
+    with pytest.raises(ValueError, match="pretrain_hint_accuracy must be in"):
+        generate_synth_image(tmp_path, tmp_path, {"train": 1}, hints=HintSettings(pretrain_hint_accuracy=float("nan")))
+
+
+def test_gradient_background_shows_where_a_patch_is_and_keeps_the_answers(tmp_path):
+    background = video_background(32, "gradient")
+    assert background[0, 0].tolist() == [248, 248, 212] and background[-1, -1].tolist() == [176, 176, 212]
+    assert (np.diff(background[..., 0].astype(int), axis=1) <= 0).all()  # red falls left to right
+    assert (np.diff(background[..., 1].astype(int), axis=0) <= 0).all()  # green falls top to bottom
+    assert len({tuple(background[y, x]) for y in range(0, 32, 8) for x in range(0, 32, 8)}) == 16
+    assert (video_background(32) == BACKGROUND).all()
+    generate_synth_video(tmp_path / "raw", tmp_path / "manifests", {"train": 24}, frame_size=32, fps=2,
+                         silent_share=1.0, background="gradient", seed=2)
+    table = read_manifest(tmp_path / "manifests" / "train.parquet")
+    checked = 0
+    for row in table.to_pylist():
+        kind, answer = row["category"].split(":")[0], row["answers"][0]
+        reader = decord.VideoReader(str(resolve_media(table, row["media_path"])))
+        first, last = reader.get_batch([0, len(reader) - 1]).asnumpy()
+        shape = _shape_pixels(first, background)
+        assert np.abs(first[~shape].astype(int) - background[~shape]).mean() < 6  # the codec keeps the gradient
+        if kind == "direction":
+            (y0, x0), (y1, x1) = (np.argwhere(_shape_pixels(f, background)).mean(axis=0) for f in (first, last))
+            moved = {"right": x1 - x0, "left": x0 - x1, "down": y1 - y0, "up": y0 - y1}
+            assert max(moved, key=moved.get) == answer
+            checked += 1
+    assert checked
+    with pytest.raises(ValueError, match="background"):
+        generate_synth_video(tmp_path, tmp_path, {"train": 1}, frame_size=32, background="stripes")

@@ -39,6 +39,10 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _fraction_or_chance(text: str) -> float | str:
+    return synthetic.CHANCE if text == synthetic.CHANCE else _fraction(text)
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -68,7 +72,8 @@ def _add_synth_common(parser: argparse.ArgumentParser, sizes: dict[str, int]) ->
         parser.add_argument(f"--{split}", type=_count, default=default, help=f"examples in the {split} split (default {default})")
     parser.add_argument("--hint-accuracy", type=_fraction, default=0.8, help="P(hint right) in pretrain and train")
     parser.add_argument("--eval-hint-accuracy", type=_fraction, default=0.5, help="P(hint right) in val and test")
-    parser.add_argument("--pretrain-hint-accuracy", type=_fraction, default=None, help="override for pretrain")
+    parser.add_argument("--pretrain-hint-accuracy", type=_fraction_or_chance, default=None,
+                        help="override for pretrain: a fraction, or 'chance' (the hint names every candidate equally often)")
     parser.add_argument("--choice-share", type=_fraction, default=0.5, help="share of multiple-choice questions")
     parser.add_argument("--fixed-choices", action="store_true",
                         help="multiple choice lists every answer in a fixed order (default: 2-4 answers, shuffled)")
@@ -95,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--sample-rate", type=int, default=16000)
     video.add_argument("--silent-share", type=_fraction, default=0.05, help="share of clips without an audio stream")
     video.add_argument("--tone-share", type=_fraction, default=0.0, help="share of questions about the tone (needs audio)")
+    video.add_argument("--background", choices=synthetic.VIDEO_BACKGROUNDS, default="plain",
+                       help="plain grey, or a gradient that shows where each patch is (moir.data.synthetic.video_background)")
 
     fetch = commands.add_parser("download", help="download a paper-suite dataset (pinned, verified, resumable)")
     fetch.add_argument("dataset", choices=sorted(download.REGISTRY))
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             synthetic.generate_synth_video(
                 args.raw, args.manifests, sizes, frames=args.frames, frame_size=args.frame_size, fps=args.fps,
                 sample_rate=args.sample_rate, silent_share=args.silent_share, tone_share=args.tone_share,
-                hints=hints, seed=args.seed, pretrain_question_weights=args.pretrain_question_weights,
+                background=args.background, hints=hints, seed=args.seed, pretrain_question_weights=args.pretrain_question_weights,
             )
     elif args.command == "download":
         download.fetch(download.REGISTRY[args.dataset], args.out, allow_unpinned=args.allow_unpinned,

@@ -18,6 +18,8 @@ synth-video   MP4 clips (MPEG-4 video + AAC audio, default 12 frames of 64x64 at
               direction, colour at the start, colour at the end, whether the colour changes (all need the frames),
               and optionally the tone's pitch (`tone_share`, needs the audio). A configurable share of clips has no
               audio stream at all.
+              The background is plain grey or (`background="gradient"`) a light colour gradient that shows
+              where each patch of a frame is (`video_background`).
 
 Each question is multiple choice (`choice_share`) or short answer. The options are 2-4 of the answers in a random
 order, or, with `fixed_choices`, every answer the question can have in one fixed order (colours always "A. red",
@@ -26,7 +28,9 @@ as it names what it sees, instead of first having to learn to find the option th
 4-layer, 64-wide model did not learn in 2,250 pretraining steps). Splits: pretrain (plentiful, used
 to pretrain the demo's tiny base models from scratch), train, val, test. Pretrain and train use `hint_accuracy`,
 val and test `eval_hint_accuracy`. `pretrain_question_weights` draws the pretrain split's question types in proportion
-to weights (a curriculum for the bases: the hard types more often); the other splits keep uniform types. Every
+to weights (a curriculum for the bases: the hard types more often); the other splits keep uniform types. A hint accuracy of `"chance"` (for the pretrain split)
+makes the hint name every candidate answer equally often: it then tells nothing, and a base cannot learn to lean
+on it. Every
 example draws from its own random stream seeded by (seed, split, index),
 so the same arguments give byte-identical files and changing one split's size leaves the other splits unchanged.
 
@@ -66,9 +70,13 @@ YES_NO = ("yes", "no")
 TONES = ("low", "high")
 TONE_HZ = {"low": 330.0, "high": 990.0}
 BACKGROUND = (236, 236, 236)
+VIDEO_BACKGROUNDS = ("plain", "gradient")
 VIDEO_BIT_RATE = 2_000_000
 
 HINT_TEMPLATES = ("A friend says the answer is {}.", "The caption says {}.")
+# A hint accuracy of "chance": the hint names every candidate answer equally often, so it tells nothing (for the
+# pretraining of the bases: a hint right more often than chance is a shortcut they learn before the pixels).
+CHANCE = "chance"
 
 # Every word and punctuation mark of the prompts (moir.prompts.build_prompt on these datasets' rows, including
 # the optional "Audio transcript:" prefix) and of the target answers, as TOKEN_PATTERN splits them.
@@ -140,13 +148,14 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radi
 
 
 def attach_question(
-    rng: np.random.Generator, question: Question, *, hint_accuracy: float, choice_share: float,
+    rng: np.random.Generator, question: Question, *, hint_accuracy: float | str, choice_share: float,
     fixed_choices: bool = False,
 ) -> dict:
     """Manifest fields for one question: choices (or none), answer, and a hint right with `hint_accuracy`.
 
     A multiple-choice question lists 2-4 of the answers in a random order, or every answer in the question's fixed
-    order (`fixed_choices`); a wrong hint names one of the other options."""
+    order (`fixed_choices`); a wrong hint names one of the other options. `hint_accuracy="chance"` makes the hint
+    name each candidate (the options, or the answer space) equally often: it carries no information on the answer."""
     wrong = [option for option in question.answer_space if option != question.answer]
     choices: list[str] = []
     answer_index = None
@@ -160,7 +169,9 @@ def attach_question(
             choices = [choices[i] for i in rng.permutation(len(choices))]
             wrong = distractors
         answer_index = choices.index(question.answer)
-    hint_right = bool(rng.random() < hint_accuracy)
+    candidates = len(choices) if choices else len(question.answer_space)
+    p_right = 1.0 / candidates if hint_accuracy == CHANCE else hint_accuracy
+    hint_right = bool(rng.random() < p_right)
     stated = question.answer if hint_right else _pick(rng, wrong)
     return {
         "question": question.text,
@@ -222,7 +233,30 @@ class Clip:
     tone: str | None  # None: the clip has no audio stream
 
 
-def render_clip(rng: np.random.Generator, clip: Clip, *, frames: int, size: int) -> np.ndarray:
+def video_background(size: int, kind: str = "plain") -> np.ndarray:
+    """The background of every frame, (size, size, 3) uint8: plain light grey, or a light gradient whose red falls
+    from left to right and whose green falls from top to bottom, so that each patch of a frame shows where it is.
+
+    Why the gradient: Qwen2.5-VL's vision tower has no absolute position embedding (its rotary positions are
+    relative) and, on a plain background, a patch holding the shape looks the same wherever it is; where it is then
+    reaches the language model only through M-RoPE's height and width phases, which at the tiny model's 16-dim heads
+    (rope_theta 1e6, sections 2/3/3) turn by less than 0.03 rad per merged patch. A scene's background, as in real
+    video, lets the base see where the shape is and so which way it moves (docs/study.md, "Bases")."""
+    if kind == "plain":
+        return np.broadcast_to(np.array(BACKGROUND, dtype=np.uint8), (size, size, 3)).copy()
+    if kind != "gradient":
+        raise ValueError(f"unknown video background {kind!r}; expected one of {VIDEO_BACKGROUNDS}")
+    ramp = np.linspace(1.0, 0.0, size)
+    background = np.empty((size, size, 3))
+    background[..., 0] = 176 + 72 * ramp[None, :]  # red: 248 at the left edge, 176 at the right
+    background[..., 1] = 176 + 72 * ramp[:, None]  # green: 248 at the top, 176 at the bottom
+    background[..., 2] = 212
+    return np.round(background).astype(np.uint8)
+
+
+def render_clip(
+    rng: np.random.Generator, clip: Clip, *, frames: int, size: int, background: str = "plain"
+) -> np.ndarray:
     """The clip's frames, (frames, size, size, 3) uint8: the shape moves across, changing colour half-way."""
     radius = size * rng.uniform(0.12, 0.16)
     lane = size * rng.uniform(0.35, 0.65)  # the fixed coordinate across the motion
@@ -230,11 +264,12 @@ def render_clip(rng: np.random.Generator, clip: Clip, *, frames: int, size: int)
     if clip.direction in ("left", "up"):
         start, stop = stop, start
     video = np.empty((frames, size, size, 3), dtype=np.uint8)
+    backdrop = Image.fromarray(video_background(size, background))
     for t in range(frames):
         position = start + (stop - start) * t / (frames - 1)
         cx, cy = (position, lane) if clip.direction in ("left", "right") else (lane, position)
         colour = clip.start_colour if t < frames // 2 else clip.end_colour
-        image = Image.new("RGB", (size, size), BACKGROUND)
+        image = backdrop.copy()
         draw_shape(ImageDraw.Draw(image), clip.shape, cx, cy, radius, COLOURS[colour])
         video[t] = np.asarray(image)
     return video
@@ -308,11 +343,11 @@ class HintSettings:
 
     hint_accuracy: float = 0.8
     eval_hint_accuracy: float = 0.5
-    pretrain_hint_accuracy: float | None = None  # None: same as hint_accuracy
+    pretrain_hint_accuracy: float | str | None = None  # None: same as hint_accuracy; "chance": uninformative
     choice_share: float = 0.5
     fixed_choices: bool = False  # multiple choice lists every answer in a fixed order (module docstring)
 
-    def for_split(self, split: str) -> float:
+    def for_split(self, split: str) -> float | str:
         if split in EVAL_SPLITS:
             return self.eval_hint_accuracy
         if split == "pretrain" and self.pretrain_hint_accuracy is not None:
@@ -322,8 +357,11 @@ class HintSettings:
     def check(self) -> None:
         for name in ("hint_accuracy", "eval_hint_accuracy", "pretrain_hint_accuracy", "choice_share"):
             value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+            if value is None or (name == "pretrain_hint_accuracy" and value == CHANCE):
+                continue
+            if isinstance(value, str) or not 0.0 <= value <= 1.0:  # NaN fails the comparison
+                raise ValueError(f"{name} must be in [0, 1]{' or chance' if name == 'pretrain_hint_accuracy' else ''}, "
+                                 f"got {value!r}")
 
 
 def _row(dataset: str, split: str, index: int, kind: str, media_path: str, fields: dict) -> dict:
@@ -405,6 +443,7 @@ def generate_synth_video(
     sample_rate: int = 16000,
     silent_share: float = 0.05,
     tone_share: float = 0.0,
+    background: str = "plain",
     hints: HintSettings = HintSettings(),
     seed: int = 0,
     dataset: str = "synth-video",
@@ -424,12 +463,14 @@ def generate_synth_video(
     for name, share in (("silent_share", silent_share), ("tone_share", tone_share)):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {share}")
+    if background not in VIDEO_BACKGROUNDS:
+        raise ValueError(f"background must be one of {VIDEO_BACKGROUNDS}, got {background!r}")
     duration = frames / fps
 
     def make(rng: np.random.Generator, split: str, index: int, root: Path) -> tuple[str, str, Question]:
         clip, question = video_example(rng, silent_share=silent_share, tone_share=tone_share,
                                        weights=pretrain_question_weights if split == "pretrain" else None)
-        video = render_clip(rng, clip, frames=frames, size=frame_size)
+        video = render_clip(rng, clip, frames=frames, size=frame_size, background=background)
         audio = None if clip.tone is None else tone_track(clip.tone, duration, sample_rate)
         media_path = f"{split}/{index:06d}.mp4"
         write_mp4(root / media_path, video, fps, audio, sample_rate)
