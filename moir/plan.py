@@ -205,6 +205,8 @@ class PretrainSettings(Settings):
     checkpoint_every: int
     device: str
     text_layers: int | None = omit_if_none()  # models.<model>.text_layers (None: moir.models.tiny's default)
+    lr_schedule: str | None = omit_if_none()  # pretrain.lr_schedule (None: constant, the JSON as before the option)
+    warmup_steps: int | None = omit_if_none()  # pretrain.warmup_steps (None: 0)
 
 
 @dataclass(frozen=True)
@@ -1091,7 +1093,8 @@ class Plan:
                                 epochs=spec.get("pretrain_epochs", pretrain["epochs"]),
                                 **{key: pretrain[key] for key in (
                                     "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm",
-                                    "max_length", "limit", "checkpoint_every")})
+                                    "max_length", "limit", "checkpoint_every")},
+                                lr_schedule=pretrain.get("lr_schedule"), warmup_steps=pretrain.get("warmup_steps"))
 
     def train_settings(self, name: str) -> TrainSettings:
         run = self.run(name)

@@ -117,6 +117,8 @@ def test_unknown_key_is_rejected_by_name(config, path, key):
         (("suites", "paper", "encoder_cache", "shard_bytes"), 1000, "shard_bytes"),
         (("suites", "paper", "transcripts", "max_tokens"), 0, "max_tokens"),
         (("suites", "paper", "train", "group_by_length"), "yes", "group_by_length"),
+        (("suites", "study", "pretrain", "lr_schedule"), "exponential", "lr_schedule"),
+        (("suites", "study", "pretrain", "warmup_steps"), -1, "warmup_steps"),
         (("suites", "paper", "judge", "workers"), 0, "workers"),
         (("suites", "paper", "judge", "max_failed_share"), 1.5, "max_failed_share"),
         (("suites", "paper", "judge", "backoff_s"), -1, "backoff_s"),
