@@ -293,6 +293,15 @@ def test_the_plan_of_the_demo(config):
         demo.run("nope")
 
 
+def test_the_pretraining_schedule_reaches_the_study_s_bases_and_a_constant_rate_keeps_the_json(config):
+    validate(config)
+    config["suite"] = "demo"  # lr_schedule: constant, warmup_steps: 0
+    assert not {"lr_schedule", "warmup_steps"} & set(Plan(config).pretrain_settings("tiny-llava").to_dict())
+    config["suite"] = "study"
+    settings = Plan(config).pretrain_settings("tiny-llava").to_dict()
+    assert settings["lr_schedule"] == "cosine" and settings["warmup_steps"] == 100
+
+
 # ------------------------------------------------------------------------------ through Snakemake, before any job
 
 
