@@ -21,7 +21,9 @@ and cache fingerprints); resuming from a checkpoint of a different run is an err
 One optimizer step sees `batch_size` examples, split into `grad_accum` micro-batches whose losses are weighted
 by their share of the batch's target tokens, so accumulation gives the same objective as one large batch: the
 mean cross-entropy over the batch's answer tokens. The validation loss is the same token-weighted mean over the
-whole validation split, and drives ReduceLROnPlateau at each epoch end (no scheduler without a validation split).
+whole validation split, and drives ReduceLROnPlateau at each epoch end (no plateau without a validation split).
+Without one, `lr_schedule` ("cosine", "linear"; "constant" by default) and `warmup_steps` set each step's rate to
+`lr * lr_factor(step, ...)` (pretraining); a run with a validation split must keep the constant rate.
 
 A non-finite loss or gradient norm stops the run with `NonFiniteLossError` naming the step; nothing is written
 for that step, so the last good checkpoint stays the newest.
