@@ -206,6 +206,8 @@ class PretrainSettings(Settings):
     checkpoint_every: int
     device: str
     text_layers: int | None = omit_if_none()  # models.<model>.text_layers (None: moir.models.tiny's default)
+    lr_schedule: str | None = omit_if_none()  # pretrain.lr_schedule: None = "constant" (the JSON stays as it was)
+    warmup_steps: int | None = omit_if_none()  # pretrain.warmup_steps: None = 0
 
 
 @dataclass(frozen=True)
@@ -1094,7 +1096,10 @@ class Plan:
                                 epochs=spec.get("pretrain_epochs", pretrain["epochs"]),
                                 **{key: pretrain[key] for key in (
                                     "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm",
-                                    "max_length", "limit", "checkpoint_every")})
+                                    "max_length", "limit", "checkpoint_every")},
+                                # a constant rate without warm-up: the JSON as before the option
+                                lr_schedule=None if pretrain.get("lr_schedule", "constant") == "constant"
+                                else pretrain["lr_schedule"], warmup_steps=pretrain.get("warmup_steps") or None)
 
     def train_settings(self, name: str) -> TrainSettings:
         run = self.run(name)

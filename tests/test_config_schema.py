@@ -117,6 +117,8 @@ def test_unknown_key_is_rejected_by_name(config, path, key):
         (("suites", "paper", "encoder_cache", "shard_bytes"), 1000, "shard_bytes"),
         (("suites", "paper", "transcripts", "max_tokens"), 0, "max_tokens"),
         (("suites", "paper", "train", "group_by_length"), "yes", "group_by_length"),
+        (("suites", "study", "pretrain", "lr_schedule"), "exponential", "lr_schedule"),
+        (("suites", "study", "pretrain", "warmup_steps"), -1, "warmup_steps"),
         (("suites", "paper", "judge", "workers"), 0, "workers"),
         (("suites", "paper", "judge", "max_failed_share"), 1.5, "max_failed_share"),
         (("suites", "paper", "judge", "backoff_s"), -1, "backoff_s"),
@@ -289,6 +291,15 @@ def test_the_plan_of_the_demo(config):
     assert demo.train_settings("synth-image__tiny-llava__attn__ft__seed0").router is None
     with pytest.raises(PlanError, match="run 'nope' is not in the grid of suite 'demo'; the grid: synth-image__"):
         demo.run("nope")
+
+
+def test_the_pretraining_schedule_reaches_the_study_s_bases_and_a_constant_rate_keeps_the_json(config):
+    validate(config)
+    config["suite"] = "demo"  # lr_schedule: constant, warmup_steps: 0
+    assert not {"lr_schedule", "warmup_steps"} & set(Plan(config).pretrain_settings("tiny-llava").to_dict())
+    config["suite"] = "study"
+    settings = Plan(config).pretrain_settings("tiny-llava").to_dict()
+    assert settings["lr_schedule"] == "cosine" and settings["warmup_steps"] == 100
 
 
 # ------------------------------------------------------------------------------ through Snakemake, before any job

@@ -70,6 +70,19 @@ def test_same_arguments_give_the_same_weights(data):
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
+def test_the_learning_rate_follows_the_schedule(data):
+    """--lr-schedule linear after one warm-up step, 2 epochs of 2 steps: each step's recorded rate is
+    lr * lr_factor (0.5, then 1, 2/3, 1/3 of 3e-3)."""
+    args = pretrain_args(data, "tiny-llava", "linear", "--data", str(data["images"]), "--epochs", "2",
+                         "--limit", "16", "--lr-schedule", "linear", "--warmup-steps", "1")
+    assert pretrain_main(args) == 0
+    records = [json.loads(line) for line in (data["root"] / "linear" / "pretrain_metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["kind"] == "step"]
+    assert lrs == pytest.approx([1.5e-3, 3e-3, 2e-3, 1e-3])
+    card = json.loads((data["root"] / "linear" / "run_card.json").read_text())
+    assert card["loop"]["lr_schedule"] == "linear" and card["loop"]["warmup_steps"] == 1
+
+
 def test_qwen_pretrains_on_videos_and_images_together(data):
     args = pretrain_args(data, "tiny-qwen2.5-vl", "qwen", "--data", str(data["videos"]), str(data["frames"]),
                          "--data", str(data["images"]), "--limit", "12", "--epochs", "1")

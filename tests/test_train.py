@@ -32,7 +32,14 @@ from moir.dataset import load_examples
 from moir.models import build_tiny_model, load_vlm
 from moir.encoder_cache.cache import dump_for_vlm
 from moir.train.finetune import main as train_main
-from moir.train.loop import LoopConfig, count_targets, epoch_order, latest_checkpoint, validation_loss
+from moir.train.loop import (
+    LoopConfig,
+    count_targets,
+    epoch_order,
+    latest_checkpoint,
+    lr_factor,
+    validation_loss,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_FIELDS = {"step_time_s", "tokens_per_s"}
@@ -349,3 +356,27 @@ def test_gate_lr_scale_moves_the_gates_only(demo):
     assert [(len(g["params"]), g["lr"]) for g in groups] == [(1, 0.1), (2, pytest.approx(1.0))]
     with pytest.raises(Exception, match="not trained"):
         parameter_groups({"lora": a}, 0.1, {"router.x": 2.0})
+
+
+def test_lr_factor_warms_up_then_decays_as_computed_by_hand():
+    # 10 steps, 2 of warm-up at 1/3 and 2/3; then t = (step - 2) / 8
+    assert [lr_factor(step, 10, "cosine", 2) for step in (0, 1, 2)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lr_factor(6, 10, "cosine", 2) == pytest.approx(0.5)  # t = 1/2: (1 + cos(pi / 2)) / 2
+    assert lr_factor(4, 10, "cosine", 2) == pytest.approx((1 + math.sqrt(0.5)) / 2)  # t = 1/4
+    assert lr_factor(9, 10, "cosine", 2) == pytest.approx((1 + math.cos(math.pi * 7 / 8)) / 2)
+    assert [lr_factor(step, 10, "linear", 2) for step in (2, 6, 9)] == pytest.approx([1.0, 0.5, 0.125])
+    assert [lr_factor(step, 4, "linear") for step in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert [lr_factor(step, 5, "constant", 1) for step in range(5)] == pytest.approx([0.5, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, linear, got 'step'"):
+        lr_factor(0, 10, "step")
+    with pytest.raises(ValueError, match=r"step must be in \[0, 10\), got 10"):
+        lr_factor(10, 10, "cosine")
+
+
+def test_lr_schedule_settings_are_checked_and_a_constant_run_keeps_its_fingerprint():
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine, linear, got 'exp'"):
+        LoopConfig(lr_schedule="exp")
+    with pytest.raises(ValueError, match="warmup_steps must be an integer >= 0, got -1"):
+        LoopConfig(warmup_steps=-1)
+    assert not {"lr_schedule", "warmup_steps"} & set(LoopConfig().fingerprint())
+    assert LoopConfig(lr_schedule="cosine", warmup_steps=3).fingerprint()["lr_schedule"] == "cosine"

@@ -21,7 +21,9 @@ and cache fingerprints); resuming from a checkpoint of a different run is an err
 One optimizer step sees `batch_size` examples, split into `grad_accum` micro-batches whose losses are weighted
 by their share of the batch's target tokens, so accumulation gives the same objective as one large batch: the
 mean cross-entropy over the batch's answer tokens. The validation loss is the same token-weighted mean over the
-whole validation split, and drives ReduceLROnPlateau at each epoch end (no scheduler without a validation split).
+whole validation split, and drives ReduceLROnPlateau at each epoch end (no plateau without a validation split).
+Without one, `lr_schedule` ("cosine", "linear"; "constant" by default) and `warmup_steps` set each step's rate to
+`lr * lr_factor(step, ...)` (pretraining); a run with a validation split must keep the constant rate.
 
 A non-finite loss or gradient norm stops the run with `NonFiniteLossError` naming the step; nothing is written
 for that step, so the last good checkpoint stays the newest.
@@ -62,6 +64,7 @@ IGNORE_INDEX = -100
 CHECKPOINT_PREFIX = "step-"
 CHECKPOINT_SUFFIX = ".pt"
 KEEP = ("last", "best")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 CHECKSUM_SUFFIX = ".sha256"
 
 
@@ -94,6 +97,8 @@ class LoopConfig:
     checkpoint_every: int = 200
     group_by_length: bool = False  # batches grouped by modality and length (moir.batching); needs `lengths`
     keep: str = "last"  # which weights the run returns: "last" (after the last epoch) or "best" (lowest val loss)
+    lr_schedule: str = "constant"  # per-step factor on lr (`lr_factor`); not with a validation split's plateau
+    warmup_steps: int = 0  # linear warm-up from lr / (warmup_steps + 1) to lr over the first steps
 
     def __post_init__(self) -> None:
         checks = [
@@ -111,6 +116,8 @@ class LoopConfig:
             ("seed", self.seed >= 0, "an integer >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0 = only at epoch ends)"),
             ("keep", self.keep in KEEP, f"one of {', '.join(KEEP)}"),
+            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
+            ("warmup_steps", self.warmup_steps >= 0, "an integer >= 0"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -128,6 +135,8 @@ class LoopConfig:
             del settings["group_by_length"]
         if self.keep == "last":  # likewise: a run that keeps its last weights is what it was before the option
             del settings["keep"]
+        if self.lr_schedule == "constant" and self.warmup_steps == 0:  # likewise: a constant-rate run
+            del settings["lr_schedule"], settings["warmup_steps"]
         return settings
 
 
@@ -423,6 +432,26 @@ def validation_loss(vlm, examples: Sequence, micro_batch_size: int, device: torc
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int = 0) -> float:
+    """The factor on the learning rate of optimizer step `step` (0-based) of `total_steps`.
+
+    Warm-up: step s < warmup_steps runs at (s + 1) / (warmup_steps + 1). Then, over the remaining
+    n = total_steps - warmup_steps steps, with t = (step - warmup_steps) / n in [0, 1):
+    "constant" 1, "linear" 1 - t, "cosine" (1 + cos(pi t)) / 2; the last step runs at 1/n of the peak (linear),
+    about (pi / 2n)^2 (cosine), never at exactly 0.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step must be in [0, {total_steps}), got {step}")
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    t = (step - warmup_steps) / (total_steps - warmup_steps)
+    return 1.0 - t if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 def parameter_groups(parameters: Mapping[str, nn.Parameter], lr: float,
                      lr_scales: Mapping[str, float]) -> list[dict]:
     """AdamW parameter groups: the parameters at `lr` first (the group whose lr the step records report), then
@@ -473,6 +502,7 @@ def run_training(
     param_list = list(parameters.values())
     optimizer = torch.optim.AdamW(parameter_groups(parameters, config.lr, lr_scales or {}), lr=config.lr,
                                   weight_decay=config.weight_decay)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # each group's peak rate (lr_schedule)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
@@ -481,6 +511,10 @@ def run_training(
     )
     if config.keep == "best" and not val_examples:
         raise TrainingError("keep: best needs a validation split")
+    scheduled = config.lr_schedule != "constant" or config.warmup_steps > 0
+    if scheduled and val_examples:
+        raise TrainingError("lr_schedule / warmup_steps and a validation split's plateau scheduler exclude each "
+                            "other: pass no validation split, or lr_schedule: constant and warmup_steps: 0")
     fingerprint = {**fingerprint, "loop": config.fingerprint()}
     state = LoopState()
     best_parameters: dict[str, torch.Tensor] | None = None  # keep: best, the weights of state.best_epoch
@@ -552,6 +586,10 @@ def run_training(
                 indices = state.order[first:first + config.batch_size]
                 where = (f"step {state.global_step + 1} (epoch {state.epoch + 1}, "
                          f"batch {state.step_in_epoch + 1} of {steps_per_epoch})")
+                if scheduled:
+                    factor = lr_factor(state.global_step, total_steps, config.lr_schedule, config.warmup_steps)
+                    for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                        group["lr"] = base_lr * factor
                 lr = optimizer.param_groups[0]["lr"]
                 try:
                     step_loss, grad_norm, step_tokens = optimizer_step(

@@ -6,7 +6,7 @@ every weight of it, vision tower included, from raw pixels on the synthetic benc
 result is written with `save_pretrained` (model, tokenizer, processor), so the LoRA runs and the encoder cache load
 it through exactly the code path of a hub model. It uses the same loop as `moir.train` (moir/train/loop.py):
 same loss, same checkpoints and resume, same metrics file. There is no validation split, hence no plateau
-scheduler: the learning rate is constant.
+scheduler: the learning rate is constant, or follows --lr-schedule (cosine or linear decay, after --warmup-steps).
 
 Usage (one Snakemake rule per base; --data takes a manifest and, for a video dataset, its frames table):
 
@@ -44,6 +44,7 @@ from moir.models.tiny import TINY_MODELS, TINY_TEXT_LAYERS, build_tiny_model
 from moir.runtime import cli, fingerprint, package_versions, peak_memory, resolve_device, setup_logging
 from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
 from moir.train.loop import (
+    LR_SCHEDULES,
     LoopConfig,
     TrainingError,
     filter_by_length,
@@ -67,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a manifest, followed by its frames table when it has videos (repeatable)")
     parser.add_argument("--limit", type=int, help="use only the first N examples of each manifest (smoke runs)")
     parser.add_argument("--epochs", type=int, default=2, help="passes over the pretraining data")
-    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (constant)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW (peak) learning rate")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                        help="per-step decay of the learning rate to about 0 at the last step (moir.train.loop.lr_factor)")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps before the schedule")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (divides --batch-size)")
@@ -100,7 +104,8 @@ def pretrain(args: argparse.Namespace) -> Path:
     loop_config = LoopConfig(
         epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, max_length=args.max_length,
-        seed=args.seed, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps,
     )
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"limit must be a positive integer, got {args.limit}")
