@@ -118,6 +118,9 @@ def test_unknown_key_is_rejected_by_name(config, path, key):
         (("suites", "paper", "transcripts", "max_tokens"), 0, "max_tokens"),
         (("suites", "paper", "train", "group_by_length"), "yes", "group_by_length"),
         (("suites", "study", "pretrain", "lr_schedule"), "exponential", "lr_schedule"),
+        (("suites", "study", "datasets", "synth-video", "synthetic", "pretrain_hint_accuracy"), "sometimes",
+         "pretrain_hint_accuracy"),
+        (("suites", "study", "datasets", "synth-video", "synthetic", "background"), "stripes", "background"),
         (("suites", "study", "pretrain", "warmup_steps"), -1, "warmup_steps"),
         (("suites", "paper", "judge", "workers"), 0, "workers"),
         (("suites", "paper", "judge", "max_failed_share"), 1.5, "max_failed_share"),
@@ -300,6 +303,17 @@ def test_the_pretraining_schedule_reaches_the_study_s_bases_and_a_constant_rate_
     config["suite"] = "study"
     settings = Plan(config).pretrain_settings("tiny-llava").to_dict()
     assert settings["lr_schedule"] == "cosine" and settings["warmup_steps"] == 100
+
+
+def test_the_video_background_and_chance_hints_reach_the_generator(config):
+    validate(config)
+    config["suite"] = "study"
+    settings = Plan(config).synth_settings("synth-video").to_dict()
+    assert settings["background"] == "gradient" and settings["pretrain_hint_accuracy"] == "chance"
+    config["suites"]["study"]["datasets"]["synth-video"]["synthetic"]["background"] = "plain"
+    assert "background" not in Plan(config).synth_settings("synth-video").to_dict()  # data made before the option
+    config["suites"]["study"]["datasets"]["synth-image"]["synthetic"]["background"] = "gradient"
+    assert "synth-image" in rejected(config)  # a video setting
 
 
 # ------------------------------------------------------------------------------ through Snakemake, before any job
