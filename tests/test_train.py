@@ -318,11 +318,13 @@ def test_loop_helpers():
     labels = torch.tensor([[-100, -100, 5, 6], [7, -100, -100, 8]])
     assert count_targets(labels) == 3  # position 0 is never a target (labels shift by one)
     # The fingerprint holds every setting that changes the weights, and checkpoint_every (which does not) is out.
-    # group_by_length and keep join it only when not at their defaults, so that runs from before the options keep
-    # their fingerprint.
-    settings = {field.name for field in dataclasses.fields(LoopConfig)} - {"checkpoint_every", "group_by_length", "keep"}
+    # group_by_length, keep and the lr schedule join it only when not at their defaults, so that runs from before
+    # the options keep their fingerprint.
+    settings = {field.name for field in dataclasses.fields(LoopConfig)} - {
+        "checkpoint_every", "group_by_length", "keep", "lr_schedule", "warmup_steps"}
     assert set(LoopConfig().fingerprint()) == settings
     assert set(LoopConfig(group_by_length=True).fingerprint()) == settings | {"group_by_length"}
+    assert set(LoopConfig(lr_schedule="cosine").fingerprint()) == settings | {"lr_schedule", "warmup_steps"}
     assert LoopConfig(keep="best").fingerprint() == {**LoopConfig().fingerprint(), "keep": "best"}
     assert LoopConfig(checkpoint_every=1).fingerprint() == LoopConfig().fingerprint()
     assert LoopConfig(lr=1e-3).fingerprint() != LoopConfig().fingerprint()

@@ -9,6 +9,7 @@ tests check is Snakemake's rerun decision, which looks only at that provenance a
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
 import json
@@ -539,6 +540,18 @@ def shell_commands(output: str) -> list[str]:
     return [command for command in re.findall(r"^Shell command: (.*)$", output, re.MULTILINE) if command != "None"]
 
 
+def option_types(parser: argparse.ArgumentParser) -> dict:
+    """{dest: type} of every option of `parser` and of its subcommands' parsers."""
+    types = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                types.update(option_types(sub))
+        else:
+            types[action.dest] = action.type
+    return types
+
+
 @pytest.mark.parametrize("suite", ["demo", "paper", "study"])
 def test_every_command_is_accepted_by_its_stage_cli(planned, suite):
     """Each job's `python -m moir.<stage> ...` parses with that stage's own argparse parser (flags, choices,
@@ -563,8 +576,11 @@ def test_every_command_is_accepted_by_its_stage_cli(planned, suite):
         except SystemExit as error:
             pytest.fail(f"{stage} rejects the arguments of `{command}` (exit {error.code})")
         settings = json.loads(args[args.index("--settings") + 1]) if "--settings" in args else {}  # download: none
-        for key, value in settings.items():  # every setting reached the option of that name
-            assert getattr(parsed, key) == value, (command, key)
+        types = option_types(parser)
+        for key, value in settings.items():  # every setting reached the option of that name (through its type,
+            convert = types.get(key)  # e.g. "direction=2" -> {"direction": 2.0})
+            expected = convert(value) if isinstance(value, str) and callable(convert) and convert is not str else value
+            assert getattr(parsed, key) == expected, (command, key)
         if stage in ("moir.encoder_cache", "moir.train", "moir.evaluate") and "--reuse" not in args:
             # hub models pinned, local bases not
             assert parsed.revision == ("main" if suite == "paper" else None), command
