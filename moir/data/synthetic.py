@@ -28,11 +28,11 @@ as it names what it sees, instead of first having to learn to find the option th
 4-layer, 64-wide model did not learn in 2,250 pretraining steps). Splits: pretrain (plentiful, used
 to pretrain the demo's tiny base models from scratch), train, val, test. Pretrain and train use `hint_accuracy`,
 val and test `eval_hint_accuracy`. `pretrain_question_weights` draws the pretrain split's question types in proportion
-to weights (a curriculum for the bases: the hard types more often); the other splits keep uniform types. A hint accuracy of `"chance"` (for the pretrain split)
-makes the hint name every candidate answer equally often: it then tells nothing, and a base cannot learn to lean
-on it. Every
-example draws from its own random stream seeded by (seed, split, index),
-so the same arguments give byte-identical files and changing one split's size leaves the other splits unchanged.
+to weights (a curriculum for the bases: the hard types more often); the other splits keep uniform types. A hint
+accuracy of `"chance"` (for the pretrain split) makes the hint name every candidate answer equally often: it then
+tells nothing, and a base cannot learn to lean on it. Every example draws from its own random stream seeded by
+(seed, split, index), so the same arguments give byte-identical files and changing one split's size leaves the
+other splits unchanged.
 
 The words of every prompt and answer these datasets produce (with moir.prompts) are in `VOCABULARY`, split with
 `TOKEN_PATTERN`; the tiny models' tokenizer is built from them.
