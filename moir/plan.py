@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moir.train.curriculum import Phase, format_phases
+
 REPO = Path(__file__).resolve().parents[1]
 
 PLACEMENTS = ("attn", "mlp", "proj")
@@ -208,6 +210,7 @@ class PretrainSettings(Settings):
     text_layers: int | None = omit_if_none()  # models.<model>.text_layers (None: moir.models.tiny's default)
     lr_schedule: str | None = omit_if_none()  # pretrain.lr_schedule: None = "constant" (the JSON stays as it was)
     warmup_steps: int | None = omit_if_none()  # pretrain.warmup_steps: None = 0
+    phases: str | None = omit_if_none()  # models.<model>.pretrain_phases (moir.train.curriculum.format_phases)
 
 
 @dataclass(frozen=True)
@@ -557,7 +560,8 @@ CODE: dict[str, tuple[str, ...]] = {
                    "moir/models/fetch.py") + _DATA,
     "encoder_cache": ("moir/encoder_cache",) + _MODELS,
     # pretraining builds the tiny model from the synthetic benchmark's vocabulary; it attaches no router
-    "pretrain": ("moir/train/pretrain.py", "moir/train/loop.py", "moir/batching.py", "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
+    "pretrain": ("moir/train/pretrain.py", "moir/train/curriculum.py", "moir/train/loop.py", "moir/batching.py",
+                 "moir/data/synthetic.py") + _EXAMPLES + _MODELS,
     "train": ("moir/train/__main__.py", "moir/train/finetune.py", "moir/train/loop.py", "moir/batching.py")
     + _EXAMPLES + _MODELS,
     "evaluate": ("moir/evaluate", "moir/metrics", "moir/train/loop.py", "moir/batching.py")
@@ -1091,9 +1095,13 @@ class Plan:
 
     def pretrain_settings(self, model: str) -> PretrainSettings:
         spec, pretrain = self.sc["models"][model], self.sc["pretrain"]
+        phases = [Phase(phase["epochs"], phase.get("question_weights") or {})
+                  for phase in spec.get("pretrain_phases") or ()]
         return PretrainSettings(name=spec["architecture"], seed=spec["seed"], device=self.sc["device"],
                                 text_layers=spec.get("text_layers"),
-                                epochs=spec.get("pretrain_epochs", pretrain["epochs"]),
+                                phases=format_phases(phases) if phases else None,
+                                epochs=sum(phase.epochs for phase in phases) if phases
+                                else spec.get("pretrain_epochs", pretrain["epochs"]),
                                 **{key: pretrain[key] for key in (
                                     "lr", "weight_decay", "batch_size", "grad_accum", "max_grad_norm",
                                     "max_length", "limit", "checkpoint_every")},

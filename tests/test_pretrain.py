@@ -107,3 +107,68 @@ def test_bad_data_fails_before_training(data, caplog, data_args, expected):
         assert pretrain_main(pretrain_args(data, "tiny-llava", "bad", "--data", *data_args(data))) == 1
     assert expected in caplog.records[-1].getMessage()
     assert not (data["root"] / "bad").exists()
+
+
+def test_phases_pass_over_the_split_with_types_repeated_by_weight(data, monkeypatch):
+    """--phases '1:colour=0;1:colour=2,shape=0': the first pass leaves colour out, the second lists each colour
+    question twice and no shape question; each phase warms up again. A run stopped in phase 2 resumes from the
+    phases' checkpoints to the same weights as one that was not stopped."""
+    import polars as pl
+
+    from moir.train import pretrain as pretrain_module
+
+    types = pl.read_parquet(data["images"])["category"].head(16).str.split(":").list.first().to_list()
+    n_colour, n_shape = types.count("colour"), types.count("shape")
+    assert n_colour and n_shape  # the fixture's 16 examples have both types
+    phases = ["--phases", "1:colour=0;1:colour=2,shape=0", "--limit", "16", "--lr-schedule", "linear",
+              "--warmup-steps", "1"]
+    assert pretrain_main(pretrain_args(data, "tiny-llava", "phased", "--data", str(data["images"]), *phases)) == 0
+    out = data["root"] / "phased"
+    card = json.loads((out / "run_card.json").read_text())
+    passes = [16 - n_colour, 16 + n_colour - n_shape]
+    assert card["examples_per_pass"] == passes
+    assert card["phases"] == [{"epochs": 1, "question_weights": {"colour": 0.0}},
+                              {"epochs": 1, "question_weights": {"colour": 2.0, "shape": 0.0}}]
+    assert card["optimizer_steps"] == sum(-(-n // 8) for n in passes)
+    records = [json.loads(line) for line in (out / "pretrain_metrics.jsonl").read_text().splitlines()]
+    firsts = [next(r for r in records if r["kind"] == "step" and r["phase"] == k) for k in (0, 1)]
+    assert [r["lr"] for r in firsts] == pytest.approx([1.5e-3, 1.5e-3])  # each phase warms up from its own start
+
+    real = pretrain_module.run_training
+    calls = []
+
+    def stop_in_phase_2(*args, **kwargs):
+        calls.append(kwargs["description"])
+        if "phase 2/2" in kwargs["description"] and calls.count(kwargs["description"]) == 1:
+            raise KeyboardInterrupt("stopped")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "run_training", stop_in_phase_2)
+    checkpoints = ["--checkpoint-dir", str(data["root"] / "phase-checkpoints")]
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_main(pretrain_args(data, "tiny-llava", "resumed", "--data", str(data["images"]), *phases, *checkpoints))
+    assert (data["root"] / "phase-checkpoints" / "phase-0").is_dir() and not (data["root"] / "resumed").exists()
+    assert pretrain_main(pretrain_args(data, "tiny-llava", "resumed", "--data", str(data["images"]), *phases,
+                                       *checkpoints)) == 0
+    resumed = json.loads((data["root"] / "resumed" / "run_card.json").read_text())
+    assert resumed["resumed_from_steps"] == [-(-passes[0] // 8)]  # phase 1 found finished, phase 2 ran from 0
+    first, second = state(load_vlm(out).hf_model), state(load_vlm(data["root"] / "resumed").hf_model)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert not (data["root"] / "phase-checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--phases", "1:colour=0;1", "--epochs", "3"], "does not match --phases"),
+        (["--phases", "1:color=0"], "that the pretraining data does not have"),
+        (["--phases", "1:colour=0,shape=0,count=0,side=0,level=0"], "leave no pretraining example"),
+    ],
+    ids=["epochs-mismatch", "unknown-type", "nothing-left"],
+)
+def test_bad_phases_fail_before_writing(data, caplog, extra, expected):
+    with caplog.at_level(logging.ERROR, logger="moir.train.pretrain"):
+        assert pretrain_main(pretrain_args(data, "tiny-llava", "bad-phases", "--data", str(data["images"]),
+                                           "--limit", "16", *extra)) == 1
+    assert expected in caplog.records[-1].getMessage()
+    assert not (data["root"] / "bad-phases").exists()

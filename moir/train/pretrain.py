@@ -29,13 +29,14 @@ Output, written only at the end, atomically (a temporary directory renamed to --
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import ConcatDataset
+from torch.utils.data import ConcatDataset, Subset
 
 from moir.settings import add_settings_argument, parse
 from moir.dataset import load_examples
@@ -43,6 +44,7 @@ from moir.models import load_vlm
 from moir.models.tiny import TINY_MODELS, TINY_TEXT_LAYERS, build_tiny_model
 from moir.runtime import cli, fingerprint, package_versions, peak_memory, resolve_device, setup_logging
 from moir.storage import atomic_directory, write_json_atomic, write_jsonl_atomic
+from moir.train.curriculum import Phase, format_phases, parse_phases, phase_indices, question_type
 from moir.train.loop import (
     LR_SCHEDULES,
     LoopConfig,
@@ -67,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", nargs="+", action="append", required=True, metavar="PATH",
                         help="a manifest, followed by its frames table when it has videos (repeatable)")
     parser.add_argument("--limit", type=int, help="use only the first N examples of each manifest (smoke runs)")
-    parser.add_argument("--epochs", type=int, default=2, help="passes over the pretraining data")
+    parser.add_argument("--epochs", type=int, help="passes over the pretraining data (default 2; with --phases: "
+                        "their total, checked)")
+    parser.add_argument("--phases", type=parse_phases, metavar="EPOCHS[:TYPE=W,...];...",
+                        help="pretrain in phases, each a loop run over the split with question types repeated by "
+                             "their weights (moir.train.curriculum), e.g. '2:direction=0;1:direction=3'")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW (peak) learning rate")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                         help="per-step decay of the learning rate to about 0 at the last step (moir.train.loop.lr_factor)")
@@ -100,9 +106,48 @@ def parse_data(entries: list[list[str]]) -> list[tuple[Path, Path | None]]:
     return data
 
 
+def resolve_phases(epochs: int | None, phases: tuple[Phase, ...] | None) -> tuple[Phase, ...]:
+    """The run's phases: --phases (whose total must equal --epochs when both are given), or one plain phase of
+    --epochs (default 2) passes."""
+    if phases is None:
+        return (Phase(2 if epochs is None else epochs),)
+    total = sum(phase.epochs for phase in phases)
+    if epochs is not None and epochs != total:
+        raise ValueError(f"--epochs {epochs} does not match --phases, whose epochs add up to {total}")
+    return phases
+
+
+def example_types(splits: list, kept: Subset) -> list[str | None]:
+    """The question type (moir.train.curriculum.question_type of the manifest's `category`) of each kept example."""
+    types = [question_type(row.get("category")) for split in splits for row in split.rows]
+    return [types[index] for index in kept.indices]
+
+
+def run_phases(vlm, parameters: dict, examples: Subset, types: list[str | None], phases: tuple[Phase, ...],
+               loop_config: LoopConfig, run_fingerprint: dict, checkpoint_dir: Path | None, device: torch.device,
+               name: str) -> tuple[list[int], list]:
+    """One run of the loop per phase, in order, each from the weights the last left, over the phase's pass
+    (`phase_indices`), with its own optimizer, warm-up and schedule, and checkpoints in `checkpoint_dir/phase-<k>`
+    (a rerun finds the finished phases' last checkpoints and goes on). Returns each pass's size and each result."""
+    passes, results = [], []
+    for k, phase in enumerate(phases):
+        indices = phase_indices(types, phase.question_weights, seed=loop_config.seed * 1_000_003 + k)
+        log.info("phase %d of %d: %d epoch(s) over %d examples (question weights %s)", k + 1, len(phases),
+                 phase.epochs, len(indices), dict(phase.question_weights) or "none")
+        passes.append(len(indices))
+        results.append(run_training(
+            vlm, parameters, Subset(examples, indices), [], dataclasses.replace(loop_config, epochs=phase.epochs),
+            fingerprint={**run_fingerprint, "phase": k, "phases": [p.to_dict() for p in phases[:k + 1]]},
+            checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / f"phase-{k}", device=device,
+            description=f"pretrain {name} (phase {k + 1}/{len(phases)})",
+        ))
+    return passes, results
+
+
 def pretrain(args: argparse.Namespace) -> Path:
+    phases = resolve_phases(args.epochs, args.phases)
     loop_config = LoopConfig(
-        epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        epochs=phases[0].epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, max_length=args.max_length,
         seed=args.seed, checkpoint_every=args.checkpoint_every, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps,
@@ -141,15 +186,24 @@ def pretrain(args: argparse.Namespace) -> Path:
     n_parameters = sum(p.numel() for p in parameters.values())
     log.info("pretraining %s (%d parameters) on %d examples from pixels on %s", args.name, n_parameters,
              len(train_examples), device)
-    result = run_training(
-        vlm, parameters, train_examples, [], loop_config,
-        fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
-        description=f"pretrain {args.name}",
-    )
+    if args.phases is None:  # one plain run: its checkpoints and fingerprint are what they were before phases
+        passes = None
+        results = [run_training(
+            vlm, parameters, train_examples, [], dataclasses.replace(loop_config, epochs=phases[0].epochs),
+            fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
+            description=f"pretrain {args.name}",
+        )]
+    else:
+        passes, results = run_phases(vlm, parameters, train_examples, example_types(splits, train_examples),
+                                     phases, loop_config, run_fingerprint, args.checkpoint_dir, device, args.name)
+    records = [{**record, "phase": k} if passes is not None else record
+               for k, phase_result in enumerate(results) for record in phase_result.records]
     card = {
         "stage": "pretrain",
-        "config": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "config": {key: str(value) if isinstance(value, Path) else format_phases(value) if key == "phases" and value
+                   else value for key, value in vars(args).items()},
         "loop": loop_config.fingerprint(),
+        "phases": [phase.to_dict() for phase in phases] if args.phases is not None else None,
         "inputs": inputs,
         "versions": package_versions(),
         "device": str(device),
@@ -157,11 +211,12 @@ def pretrain(args: argparse.Namespace) -> Path:
         "family": vlm.family,
         "parameters": n_parameters,
         "examples": len(train_examples),
+        "examples_per_pass": passes,
         "dropped_too_long": dropped,
-        "optimizer_steps": result.global_step,
-        "resumed_from_steps": result.resumed_from,
-        "final_train_loss": next(r["loss"] for r in reversed(result.records) if r["kind"] == "step"),
-        "train_time_s": round(result.train_time_s, 3),
+        "optimizer_steps": sum(r.global_step for r in results),
+        "resumed_from_steps": [step for r in results for step in r.resumed_from],
+        "final_train_loss": next(r["loss"] for r in reversed(records) if r["kind"] == "step"),
+        "train_time_s": round(sum(r.train_time_s for r in results), 3),
         "wall_time_s_this_session": round(time.perf_counter() - started, 3),
         **peak_memory(device),
     }
@@ -169,11 +224,13 @@ def pretrain(args: argparse.Namespace) -> Path:
     with atomic_directory(args.out_dir) as directory:
         vlm.hf_model.save_pretrained(directory)
         vlm.processor.save_pretrained(directory)
-        write_jsonl_atomic(result.records, directory / "pretrain_metrics.jsonl")
+        write_jsonl_atomic(records, directory / "pretrain_metrics.jsonl")
         write_json_atomic(card, directory / "run_card.json")
     log.info("wrote %s (final train loss %.4f, %d steps, %.1f s)", args.out_dir, card["final_train_loss"],
-             result.global_step, result.train_time_s)
+             card["optimizer_steps"], card["train_time_s"])
     if args.checkpoint_dir is not None:
+        for k in range(len(results) if passes is not None else 0):
+            remove_checkpoints(args.checkpoint_dir / f"phase-{k}")
         remove_checkpoints(args.checkpoint_dir)
     return args.out_dir
 

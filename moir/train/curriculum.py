@@ -1,0 +1,111 @@
+"""Pretraining phases: passes over the pretrain split in order, each with its own mix of question types.
+
+Why. The tiny video base learns the direction of motion only when direction is asked 2-3 times as often as the
+other types; learned from the start that way, it never learns which half of a clip a colour belongs to (it names
+the start or the end colour of a clip whose colour changes at chance), and more epochs, a wider or deeper language
+model, a finer M-RoPE time or continued training on an even mix do not undo it. Learned after the colours, the
+direction leaves them intact (docs/study.md, "Bases"). So a base can be pretrained in phases:
+
+    models.<name>.pretrain_phases: [{epochs: 2, question_weights: {direction: 0}},
+                                    {epochs: 1, question_weights: {direction: 3}}]
+
+A phase's pass lists each example of the split `w` times, `w` the weight of its question type (the manifest's
+`category` up to the ":"; a type not named, or an example without a category, weighs 1). A fractional weight
+adds one more copy with probability `w - floor(w)`, drawn per example from the phase's seed. A weight of 0 leaves
+the type out of the phase; 3 asks it three times per pass, as if the split had been generated with it three times
+as often (on the same clips). Each phase is one run of the training loop: its own AdamW state and its own
+warm-up and learning-rate schedule, starting from the weights the previous phase left.
+
+The CLI form (moir.train.pretrain --phases) is one string: phases separated by ";", each "EPOCHS" or
+"EPOCHS:TYPE=W,TYPE=W" (`format_phases` / `parse_phases`). Pure Python: the workflow plan imports it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One pass schedule: `epochs` passes over the split with each question type repeated by its weight."""
+
+    epochs: int
+    question_weights: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"a pretraining phase needs epochs >= 1, got {self.epochs!r}")
+        for kind, weight in self.question_weights.items():
+            if not kind or any(mark in kind for mark in ":;,="):
+                raise ValueError(f"question type {kind!r}: empty or contains one of ':;,='")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                    or weight < 0:
+                raise ValueError(f"question type {kind!r}: the weight must be a finite number >= 0, got {weight!r}")
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs, "question_weights": dict(sorted(self.question_weights.items()))}
+
+
+def format_phases(phases: Sequence[Phase]) -> str:
+    """[Phase(2, {"direction": 0}), Phase(1, {"direction": 3})] -> "2:direction=0;1:direction=3"."""
+    parts = []
+    for phase in phases:
+        weights = ",".join(f"{kind}={weight:g}" for kind, weight in sorted(phase.question_weights.items()))
+        parts.append(f"{phase.epochs}:{weights}" if weights else str(phase.epochs))
+    return ";".join(parts)
+
+
+def parse_phases(text: str) -> tuple[Phase, ...]:
+    """The inverse of `format_phases`; ValueError naming the part that does not parse."""
+    phases = []
+    for part in text.split(";"):
+        epochs_text, _, weights_text = part.strip().partition(":")
+        try:
+            epochs = int(epochs_text)
+        except ValueError:
+            raise ValueError(f"phase {part!r}: expected EPOCHS[:TYPE=W,...], e.g. 2:direction=0") from None
+        weights = {}
+        for item in filter(None, (item.strip() for item in weights_text.split(","))):
+            kind, sep, value = item.partition("=")
+            try:
+                weights[kind.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not kind.strip():
+                raise ValueError(f"phase {part!r}: expected TYPE=WEIGHT, got {item!r}")
+        phases.append(Phase(epochs, weights))
+    if not phases:
+        raise ValueError("no pretraining phase given")
+    return tuple(phases)
+
+
+def question_type(category: str | None) -> str | None:
+    """"direction:hint-wrong" -> "direction"; None stays None."""
+    return None if category is None else category.split(":", 1)[0]
+
+
+def phase_indices(types: Sequence[str | None], weights: Mapping[str, float], seed: int) -> list[int]:
+    """The split's indices for one pass of a phase: index i `floor(w)` times, plus once with probability
+    `w - floor(w)`, where w = weights[types[i]] (1 for a type not named). In split order; the loop shuffles.
+
+    ValueError when a weight names a type the split does not have (a typo would otherwise pass silently) or when
+    no example is left."""
+    present = set(types)
+    unknown = sorted(set(weights) - present)
+    if unknown:
+        raise ValueError(f"question_weights name type(s) {unknown} that the pretraining data does not have; "
+                         f"it has {sorted(kind for kind in present if kind is not None)}")
+    rng = random.Random(seed)
+    indices = []
+    for index, kind in enumerate(types):
+        weight = float(weights.get(kind, 1.0)) if kind is not None else 1.0
+        copies = int(math.floor(weight))
+        if weight > copies and rng.random() < weight - copies:
+            copies += 1
+        indices.extend([index] * copies)
+    if not indices:
+        raise ValueError(f"question_weights {dict(weights)} leave no pretraining example")
+    return indices
