@@ -1095,7 +1095,8 @@ class Plan:
 
     def pretrain_settings(self, model: str) -> PretrainSettings:
         spec, pretrain = self.sc["models"][model], self.sc["pretrain"]
-        phases = [Phase(phase["epochs"], phase.get("question_weights") or {})
+        phases = [Phase(phase["epochs"], phase.get("question_weights") or {},
+                        **{key: phase[key] for key in ("lr", "lr_schedule", "warmup_steps") if key in phase})
                   for phase in spec.get("pretrain_phases") or ()]
         return PretrainSettings(name=spec["architecture"], seed=spec["seed"], device=self.sc["device"],
                                 text_layers=spec.get("text_layers"),

@@ -310,17 +310,19 @@ def test_pretraining_phases_reach_the_stage_and_exclude_pretrain_epochs(config):
     config["suite"] = "study"
     model = config["suites"]["study"]["models"]["tiny-qwen2.5-vl"]
     model.pop("pretrain_epochs", None)
-    model["pretrain_phases"] = [{"epochs": 2, "question_weights": {"direction": 0}},
+    model["pretrain_phases"] = [{"epochs": 2, "question_weights": {"direction": 0}, "lr": 1e-3, "lr_schedule": "constant"},
                                 {"epochs": 1, "question_weights": {"direction": 3, "colour change": 0.5}}]
     validate(config)
     settings = Plan(config).pretrain_settings("tiny-qwen2.5-vl").to_dict()
-    assert settings["phases"] == "2:direction=0;1:colour change=0.5,direction=3" and settings["epochs"] == 3
+    assert settings["phases"] == "2:direction=0@lr=0.001,lr_schedule=constant;1:colour change=0.5,direction=3"
+    assert settings["epochs"] == 3
     assert "phases" not in Plan(config).pretrain_settings("tiny-llava").to_dict()  # its JSON as before the option
     model["pretrain_epochs"] = 3
     assert "tiny-qwen2.5-vl" in rejected(config)
     del model["pretrain_epochs"]
     for bad in ([], [{"epochs": 0}], [{"epochs": 1, "question_weights": {"direction": -1}}],
-                [{"epochs": 1, "question_weights": {"a;b": 1}}], [{"epochs": 1, "weights": {}}]):
+                [{"epochs": 1, "question_weights": {"a;b": 1}}], [{"epochs": 1, "weights": {}}],
+                [{"epochs": 1, "lr": 0}], [{"epochs": 1, "lr_schedule": "step"}], [{"epochs": 1, "warmup_steps": -1}]):
         model["pretrain_phases"] = bad
         assert "pretrain_phases" in rejected(config), bad
 

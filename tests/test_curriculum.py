@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from moir.train.curriculum import Phase, format_phases, parse_phases, phase_indices, question_type
+from moir.train import loop
+from moir.train.curriculum import LR_SCHEDULES, Phase, format_phases, parse_phases, phase_indices, question_type
 
 
 def test_the_cli_form_round_trips():
@@ -13,12 +14,20 @@ def test_the_cli_form_round_trips():
     assert text == "2:direction=0;1:colour change=0.5,direction=3;4"
     assert parse_phases(text) == phases
     assert parse_phases(" 2 : direction = 0 ; 1") == (Phase(2, {"direction": 0.0}), Phase(1))
+    own = (Phase(3, {"direction": 0.0}, lr=1e-3, lr_schedule="constant", warmup_steps=0), Phase(1, lr=2e-4))
+    assert format_phases(own) == "3:direction=0@lr=0.001,lr_schedule=constant,warmup_steps=0;1@lr=0.0002"
+    assert parse_phases(format_phases(own)) == own
+    assert own[0].overrides() == {"lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0}
+    assert Phase(2).overrides() == {} and Phase(2).to_dict() == {"epochs": 2, "question_weights": {}}
+    assert LR_SCHEDULES == loop.LR_SCHEDULES
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("", "expected EPOCHS"), ("two", "expected EPOCHS"), ("0", "epochs >= 1"), ("1:direction", "TYPE=WEIGHT"),
-     ("1:direction=-1", ">= 0"), ("1:direction=nan", "finite"), ("1:=2", "TYPE=WEIGHT"), ("1;;1", "expected EPOCHS")],
+     ("1:direction=-1", ">= 0"), ("1:direction=nan", "finite"), ("1:=2", "TYPE=WEIGHT"), ("1;;1", "expected EPOCHS"),
+     ("1@rate=1", "one of lr, lr_schedule, warmup_steps"), ("1@lr=fast", "not a number"), ("1@lr=0", "> 0"),
+     ("1@lr_schedule=step", "constant, cosine, linear"), ("1@warmup_steps=-2", ">= 0")],
 )
 def test_bad_phases_are_refused_with_the_part_named(text, expected):
     with pytest.raises(ValueError, match=expected):

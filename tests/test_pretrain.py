@@ -110,8 +110,8 @@ def test_bad_data_fails_before_training(data, caplog, data_args, expected):
 
 
 def test_phases_pass_over_the_split_with_types_repeated_by_weight(data, monkeypatch):
-    """--phases '1:colour=0;1:colour=2,shape=0': the first pass leaves colour out, the second lists each colour
-    question twice and no shape question; each phase warms up again. A run stopped in phase 2 resumes from the
+    """--phases '1:colour=0@lr=...;1:colour=2,shape=0': the first pass leaves colour out at its own constant rate,
+    the second lists each colour question twice and no shape question and warms up again. A run stopped in phase 2 resumes from the
     phases' checkpoints to the same weights as one that was not stopped."""
     import polars as pl
 
@@ -120,19 +120,21 @@ def test_phases_pass_over_the_split_with_types_repeated_by_weight(data, monkeypa
     types = pl.read_parquet(data["images"])["category"].head(16).str.split(":").list.first().to_list()
     n_colour, n_shape = types.count("colour"), types.count("shape")
     assert n_colour and n_shape  # the fixture's 16 examples have both types
-    phases = ["--phases", "1:colour=0;1:colour=2,shape=0", "--limit", "16", "--lr-schedule", "linear",
-              "--warmup-steps", "1"]
+    phases = ["--phases", "1:colour=0@lr=1e-3,lr_schedule=constant,warmup_steps=0;1:colour=2,shape=0", "--limit", "16",
+              "--lr-schedule", "linear", "--warmup-steps", "1"]
     assert pretrain_main(pretrain_args(data, "tiny-llava", "phased", "--data", str(data["images"]), *phases)) == 0
     out = data["root"] / "phased"
     card = json.loads((out / "run_card.json").read_text())
     passes = [16 - n_colour, 16 + n_colour - n_shape]
     assert card["examples_per_pass"] == passes
-    assert card["phases"] == [{"epochs": 1, "question_weights": {"colour": 0.0}},
+    assert card["phases"] == [{"epochs": 1, "question_weights": {"colour": 0.0}, "lr": 1e-3, "lr_schedule": "constant",
+                               "warmup_steps": 0},
                               {"epochs": 1, "question_weights": {"colour": 2.0, "shape": 0.0}}]
     assert card["optimizer_steps"] == sum(-(-n // 8) for n in passes)
     records = [json.loads(line) for line in (out / "pretrain_metrics.jsonl").read_text().splitlines()]
     firsts = [next(r for r in records if r["kind"] == "step" and r["phase"] == k) for k in (0, 1)]
-    assert [r["lr"] for r in firsts] == pytest.approx([1.5e-3, 1.5e-3])  # each phase warms up from its own start
+    # phase 1 sets its own constant 1e-3; phase 2 warms up to the stage's 3e-3 from its own start
+    assert [r["lr"] for r in firsts] == pytest.approx([1e-3, 1.5e-3])
 
     real = pretrain_module.run_training
     calls = []

@@ -14,10 +14,12 @@ A phase's pass lists each example of the split `w` times, `w` the weight of its 
 adds one more copy with probability `w - floor(w)`, drawn per example from the phase's seed. A weight of 0 leaves
 the type out of the phase; 3 asks it three times per pass, as if the split had been generated with it three times
 as often (on the same clips). Each phase is one run of the training loop: its own AdamW state and its own
-warm-up and learning-rate schedule, starting from the weights the previous phase left.
+warm-up and learning-rate schedule, starting from the weights the previous phase left. A phase may set its own
+`lr`, `lr_schedule` and `warmup_steps` (None: the stage's).
 
-The CLI form (moir.train.pretrain --phases) is one string: phases separated by ";", each "EPOCHS" or
-"EPOCHS:TYPE=W,TYPE=W" (`format_phases` / `parse_phases`). Pure Python: the workflow plan imports it.
+The CLI form (moir.train.pretrain --phases) is one string: phases separated by ";", each "EPOCHS", optionally
+followed by ":TYPE=W,TYPE=W" and by "@lr=1e-3,lr_schedule=constant,warmup_steps=0" (`format_phases` /
+`parse_phases`). Pure Python: the workflow plan imports it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+LR_SCHEDULES = ("constant", "cosine", "linear")  # moir.train.loop.LR_SCHEDULES (checked equal by the tests)
+OVERRIDES = ("lr", "lr_schedule", "warmup_steps")  # loop settings a phase may set itself
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -34,6 +39,9 @@ class Phase:
 
     epochs: int
     question_weights: Mapping[str, float] = field(default_factory=dict)
+    lr: float | None = None  # None: the stage's --lr
+    lr_schedule: str | None = None  # None: the stage's --lr-schedule
+    warmup_steps: int | None = None  # None: the stage's --warmup-steps
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
@@ -44,9 +52,23 @@ class Phase:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or weight < 0:
                 raise ValueError(f"question type {kind!r}: the weight must be a finite number >= 0, got {weight!r}")
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not math.isfinite(self.lr) or self.lr <= 0):
+            raise ValueError(f"a phase's lr must be a finite number > 0, got {self.lr!r}")
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"a phase's lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool)
+                                              or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+            raise ValueError(f"a phase's warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+
+    def overrides(self) -> dict:
+        """The loop settings this phase sets itself."""
+        return {key: getattr(self, key) for key in OVERRIDES if getattr(self, key) is not None}
 
     def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "question_weights": dict(sorted(self.question_weights.items()))}
+        return {"epochs": self.epochs, "question_weights": dict(sorted(self.question_weights.items())),
+                **self.overrides()}
+
 
 
 def format_phases(phases: Sequence[Phase]) -> str:
@@ -54,7 +76,9 @@ def format_phases(phases: Sequence[Phase]) -> str:
     parts = []
     for phase in phases:
         weights = ",".join(f"{kind}={weight:g}" for kind, weight in sorted(phase.question_weights.items()))
-        parts.append(f"{phase.epochs}:{weights}" if weights else str(phase.epochs))
+        overrides = ",".join(f"{key}={value:g}" if key == "lr" else f"{key}={value}"
+                             for key, value in phase.overrides().items())
+        parts.append(str(phase.epochs) + (f":{weights}" if weights else "") + (f"@{overrides}" if overrides else ""))
     return ";".join(parts)
 
 
@@ -62,7 +86,8 @@ def parse_phases(text: str) -> tuple[Phase, ...]:
     """The inverse of `format_phases`; ValueError naming the part that does not parse."""
     phases = []
     for part in text.split(";"):
-        epochs_text, _, weights_text = part.strip().partition(":")
+        head, _, overrides_text = part.partition("@")
+        epochs_text, _, weights_text = head.strip().partition(":")
         try:
             epochs = int(epochs_text)
         except ValueError:
@@ -76,7 +101,16 @@ def parse_phases(text: str) -> tuple[Phase, ...]:
                 sep = ""
             if not sep or not kind.strip():
                 raise ValueError(f"phase {part!r}: expected TYPE=WEIGHT, got {item!r}")
-        phases.append(Phase(epochs, weights))
+        overrides: dict = {}
+        for item in filter(None, (item.strip() for item in overrides_text.split(","))):
+            key, sep, value = (piece.strip() for piece in item.partition("="))
+            if not sep or key not in OVERRIDES:
+                raise ValueError(f"phase {part!r}: expected one of {', '.join(OVERRIDES)} =VALUE after @, got {item!r}")
+            try:
+                overrides[key] = float(value) if key == "lr" else int(value) if key == "warmup_steps" else value
+            except ValueError:
+                raise ValueError(f"phase {part!r}: {key} {value!r} is not a number") from None
+        phases.append(Phase(epochs, weights, **overrides))
     if not phases:
         raise ValueError("no pretraining phase given")
     return tuple(phases)

@@ -127,7 +127,7 @@ def run_phases(vlm, parameters: dict, examples: Subset, types: list[str | None],
                loop_config: LoopConfig, run_fingerprint: dict, checkpoint_dir: Path | None, device: torch.device,
                name: str) -> tuple[list[int], list]:
     """One run of the loop per phase, in order, each from the weights the last left, over the phase's pass
-    (`phase_indices`), with its own optimizer, warm-up and schedule, and checkpoints in `checkpoint_dir/phase-<k>`
+    (`phase_indices`), with its own optimizer, warm-up and schedule (the phase's lr settings, or the stage's), and checkpoints in `checkpoint_dir/phase-<k>`
     (a rerun finds the finished phases' last checkpoints and goes on). Returns each pass's size and each result."""
     passes, results = [], []
     for k, phase in enumerate(phases):
@@ -136,7 +136,8 @@ def run_phases(vlm, parameters: dict, examples: Subset, types: list[str | None],
                  phase.epochs, len(indices), dict(phase.question_weights) or "none")
         passes.append(len(indices))
         results.append(run_training(
-            vlm, parameters, Subset(examples, indices), [], dataclasses.replace(loop_config, epochs=phase.epochs),
+            vlm, parameters, Subset(examples, indices), [],
+            dataclasses.replace(loop_config, epochs=phase.epochs, **phase.overrides()),
             fingerprint={**run_fingerprint, "phase": k, "phases": [p.to_dict() for p in phases[:k + 1]]},
             checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / f"phase-{k}", device=device,
             description=f"pretrain {name} (phase {k + 1}/{len(phases)})",
