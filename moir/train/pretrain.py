@@ -7,6 +7,8 @@ result is written with `save_pretrained` (model, tokenizer, processor), so the L
 it through exactly the code path of a hub model. It uses the same loop as `moir.train` (moir/train/loop.py):
 same loss, same checkpoints and resume, same metrics file. There is no validation split, hence no plateau
 scheduler: the learning rate is constant, or follows --lr-schedule (cosine or linear decay, after --warmup-steps).
+With --phases the base trains in phases, each a run of the loop over the split with question types repeated by
+their weights (moir/train/curriculum.py: colours first, then direction, for the study's video base).
 
 Usage (one Snakemake rule per base; --data takes a manifest and, for a video dataset, its frames table):
 
@@ -127,8 +129,9 @@ def run_phases(vlm, parameters: dict, examples: Subset, types: list[str | None],
                loop_config: LoopConfig, run_fingerprint: dict, checkpoint_dir: Path | None, device: torch.device,
                name: str) -> tuple[list[int], list]:
     """One run of the loop per phase, in order, each from the weights the last left, over the phase's pass
-    (`phase_indices`), with its own optimizer, warm-up and schedule (the phase's lr settings, or the stage's), and checkpoints in `checkpoint_dir/phase-<k>`
-    (a rerun finds the finished phases' last checkpoints and goes on). Returns each pass's size and each result."""
+    (`phase_indices`), with its own optimizer, warm-up and schedule (the phase's lr settings, or the stage's), and
+    checkpoints in `checkpoint_dir/phase-<k>` (a rerun finds the finished phases' last checkpoints and goes on).
+    Returns each pass's size and each phase's result."""
     passes, results = [], []
     for k, phase in enumerate(phases):
         indices = phase_indices(types, phase.question_weights, seed=loop_config.seed * 1_000_003 + k)
