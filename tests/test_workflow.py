@@ -442,6 +442,8 @@ NOT_OUTPUT["evaluate"] |= {"moir/router.py"}  # ROUTER_CODE, for the MoIR runs' 
 NOT_OUTPUT["report"] |= ({str(p.relative_to(REPO)) for p in (REPO / "moir" / "metrics").glob("*.py")}
                          - {"moir/metrics/stats.py"}) | {"moir/prompts.py"}
 NOT_OUTPUT["judge"] |= {"moir/router.py"}  # imported with the evaluation's code; the judge scores text only
+# moir/plan.py formats the pretraining stage's phases with it; the report's outputs do not depend on it
+NOT_OUTPUT["report"] |= {"moir/train/curriculum.py"}
 # `python -m moir.models.fetch` / `moir.models.towers` (and moir.media's hub lock) import the moir.models package,
 # whose __init__ imports the model wrappers (and they moir/compression.py); these stages use fetch.py (and
 # towers.py) alone.
