@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moir.train.curriculum import Phase, format_phases
+from moir.train.curriculum import Phase, format_phases, format_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -308,11 +308,6 @@ class ReportSettings(Settings):
 # ------------------------------------------------------------------------------------------------ the grid
 
 
-def format_weights(weights: dict | None) -> str | None:
-    """Question-type weights as the data CLI's --pretrain-question-weights: "type=weight,...", sorted."""
-    return None if not weights else ",".join(f"{kind}={weights[kind]:g}" for kind in sorted(weights))
-
-
 def format_ratio(ratio: float) -> str:
     """k' as it appears in run names (`%g`: 0.1, 0.05, 0.15)."""
     return f"{ratio:g}"
@@ -550,7 +545,7 @@ _MODELS = ("moir/models", "moir/compression.py", "moir/data/manifest.py", "moir/
 _EXAMPLES = ("moir/dataset.py", "moir/prompts.py", "moir/media/transcripts.py", "moir/media/transcript_cap.py",
              "moir/encoder_cache/cache.py")
 CODE: dict[str, tuple[str, ...]] = {
-    "synthesize": ("moir/data/__main__.py", "moir/data/synthetic.py") + _DATA,
+    "synthesize": ("moir/data/__main__.py", "moir/data/synthetic.py", "moir/train/curriculum.py") + _DATA,
     "download": ("moir/data/__main__.py", "moir/data/download.py") + _DATA,
     "convert": ("moir/data/__main__.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
                 "moir/data/mmbench_video.py", "moir/data/safe_pickle.py", "moir/data/download.py") + _DATA,
@@ -1060,7 +1055,9 @@ class Plan:
                   "eval_hint_accuracy": spec["eval_hint_accuracy"],
                   "pretrain_hint_accuracy": spec["pretrain_hint_accuracy"], "choice_share": spec["choice_share"],
                   "fixed_choices": True if spec.get("fixed_choices", False) else None,
-                  "pretrain_question_weights": format_weights(spec.get("pretrain_question_weights"))}
+                  # the data CLI's --pretrain-question-weights (None: uniform)
+                  "pretrain_question_weights": format_weights(spec["pretrain_question_weights"])
+                  if spec.get("pretrain_question_weights") else None}
         if self.is_video(dataset):
             background = spec.get("background", "plain")
             return SynthVideoSettings(**common, **{key: spec[key] for key in (

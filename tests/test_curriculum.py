@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from moir.train import loop
-from moir.train.curriculum import LR_SCHEDULES, Phase, format_phases, parse_phases, phase_indices, question_type
+from moir.train.curriculum import (
+    LR_SCHEDULES,
+    Phase,
+    format_phases,
+    format_weights,
+    parse_phases,
+    parse_weights,
+    phase_indices,
+    question_type,
+)
 
 
 def test_the_cli_form_round_trips():
@@ -32,6 +41,14 @@ def test_the_cli_form_round_trips():
 def test_bad_phases_are_refused_with_the_part_named(text, expected):
     with pytest.raises(ValueError, match=expected):
         parse_phases(text)
+
+
+def test_question_weights_round_trip_and_bad_items_are_named():
+    assert format_weights({"shape": 3, "count": 1.5}) == "count=1.5,shape=3"
+    assert parse_weights("count=1.5, shape=3") == {"count": 1.5, "shape": 3.0} and parse_weights("") == {}
+    for bad in ("shape", "shape=big", "=3"):
+        with pytest.raises(ValueError, match=f"got {bad!r}"):
+            parse_weights(bad)
 
 
 def test_a_pass_repeats_each_example_by_its_types_weight():

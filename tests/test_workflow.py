@@ -422,8 +422,8 @@ DATA_COMMANDS = {  # moir.data's and moir.media's commands share a __main__; eac
     "synthesize": {"moir/data/download.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
                    "moir/data/mmbench_video.py", "moir/data/safe_pickle.py"},
     "download": {"moir/data/synthetic.py", "moir/data/scienceqa.py", "moir/data/vizwiz.py",
-                 "moir/data/mmbench_video.py", "moir/data/safe_pickle.py"},
-    "convert": {"moir/data/synthetic.py"},
+                 "moir/data/mmbench_video.py", "moir/data/safe_pickle.py", "moir/train/curriculum.py"},
+    "convert": {"moir/data/synthetic.py", "moir/train/curriculum.py"},  # curriculum: synth's weights parser
     "extract": {"moir/media/transcripts.py", "moir/models/fetch.py"},  # transcribe's hub lock
     "transcribe": {"moir/media/extract.py", "moir/media/frames.py", "moir/data/manifest.py"},
 }

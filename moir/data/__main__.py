@@ -30,6 +30,7 @@ import argparse
 from moir.settings import add_settings_argument, parse
 from moir.data import download, mmbench_video, scienceqa, synthetic, vizwiz
 from moir.runtime import cli, setup_logging
+from moir.train.curriculum import parse_weights
 
 
 def _fraction(text: str) -> float:
@@ -51,17 +52,11 @@ def _count(text: str) -> int:
 
 
 def _weights(text: str) -> dict[str, float]:
-    """"shape=3,count=1.5" -> {"shape": 3.0, "count": 1.5}."""
-    weights = {}
-    for item in text.split(","):
-        kind, sep, value = item.partition("=")
-        try:
-            weights[kind.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not kind.strip():
-            raise argparse.ArgumentTypeError(f"expected TYPE=WEIGHT[,TYPE=WEIGHT...], got {text!r}")
-    return weights
+    """"shape=3,count=1.5" -> {"shape": 3.0, "count": 1.5} (moir.train.curriculum.parse_weights)."""
+    try:
+        return parse_weights(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_synth_common(parser: argparse.ArgumentParser, sizes: dict[str, int]) -> None:

@@ -71,11 +71,30 @@ class Phase:
 
 
 
+def format_weights(weights: Mapping[str, float]) -> str:
+    """{"shape": 3, "count": 1.5} -> "count=1.5,shape=3" (sorted): the CLI form of question-type weights."""
+    return ",".join(f"{kind}={weight:g}" for kind, weight in sorted(weights.items()))
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """The inverse of `format_weights` ("" -> {}); ValueError naming the item that does not parse."""
+    weights = {}
+    for item in filter(None, (item.strip() for item in text.split(","))):
+        kind, sep, value = (piece.strip() for piece in item.partition("="))
+        try:
+            weights[kind] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not kind:
+            raise ValueError(f"expected TYPE=WEIGHT[,TYPE=WEIGHT...], got {item!r}")
+    return weights
+
+
 def format_phases(phases: Sequence[Phase]) -> str:
     """[Phase(2, {"direction": 0}), Phase(1, {"direction": 3})] -> "2:direction=0;1:direction=3"."""
     parts = []
     for phase in phases:
-        weights = ",".join(f"{kind}={weight:g}" for kind, weight in sorted(phase.question_weights.items()))
+        weights = format_weights(phase.question_weights)
         overrides = ",".join(f"{key}={value:g}" if key == "lr" else f"{key}={value}"
                              for key, value in phase.overrides().items())
         parts.append(str(phase.epochs) + (f":{weights}" if weights else "") + (f"@{overrides}" if overrides else ""))
@@ -92,15 +111,10 @@ def parse_phases(text: str) -> tuple[Phase, ...]:
             epochs = int(epochs_text)
         except ValueError:
             raise ValueError(f"phase {part!r}: expected EPOCHS[:TYPE=W,...], e.g. 2:direction=0") from None
-        weights = {}
-        for item in filter(None, (item.strip() for item in weights_text.split(","))):
-            kind, sep, value = item.partition("=")
-            try:
-                weights[kind.strip()] = float(value)
-            except ValueError:
-                sep = ""
-            if not sep or not kind.strip():
-                raise ValueError(f"phase {part!r}: expected TYPE=WEIGHT, got {item!r}")
+        try:
+            weights = parse_weights(weights_text)
+        except ValueError as error:
+            raise ValueError(f"phase {part!r}: {error}") from None
         overrides: dict = {}
         for item in filter(None, (item.strip() for item in overrides_text.split(","))):
             key, sep, value = (piece.strip() for piece in item.partition("="))
