@@ -70,7 +70,6 @@ class Phase:
                 **self.overrides()}
 
 
-
 def format_weights(weights: Mapping[str, float]) -> str:
     """{"shape": 3, "count": 1.5} -> "count=1.5,shape=3" (sorted): the CLI form of question-type weights."""
     return ",".join(f"{kind}={weight:g}" for kind, weight in sorted(weights.items()))

@@ -193,7 +193,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     if args.phases is None:  # one plain run: its checkpoints and fingerprint are what they were before phases
         passes = None
         results = [run_training(
-            vlm, parameters, train_examples, [], dataclasses.replace(loop_config, epochs=phases[0].epochs),
+            vlm, parameters, train_examples, [], loop_config,
             fingerprint=run_fingerprint, checkpoint_dir=args.checkpoint_dir, device=device,
             description=f"pretrain {args.name}",
         )]
